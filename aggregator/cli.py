@@ -1,0 +1,172 @@
+"""The `afmon` command: serve, demo, simulate, identity check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from aggregator.settings import ServerSettings
+
+EPILOG = """\
+Every setting can also be given as an environment variable with the AFMON_ prefix
+(AFMON_DATABASE_URL, AFMON_FACILITY_TOKENS, ...); see docs/configuration.md.
+Command-line flags win over the environment."""
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    overrides = {
+        k: v
+        for k, v in {
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "database_url": getattr(args, "database_url", None),
+            "identity_file": getattr(args, "identity_file", None),
+        }.items()
+        if v is not None
+    }
+    try:
+        return ServerSettings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "AFMON_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        sys.exit(f"afmon: bad setting {name}: {first['msg']}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aggregator.app import create_app
+    from aggregator.identity import IdentityError
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.facility_tokens:
+        logging.warning("no AFMON_FACILITY_TOKENS: no agent can deliver data to this server")
+    try:
+        app = create_app(settings)
+    except IdentityError as exc:
+        sys.exit(f"afmon: identity map: {exc}")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from aggregator.demo import run_demo
+
+    return run_demo(Path(args.data_dir), port=args.port, hours=args.hours, nodes=args.nodes)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import httpx
+
+    from collectors.simulator import FacilitySimulator, Poster, backfill
+
+    sim = FacilitySimulator(
+        facility=args.facility, nodes=args.nodes, members_per_vo=args.members_per_vo, seed=args.seed
+    )
+    if args.identity_out:
+        Path(args.identity_out).write_text(sim.identity_toml())
+        print(f"identity map for the simulated members written to {args.identity_out}")
+    poster = Poster(args.url, args.token)
+    now = time.time()
+    try:
+        n = backfill(sim, poster, now - args.hours * 3600, now)
+        print(f"posted {n} batches covering {args.hours} h")
+        while args.live:
+            time.sleep(sim.interval)
+            for batch in sim.batches(sim._tick or time.time(), time.time(), ticks_per_batch=1):  # noqa: SLF001
+                poster.post(batch)
+    except (httpx.HTTPError, RuntimeError) as exc:
+        sys.exit(f"afmon simulate: {exc}")
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_identity_check(args: argparse.Namespace) -> int:
+    from aggregator.identity import IdentityError, parse_identity_file
+
+    try:
+        data = parse_identity_file(Path(args.file))
+    except IdentityError as exc:
+        print(f"afmon: {exc}", file=sys.stderr)
+        return 1
+    accounts = sum(len(m.accounts) for m in data.members)
+    print(f"{args.file}: {len(data.vos)} VOs, {len(data.members)} members, {accounts} accounts: OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="afmon",
+        description="afmon: monitoring and accounting for HEP Analysis Facilities, per VO member.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the aggregator (ingest API, /metrics, dashboard)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", help="listen address (AFMON_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (AFMON_PORT, default 8600)")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (AFMON_DATABASE_URL)")
+    serve.add_argument("--identity-file", help="identity map TOML (AFMON_IDENTITY_FILE)")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser(
+        "demo", help="a live demo facility: server, a real agent on this machine, simulated nodes"
+    )
+    demo.add_argument("--data-dir", default="var/demo", help="where the demo keeps its files")
+    demo.add_argument("--port", type=int, default=8600, help="dashboard/API port (default 8600)")
+    demo.add_argument(
+        "--hours",
+        type=float,
+        default=24.0,
+        help="history to simulate before going live (default 24)",
+    )
+    demo.add_argument("--nodes", type=int, default=8, help="simulated nodes (default 8)")
+    demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("simulate", help="post a simulated facility's batches to a server")
+    sim.add_argument("--url", default="http://127.0.0.1:8600", help="aggregator URL")
+    sim.add_argument(
+        "--token",
+        default=os.environ.get("AFMON_TOKEN", ""),
+        help="the facility's agent token (AFMON_TOKEN)",
+    )
+    sim.add_argument("--facility", default="demo-af")
+    sim.add_argument("--nodes", type=int, default=8)
+    sim.add_argument("--members-per-vo", type=int, default=5)
+    sim.add_argument("--hours", type=float, default=24.0, help="history to simulate")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--live", action="store_true", help="keep going in real time afterwards")
+    sim.add_argument("--identity-out", help="write the simulated members' identity map here")
+    sim.set_defaults(func=cmd_simulate)
+
+    ident = sub.add_parser("identity", help="identity map tools")
+    ident_sub = ident.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
+    check = ident_sub.add_parser("check", help="validate an identity map file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_identity_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""`afmon demo`: a live demo facility on this machine.
+
+Starts the server (local mode, SQLite in the data dir), one real agent that
+measures this machine, and a simulated facility that posts like a fleet of
+agents: first some hours of history, then live. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from collectors.simulator import FacilitySimulator, Poster, backfill
+
+FACILITY = "demo-af"
+
+
+def _this_user_member(user: str) -> str:
+    return (
+        '\n[[members]]\nvo = "atlas"\nsubject = "demo-local-user"\n'
+        f'display_name = "You ({user} on this machine)"\ngroups = ["/atlas"]\n'
+        f'accounts = [{{ facility = "{FACILITY}", local = "{user}" }}]\n'
+    )
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(
+                f"the server exited with status {server.returncode}; see its log above"
+            )
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the server did not answer {url}/healthz within {timeout:.0f} s")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_demo(data_dir: Path, port: int = 8600, hours: float = 24.0, nodes: int = 8) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sim = FacilitySimulator(facility=FACILITY, nodes=nodes)
+    identity = data_dir / "identity.toml"
+    identity.write_text(sim.identity_toml(_this_user_member(getpass.getuser())))
+    token = secrets.token_urlsafe(24)
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "AFMON_DATABASE_URL": f"sqlite:///{(data_dir / 'afmon.sqlite').resolve()}",
+        "AFMON_FACILITY_TOKENS": json.dumps({FACILITY: token}),
+        "AFMON_LOCAL_MODE": "true",
+        "AFMON_IDENTITY_FILE": str(identity.resolve()),
+        "AFMON_HOST": "127.0.0.1",
+        "AFMON_PORT": str(port),
+        "AFMON_LOG_LEVEL": "warning",
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        print(f"afmon demo: starting the server on {url} (data in {data_dir})", flush=True)
+        procs.append(subprocess.Popen([sys.executable, "-m", "aggregator.cli", "serve"], env=env))
+        _wait_healthy(url, procs[0])
+        agent_env = {
+            **env,
+            "AFMON_SERVER_URL": url,
+            "AFMON_TOKEN": token,
+            "AFMON_FACILITY": FACILITY,
+            "AFMON_INTERVAL_SECONDS": "10",
+            "AFMON_SPOOL_DIR": str((data_dir / "agent-spool").resolve()),
+        }
+        print("afmon demo: starting a real agent measuring this machine", flush=True)
+        procs.append(subprocess.Popen([sys.executable, "-m", "collectors.agent"], env=agent_env))
+        poster = Poster(url, token)
+        now = time.time()
+        backfill(sim, poster, now - hours * 3600, now)
+        print(
+            f"\nafmon demo is live: open {url}/  (API docs {url}/docs, metrics {url}/metrics)\n"
+            f"{len(sim.nodes)} simulated nodes and this machine report every 10 s. "
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while True:
+            time.sleep(sim.interval)
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.args[2]} exited with status {p.returncode}")
+            for batch in sim.batches(now, time.time(), ticks_per_batch=1):
+                poster.post(batch)
+    except KeyboardInterrupt:
+        print("\nafmon demo: stopping", flush=True)
+        return 0
+    except (RuntimeError, httpx.HTTPError) as exc:
+        print(f"afmon demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _stop(procs)

@@ -1,0 +1,196 @@
+"""The identity map: local account at a facility -> VO member, with effective dates.
+
+The file (TOML) is the source of truth; `load_identity_file` validates it and
+writes it into the database, and `IdentityMap` resolves accounts at ingest.
+What cannot be mapped is accounted to the facility's explicit `unmapped`
+member, never dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from sqlalchemy import Engine, delete
+from sqlmodel import Session, select
+
+from aggregator.schema import UNMAPPED, UNMAPPED_ISSUER, Account, Member
+
+
+class IdentityError(ValueError):
+    pass
+
+
+def _epoch(value: datetime | str | float | int | None) -> float | None:
+    if value is None or isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("dates must carry a time zone (e.g. 2026-01-01T00:00:00Z)")
+    return value.timestamp()
+
+
+class AccountEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    facility: str
+    local: str
+    valid_from: float = 0.0
+    valid_until: float | None = None
+
+    @field_validator("valid_from", "valid_until", mode="before")
+    @classmethod
+    def _dates(cls, value: datetime | str | float | None) -> float | None:
+        return _epoch(value)
+
+    @model_validator(mode="after")
+    def _window(self) -> AccountEntry:
+        if self.valid_until is not None and self.valid_until <= self.valid_from:
+            raise ValueError("valid_until must be after valid_from")
+        return self
+
+
+class MemberEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vo: str
+    subject: str
+    display_name: str
+    groups: list[str] = []
+    group: str | None = None
+    accounts: list[AccountEntry] = []
+
+
+class VOEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    issuer: str
+
+
+class IdentityFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vos: dict[str, VOEntry]
+    members: list[MemberEntry] = []
+
+    @model_validator(mode="after")
+    def _known_vos(self) -> IdentityFile:
+        for i, m in enumerate(self.members):
+            if m.vo not in self.vos:
+                raise ValueError(f"members[{i}]: VO {m.vo!r} is not declared under [vos]")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRef:
+    id: str
+    vo: str
+    grp: str
+
+
+def member_id(issuer: str, subject: str) -> str:
+    return f"{issuer}|{subject}"
+
+
+def unmapped_member(facility: str) -> MemberRef:
+    return MemberRef(member_id(UNMAPPED_ISSUER, facility), UNMAPPED, UNMAPPED)
+
+
+def parse_identity_file(path: Path) -> IdentityFile:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise IdentityError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise IdentityError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return IdentityFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise IdentityError(f"{path}: {where}: {first['msg']}") from None
+
+
+def load_identity_file(engine: Engine, path: Path) -> int:
+    """Replace the identity map in the database with the file's; returns the account count."""
+    data = parse_identity_file(path)
+    seen: set[tuple[str, str, float]] = set()
+    members: list[Member] = []
+    accounts: list[Account] = []
+    for i, m in enumerate(data.members):
+        issuer = data.vos[m.vo].issuer
+        mid = member_id(issuer, m.subject)
+        grp = m.group or (m.groups[-1] if m.groups else f"/{m.vo}")
+        members.append(
+            Member(
+                id=mid,
+                issuer=issuer,
+                subject=m.subject,
+                vo=m.vo,
+                grp=grp,
+                display_name=m.display_name,
+                groups=json.dumps(m.groups),
+            )
+        )
+        for j, a in enumerate(m.accounts):
+            key = (a.facility, a.local, a.valid_from)
+            if key in seen:
+                raise IdentityError(
+                    f"{path}: members.{i}.accounts.{j}: account {a.local!r} at {a.facility!r} "
+                    "is mapped twice from the same date"
+                )
+            seen.add(key)
+            accounts.append(
+                Account(
+                    facility=a.facility,
+                    local=a.local,
+                    member_id=mid,
+                    valid_from=a.valid_from,
+                    valid_until=a.valid_until,
+                )
+            )
+    with Session(engine) as session:
+        session.exec(delete(Account))
+        for member in members:
+            session.merge(member)
+        session.flush()  # members first: accounts refer to them
+        session.add_all(accounts)
+        session.commit()
+    return len(accounts)
+
+
+class IdentityMap:
+    """In-memory resolver built from the database's accounts and members."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._by_account: dict[
+            tuple[str, str], tuple[list[float], list[tuple[float | None, MemberRef]]]
+        ] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        with Session(self._engine) as session:
+            members = {
+                m.id: MemberRef(m.id, m.vo, m.grp) for m in session.exec(select(Member)).all()
+            }
+            rows = session.exec(select(Account).order_by(Account.valid_from)).all()
+        table: dict[tuple[str, str], tuple[list[float], list[tuple[float | None, MemberRef]]]] = {}
+        for a in rows:
+            starts, spans = table.setdefault((a.facility, a.local), ([], []))
+            starts.append(a.valid_from)
+            spans.append((a.valid_until, members[a.member_id]))
+        self._by_account = table
+
+    def resolve(self, facility: str, local: str, when: float) -> MemberRef:
+        entry = self._by_account.get((facility, local))
+        if entry is not None:
+            starts, spans = entry
+            i = bisect.bisect_right(starts, when) - 1
+            if i >= 0:
+                until, ref = spans[i]
+                if until is None or when < until:
+                    return ref
+        return unmapped_member(facility)

@@ -1,0 +1,317 @@
+"""Applying one decoded batch: exactly once, in one transaction.
+
+The raw samples, the ledger increments, the events, the series state and the
+(agent, seq) guard are written together, so a batch is either wholly applied
+or not at all, and a batch seen again is acknowledged without being applied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine
+
+from aggregator.db import placeholder
+from aggregator.identity import IdentityMap, MemberRef
+from aggregator.ledger import (
+    ACCOUNTED_METRICS,
+    NORMALISED_CPU,
+    Increments,
+    counter_increases,
+    fresh_count,
+    gauge_integral,
+    hour_of,
+)
+from aggregator.schema import RESOURCES, UNMAPPED_ISSUER
+from aggregator.settings import ServerSettings
+from collectors import wire
+
+log = logging.getLogger(__name__)
+
+NODE_METRICS = {
+    "node_cpu_cores": "cpu_cores",
+    "node_memory_bytes": "memory_bytes",
+    "node_hepscore23_per_core": "hepscore23_per_core",
+    "node_cpu_busy_ratio": "cpu_busy_ratio",
+}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: Literal["applied", "duplicate"]
+    seq: int
+    samples: int = 0
+    stale_samples: int = 0
+    events: int = 0
+    ledger_rows: int = 0
+
+
+class Ingestor:
+    def __init__(
+        self,
+        engine: Engine,
+        identity: IdentityMap,
+        settings: ServerSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self._identity = identity
+        self._settings = settings
+        self._clock = clock
+        self._series_ids: dict[tuple[str, str, str], int] = {}
+        p = placeholder(engine)
+        self._p = p
+        self._for_update = "" if engine.dialect.name == "sqlite" else " FOR UPDATE"
+        self._sql_sample = f"INSERT INTO sample (series_id, time, value) VALUES ({p}, {p}, {p})"
+        self._sql_ledger = (
+            "INSERT INTO usage (facility, vo, grp, member_id, resource, hour, amount, unit) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (facility, vo, grp, member_id, resource, hour) "
+            "DO UPDATE SET amount = usage.amount + excluded.amount"
+        )
+
+    def apply(self, batch: wire.Batch) -> IngestResult:
+        p = self._p
+        now = self._clock()
+        with self._engine.begin() as conn:
+            claimed = conn.exec_driver_sql(
+                "INSERT INTO applied_batch (agent_id, seq, facility, received_at, samples) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+                (batch.agent_id, batch.seq, batch.facility, now, batch.sample_count),
+            ).rowcount
+            if claimed == 0:
+                return IngestResult("duplicate", batch.seq)
+            new_series: dict[tuple[str, str, str], int] = {}
+            result = self._apply(conn, batch, now, new_series)
+        # Only ids of committed series may be remembered: a rolled-back id can be reused.
+        self._series_ids.update(new_series)
+        return result
+
+    # -- the parts of one transaction -------------------------------------------------
+
+    def _apply(
+        self,
+        conn: Connection,
+        batch: wire.Batch,
+        now: float,
+        new_series: dict[tuple[str, str, str], int],
+    ) -> IngestResult:
+        facility = batch.facility
+        ids = self._series_ids_for(conn, batch, new_series)
+        state = self._series_state(conn, ids)
+        hepscore = self._update_nodes(conn, batch, now)
+        inc = Increments()
+        members: dict[str, MemberRef] = {}
+        samples: list[tuple[int, float, float]] = []
+        new_state: list[tuple[float, float, int]] = []
+        stale = 0
+        for s, sid in zip(batch.series, ids, strict=True):
+            last_t, last_v = state[sid]
+            n = fresh_count(s.times, last_t)
+            stale += len(s.times) - n
+            if n == 0:
+                continue
+            start = len(s.times) - n
+            samples.extend(zip([sid] * n, s.times[start:], s.values[start:], strict=True))
+            new_state.append((s.times[-1], s.values[-1], sid))
+            accounted = ACCOUNTED_METRICS.get(s.metric)
+            user = s.labels.get("user")
+            if accounted is None or user is None:
+                continue
+            resource, how = accounted
+            node = s.labels.get("node", batch.node)
+            if how == "counter":
+                factor = hepscore.get(node, self._settings.default_hepscore23_per_core)
+                for t, amount in counter_increases(s.times, s.values, last_t, last_v, s.created):
+                    ref = self._member(facility, user, t, members)
+                    h = hour_of(t)
+                    inc.add(facility, ref, resource, h, amount)
+                    if resource == "cpu_seconds":
+                        inc.add(facility, ref, NORMALISED_CPU, h, amount * factor)
+            else:
+                gap = self._settings.gauge_max_gap_seconds
+                for h, amount in gauge_integral(s.times, s.values, last_t, last_v, gap):
+                    inc.add(facility, self._member(facility, user, h, members), resource, h, amount)
+        if samples:
+            conn.exec_driver_sql(self._sql_sample, samples)
+        if new_state:
+            conn.exec_driver_sql(
+                f"UPDATE series SET last_time = {self._p}, last_value = {self._p} "
+                f"WHERE id = {self._p}",
+                new_state,
+            )
+        events = self._apply_events(conn, batch, inc, members)
+        self._ensure_unmapped(conn, members)
+        if inc.amounts:
+            conn.exec_driver_sql(
+                self._sql_ledger,
+                [(*key, amount, RESOURCES[key[4]].unit) for key, amount in inc.amounts.items()],
+            )
+        self._touch_agent(conn, batch, now, len(samples))
+        return IngestResult("applied", batch.seq, len(samples), stale, events, len(inc))
+
+    def _member(
+        self, facility: str, user: str, when: float, seen: dict[str, MemberRef]
+    ) -> MemberRef:
+        ref = self._identity.resolve(facility, user, when)
+        seen[ref.id] = ref
+        return ref
+
+    def _series_ids_for(
+        self, conn: Connection, batch: wire.Batch, new_series: dict[tuple[str, str, str], int]
+    ) -> list[int]:
+        p = self._p
+        ids: list[int] = []
+        first_index: dict[int, int] = {}
+        for i, s in enumerate(batch.series):
+            labels = json.dumps(s.labels, sort_keys=True, separators=(",", ":"))
+            key = (batch.facility, s.metric, labels)
+            sid = self._series_ids.get(key) or new_series.get(key)
+            if sid is None:
+                conn.exec_driver_sql(
+                    "INSERT INTO series (facility, metric, labels, unit, kind, node, local_user) "
+                    f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+                    (
+                        batch.facility,
+                        s.metric,
+                        labels,
+                        s.unit,
+                        s.kind,
+                        s.labels.get("node", batch.node),
+                        s.labels.get("user"),
+                    ),
+                )
+                sid = conn.exec_driver_sql(
+                    f"SELECT id FROM series WHERE facility = {p} AND metric = {p} AND labels = {p}",
+                    key,
+                ).scalar_one()
+                new_series[key] = sid
+            if sid in first_index:
+                raise wire.WireError(
+                    f"$.series[{i}]",
+                    f"repeats the series of $.series[{first_index[sid]}] ({s.metric} {labels}); "
+                    "send each series once per batch",
+                )
+            first_index[sid] = i
+            ids.append(sid)
+        return ids
+
+    def _series_state(
+        self, conn: Connection, ids: list[int]
+    ) -> dict[int, tuple[float | None, float | None]]:
+        state: dict[int, tuple[float | None, float | None]] = {}
+        unique = sorted(set(ids))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i : i + 500]
+            marks = ", ".join([self._p] * len(chunk))
+            rows = conn.exec_driver_sql(
+                f"SELECT id, last_time, last_value FROM series WHERE id IN ({marks})"
+                f"{self._for_update}",
+                tuple(chunk),
+            )
+            state.update((r[0], (r[1], r[2])) for r in rows)
+        return state
+
+    def _update_nodes(self, conn: Connection, batch: wire.Batch, now: float) -> dict[str, float]:
+        """Record node capacity from node_* series; return HEPscore23/core per node."""
+        p = self._p
+        latest: dict[str, dict[str, float]] = {}
+        for s in batch.series:
+            column = NODE_METRICS.get(s.metric)
+            if column and s.values:
+                latest.setdefault(s.labels.get("node", batch.node), {})[column] = s.values[-1]
+        for node, values in latest.items():
+            cols = ", ".join(values)
+            sets = ", ".join(f"{c} = excluded.{c}" for c in values)
+            conn.exec_driver_sql(
+                f"INSERT INTO node (facility, node, updated, {cols}) "
+                f"VALUES ({', '.join([p] * (3 + len(values)))}) "
+                f"ON CONFLICT (facility, node) DO UPDATE SET updated = excluded.updated, {sets}",
+                (batch.facility, node, now, *values.values()),
+            )
+        rows = conn.exec_driver_sql(
+            f"SELECT node, hepscore23_per_core FROM node WHERE facility = {p}", (batch.facility,)
+        )
+        return {r[0]: r[1] for r in rows if r[1]}
+
+    def _apply_events(
+        self, conn: Connection, batch: wire.Batch, inc: Increments, members: dict[str, MemberRef]
+    ) -> int:
+        p = self._p
+        applied = 0
+        for e in batch.events:
+            row = conn.exec_driver_sql(
+                f'SELECT "end" FROM event WHERE facility = {p} AND kind = {p} AND id = {p}'
+                f"{self._for_update}",
+                (batch.facility, e.kind, e.id),
+            ).first()
+            if row is not None and row[0] is not None:
+                continue  # already ended and accounted: a repeat changes nothing
+            ref = self._member(batch.facility, e.user, e.start, members)
+            attrs = json.dumps(e.attrs, sort_keys=True)
+            if row is None:
+                conn.exec_driver_sql(
+                    "INSERT INTO event (facility, kind, id, node, local_user, member_id, start, "
+                    f'"end", attrs) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})',
+                    (
+                        batch.facility,
+                        e.kind,
+                        e.id,
+                        batch.node,
+                        e.user,
+                        ref.id,
+                        e.start,
+                        e.end,
+                        attrs,
+                    ),
+                )
+            elif e.end is not None:
+                conn.exec_driver_sql(
+                    f'UPDATE event SET "end" = {p}, attrs = {p} '
+                    f"WHERE facility = {p} AND kind = {p} AND id = {p}",
+                    (e.end, attrs, batch.facility, e.kind, e.id),
+                )
+            if e.end is not None:
+                inc.add_event(batch.facility, ref, e.kind, e.start, e.end)
+            applied += 1
+        return applied
+
+    def _ensure_unmapped(self, conn: Connection, members: dict[str, MemberRef]) -> None:
+        p = self._p
+        rows: list[tuple[Any, ...]] = []
+        for ref in members.values():
+            issuer, _, subject = ref.id.partition("|")
+            if issuer == UNMAPPED_ISSUER:
+                rows.append(
+                    (
+                        ref.id,
+                        issuer,
+                        subject,
+                        ref.vo,
+                        ref.grp,
+                        f"unmapped accounts at {subject}",
+                        "[]",
+                    )
+                )
+        if rows:
+            conn.exec_driver_sql(
+                "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+    def _touch_agent(self, conn: Connection, batch: wire.Batch, now: float, samples: int) -> None:
+        p = self._p
+        conn.exec_driver_sql(
+            "INSERT INTO agent (agent_id, facility, node, last_seen, last_seq, batches, samples) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, 1, {p}) ON CONFLICT (agent_id) DO UPDATE SET "
+            "facility = excluded.facility, node = excluded.node, last_seen = excluded.last_seen, "
+            "last_seq = excluded.last_seq, batches = agent.batches + 1, "
+            "samples = agent.samples + excluded.samples",
+            (batch.agent_id, batch.facility, batch.node, now, batch.seq, samples),
+        )

@@ -1,0 +1,122 @@
+"""Turning samples and events into hourly ledger increments (pure functions).
+
+Rules (docs/accounting.md states them for users):
+- a counter adds its increase between consecutive samples to the hour of the
+  later sample; a decrease is a reset, and the new value counts in full; the
+  first sample ever seen is a baseline unless the series says when the
+  counter started (`created`);
+- a gauge is integrated over time: each value holds until the next sample,
+  split exactly at hour boundaries; gaps longer than `max_gap` count nothing;
+- an event (session, cluster, job) is accounted once, when its end is known:
+  its duration split over the hours it covered, and one start in its first hour.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aggregator.identity import MemberRef
+
+HOUR = 3600
+
+# metric -> (ledger resource, how it is accounted)
+ACCOUNTED_METRICS: dict[str, tuple[str, str]] = {
+    "user_cpu_seconds": ("cpu_seconds", "counter"),
+    "user_io_read_bytes": ("io_read_bytes", "counter"),
+    "user_io_write_bytes": ("io_write_bytes", "counter"),
+    "user_memory_rss_bytes": ("memory_byte_seconds", "integral"),
+}
+NORMALISED_CPU = "cpu_hs23_seconds"
+
+
+def hour_of(t: float) -> int:
+    return int(t // HOUR) * HOUR
+
+
+def split_by_hour(start: float, end: float) -> Iterator[tuple[int, float]]:
+    """Yield (hour, seconds) covering [start, end)."""
+    t = start
+    while t < end:
+        h = hour_of(t)
+        stop = min(end, h + HOUR)
+        yield h, stop - t
+        t = stop
+
+
+def counter_increases(
+    times: list[float],
+    values: list[float],
+    last_time: float | None,
+    last_value: float | None,
+    created: float | None,
+) -> Iterator[tuple[float, float]]:
+    """Yield (time, increase) for the samples after `last_time`."""
+    prev_t, prev_v = last_time, last_value
+    for t, v in zip(times, values, strict=True):
+        if prev_t is not None and t <= prev_t:
+            continue
+        if prev_v is None:
+            inc = v if created is not None and t >= created else 0.0
+        elif v < prev_v or (created is not None and prev_t is not None and created > prev_t):
+            inc = v  # the counter was reset (or restarted from zero at `created`)
+        else:
+            inc = v - prev_v
+        prev_t, prev_v = t, v
+        if inc:
+            yield t, inc
+
+
+def gauge_integral(
+    times: list[float],
+    values: list[float],
+    last_time: float | None,
+    last_value: float | None,
+    max_gap: float,
+) -> Iterator[tuple[int, float]]:
+    """Yield (hour, value x seconds) for the intervals the new samples close."""
+    prev_t, prev_v = last_time, last_value
+    for t, v in zip(times, values, strict=True):
+        if prev_t is not None and t <= prev_t:
+            continue
+        if prev_t is not None and prev_v and t - prev_t <= max_gap:
+            for h, secs in split_by_hour(prev_t, t):
+                yield h, prev_v * secs
+        prev_t, prev_v = t, v
+
+
+def fresh_count(times: list[float], last_time: float | None) -> int:
+    """How many samples at the end of `times` are newer than `last_time`."""
+    if last_time is None:
+        return len(times)
+    n = 0
+    for t in reversed(times):
+        if t <= last_time:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class Increments:
+    """Ledger increments of one batch, keyed like the ledger's primary key."""
+
+    amounts: dict[tuple[str, str, str, str, str, int], float] = field(
+        default_factory=lambda: defaultdict(float)
+    )
+
+    def add(
+        self, facility: str, member: MemberRef, resource: str, hour: int, amount: float
+    ) -> None:
+        self.amounts[(facility, member.vo, member.grp, member.id, resource, hour)] += amount
+
+    def add_event(
+        self, facility: str, member: MemberRef, kind: str, start: float, end: float
+    ) -> None:
+        for h, secs in split_by_hour(start, end):
+            self.add(facility, member, f"{kind}_seconds", h, secs)
+        self.add(facility, member, f"{kind}s", hour_of(start), 1.0)
+
+    def __len__(self) -> int:
+        return len(self.amounts)

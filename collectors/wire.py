@@ -1,0 +1,204 @@
+"""The wire contract between afmon agents (producers) and the aggregator.
+
+This module is owned by the collectors and imports no server library: the
+aggregator imports it, never the other way round.
+
+A batch carries the agent's id, its facility and node, and a sequence number
+that the agent never reuses; the aggregator applies each (agent_id, seq) once.
+Samples travel grouped by series (metric, unit, kind, labels, then parallel
+arrays of times and values), so a sample costs two numbers on the wire.
+Events are things with a start and an end: sessions, Dask clusters, batch jobs.
+
+Times are UNIX epoch seconds (UTC) as floats. Values are floats in the unit
+the series names. Decoding is one pass from the raw bytes (msgspec validates
+while it parses); `check_batch` then adds the few cross-field rules that a
+type cannot express.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from typing import Annotated, Literal
+
+import msgspec
+
+WIRE_VERSION = 1
+CONTENT_TYPE = "application/vnd.afmon.batch+json"
+
+Name = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_:][A-Za-z0-9_:.\-]*$")
+]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
+Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+Epoch = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Series(msgspec.Struct, forbid_unknown_fields=True):
+    """One metric with one label set, and its samples as parallel arrays.
+
+    `created` is when a counter started from zero (like OpenMetrics'
+    `_created`). Without it the first sample the aggregator sees of a counter
+    is only a baseline; with it, the first sample counts in full.
+    """
+
+    metric: Name
+    unit: Unit
+    kind: Literal["counter", "gauge"]
+    labels: dict[Name, LabelValue]
+    times: list[Epoch]
+    values: list[float]
+    created: Epoch | None = None
+
+
+class Event(msgspec.Struct, forbid_unknown_fields=True):
+    """Something with a start and (once known) an end, owned by a local user."""
+
+    kind: Literal["session", "dask_cluster", "batch_job"]
+    id: Text
+    user: Text
+    start: Epoch
+    end: Epoch | None = None
+    attrs: dict[Name, str | int | float | bool] = {}
+
+
+class Batch(msgspec.Struct, forbid_unknown_fields=True):
+    version: int
+    agent_id: Text
+    facility: Name
+    node: Text
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    sent_at: Epoch
+    series: list[Series] = []
+    events: list[Event] = []
+
+    @property
+    def sample_count(self) -> int:
+        return sum(len(s.times) for s in self.series)
+
+
+class WireError(ValueError):
+    """A batch that cannot be accepted; `field` names where the problem is."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+# Metrics whose unit and kind are fixed: a batch that sends them otherwise is
+# refused (wrong units must never reach the ledger). Other metrics are stored
+# raw and not accounted.
+KNOWN_METRICS: dict[str, tuple[str, str]] = {
+    "user_cpu_seconds": ("seconds", "counter"),
+    "user_memory_rss_bytes": ("bytes", "gauge"),
+    "user_io_read_bytes": ("bytes", "counter"),
+    "user_io_write_bytes": ("bytes", "counter"),
+    "user_processes": ("1", "gauge"),
+    "node_cpu_cores": ("cores", "gauge"),
+    "node_memory_bytes": ("bytes", "gauge"),
+    "node_hepscore23_per_core": ("HS23", "gauge"),
+    "node_cpu_busy_ratio": ("ratio", "gauge"),
+    "agent_spool_dropped_samples": ("1", "counter"),
+    "agent_spool_batches": ("1", "gauge"),
+}
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Batch)
+
+
+def encode(batch: Batch, *, compress: bool = False) -> bytes:
+    body = _encoder.encode(batch)
+    return gzip.compress(body, compresslevel=5) if compress else body
+
+
+def decode(
+    body: bytes,
+    *,
+    max_decompressed: int | None = None,
+    now: float | None = None,
+    max_future_skew: float | None = None,
+) -> Batch:
+    """Decode and validate raw bytes (gzip or plain JSON) into a Batch.
+
+    Raises WireError naming the offending field.
+    """
+    if body[:2] == b"\x1f\x8b":
+        body = _gunzip(body, max_decompressed)
+    try:
+        batch = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        field, _, message = _split_msgspec_error(str(exc))
+        raise WireError(field, message) from None
+    except msgspec.DecodeError as exc:
+        raise WireError("$", f"not valid JSON: {exc}") from None
+    check_batch(batch, now=now, max_future_skew=max_future_skew)
+    return batch
+
+
+def check_batch(
+    batch: Batch, *, now: float | None = None, max_future_skew: float | None = None
+) -> None:
+    """Cross-field rules that the types cannot state."""
+    if batch.version != WIRE_VERSION:
+        raise WireError(
+            "$.version", f"unsupported wire version {batch.version}, expected {WIRE_VERSION}"
+        )
+    for i, s in enumerate(batch.series):
+        where = f"$.series[{i}]"
+        if len(s.times) != len(s.values):
+            raise WireError(
+                f"{where}.values",
+                f"{len(s.values)} values for {len(s.times)} times in series {s.metric}",
+            )
+        if not all(map(math.isfinite, s.values)):
+            raise WireError(f"{where}.values", f"non-finite value in series {s.metric}")
+        if any(b <= a for a, b in zip(s.times, s.times[1:], strict=False)):
+            raise WireError(f"{where}.times", f"times of series {s.metric} must strictly increase")
+        expected = KNOWN_METRICS.get(s.metric)
+        if expected is not None:
+            unit, kind = expected
+            if s.unit != unit:
+                raise WireError(
+                    f"{where}.unit", f"metric {s.metric} is in {unit!r}, not {s.unit!r}"
+                )
+            if s.kind != kind:
+                raise WireError(f"{where}.kind", f"metric {s.metric} is a {kind}, not a {s.kind}")
+        if s.kind == "counter" and any(v < 0 for v in s.values):
+            raise WireError(f"{where}.values", f"counter {s.metric} has a negative value")
+    for i, e in enumerate(batch.events):
+        if e.end is not None and e.end < e.start:
+            raise WireError(f"$.events[{i}].end", f"event {e.id} ends before it starts")
+    if now is not None and max_future_skew is not None:
+        limit = now + max_future_skew
+        for i, s in enumerate(batch.series):
+            if s.times and s.times[-1] > limit:
+                raise WireError(
+                    f"$.series[{i}].times",
+                    f"sample at {s.times[-1]:.3f} is {s.times[-1] - now:.0f} s in the future "
+                    f"(clock skew over {max_future_skew:.0f} s)",
+                )
+        for i, e in enumerate(batch.events):
+            if max(e.start, e.end or 0.0) > limit:
+                raise WireError(f"$.events[{i}]", f"event {e.id} is in the future (clock skew)")
+
+
+def _gunzip(body: bytes, limit: int | None) -> bytes:
+    d = zlib.decompressobj(wbits=31)
+    try:
+        out = d.decompress(body, limit or 0)
+    except zlib.error as exc:
+        raise WireError("$", f"bad gzip body: {exc}") from None
+    if limit is not None and d.unconsumed_tail:
+        raise WireError("$", f"decompressed body is larger than {limit} bytes")
+    return out
+
+
+def _split_msgspec_error(text: str) -> tuple[str, str, str]:
+    # msgspec says e.g. "Expected `float`, got `str` - at `$.series[0].values[3]`"
+    head, sep, where = text.rpartition(" - at `")
+    if sep:
+        return where.rstrip("`"), "", head
+    return "$", "", text

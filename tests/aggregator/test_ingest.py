@@ -1,0 +1,235 @@
+"""The ingest API: exactly once, bad input refused with the field named, nothing half-written."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from aggregator.app import create_app
+from aggregator.settings import ServerSettings
+from collectors import wire
+
+NOW = 1_790_000_000.0  # a fixed clock: 2026-09-21T14:13:20Z
+TOKEN = "agent-token"
+
+
+def batch(seq: int = 1, series: list[wire.Series] | None = None, **kw: object) -> wire.Batch:
+    fields = dict(
+        version=1,
+        agent_id="agent-1",
+        facility="af",
+        node="n1",
+        seq=seq,
+        sent_at=NOW,
+        series=series if series is not None else [],
+        events=[],
+    )
+    fields.update(kw)
+    return wire.Batch(**fields)  # type: ignore[arg-type]
+
+
+def cpu(
+    times: list[float], values: list[float], user: str = "alice", created: float | None = None
+) -> wire.Series:
+    return wire.Series(
+        metric="user_cpu_seconds",
+        unit="seconds",
+        kind="counter",
+        labels={"user": user, "node": "n1"},
+        times=times,
+        values=values,
+        created=created,
+    )
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> TestClient:
+    settings = ServerSettings(
+        database_url=f"sqlite:///{tmp_path}/a.sqlite",
+        facility_tokens={"af": TOKEN, "other": "x"},
+        max_body_bytes=200_000,
+    )
+    return TestClient(create_app(settings, clock=lambda: NOW, with_dashboard=False))
+
+
+def post(client: TestClient, body: bytes | wire.Batch, token: str = TOKEN):
+    data = wire.encode(body) if isinstance(body, wire.Batch) else body
+    return client.post("/api/v1/ingest", content=data, headers={"Authorization": f"Bearer {token}"})
+
+
+def counts(client: TestClient) -> dict[str, int]:
+    engine = client.app.state.services.engine
+    with engine.connect() as conn:
+        return {
+            t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+            for t in ("sample", "usage", "applied_batch", "series", "event")
+        }
+
+
+def cpu_total(client: TestClient) -> float:
+    engine = client.app.state.services.engine
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT COALESCE(SUM(amount), 0) FROM usage WHERE resource = 'cpu_seconds'")
+        ).scalar_one()
+
+
+def test_batch_applied_once_even_when_sent_twice(client: TestClient) -> None:
+    b = batch(series=[cpu([NOW - 20, NOW - 10], [10.0, 25.0], created=NOW - 30)])
+    first = post(client, b)
+    assert first.status_code == 200
+    assert first.json() == {
+        "status": "applied",
+        "seq": 1,
+        "samples": 2,
+        "stale_samples": 0,
+        "events": 0,
+    }
+    again = post(client, gzip.compress(wire.encode(b)))
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert cpu_total(client) == 25.0
+    assert counts(client)["sample"] == 2
+
+
+def test_same_samples_under_a_new_seq_count_once(client: TestClient) -> None:
+    post(client, batch(1, [cpu([NOW - 20, NOW - 10], [10.0, 25.0], created=NOW - 30)]))
+    r = post(client, batch(2, [cpu([NOW - 10, NOW - 5], [25.0, 30.0], created=NOW - 30)]))
+    assert r.json()["samples"] == 1 and r.json()["stale_samples"] == 1
+    assert cpu_total(client) == 30.0
+
+
+def test_counter_without_created_starts_from_a_baseline_and_survives_a_reset(
+    client: TestClient,
+) -> None:
+    post(client, batch(1, [cpu([NOW - 40, NOW - 30], [1000.0, 1010.0])]))
+    post(client, batch(2, [cpu([NOW - 20, NOW - 10], [4.0, 9.0])]))  # process restarted
+    assert cpu_total(client) == 10.0 + 4.0 + 5.0
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b'{"version": 1}', "$", "agent_id"),
+        (b"not json", "$", "not valid JSON"),
+        (wire.encode(batch(version=2)), "$.version", "unsupported wire version 2"),
+        (
+            wire.encode(batch(series=[cpu([NOW], [1.0, 2.0])])),
+            "$.series[0].values",
+            "2 values for 1 times",
+        ),
+        (
+            wire.encode(batch(series=[cpu([NOW, NOW - 1], [1.0, 2.0])])),
+            "$.series[0].times",
+            "strictly increase",
+        ),
+        (
+            wire.encode(
+                batch(
+                    series=[
+                        wire.Series(
+                            metric="user_cpu_seconds",
+                            unit="ms",
+                            kind="counter",
+                            labels={"user": "a"},
+                            times=[NOW],
+                            values=[1.0],
+                        )
+                    ]
+                )
+            ),
+            "$.series[0].unit",
+            "in 'seconds', not 'ms'",
+        ),
+        (
+            wire.encode(batch(series=[cpu([NOW + 3600], [1.0])])),
+            "$.series[0].times",
+            "in the future",
+        ),
+        (wire.encode(batch(series=[cpu([NOW], [-1.0])])), "$.series[0].values", "negative"),
+        (
+            wire.encode(batch(series=[cpu([NOW], [1.0]), cpu([NOW + 1], [2.0])])),
+            "$.series[1]",
+            "repeats the series of $.series[0]",
+        ),
+        (
+            b'{"version":1,"agent_id":"a","facility":"af","node":"n","seq":1,"sent_at":1,'
+            b'"series":[{"metric":"m","unit":"u","kind":"gauge","labels":{},"times":[1],'
+            b'"values":["x"]}]}',
+            "$.series[0].values[0]",
+            "Expected `float`",
+        ),
+        (gzip.compress(b"x" * 3_000_000), "$", "larger than"),
+    ],
+)
+def test_bad_batch_gets_422_naming_the_field_and_writes_nothing(
+    client: TestClient, body: bytes, field: str, words: str
+) -> None:
+    before = counts(client)
+    r = post(client, body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail["field"] == field
+    assert words in detail["message"]
+    assert counts(client) == before
+
+
+def test_rejected_batch_leaves_earlier_data_and_seq_usable(client: TestClient) -> None:
+    post(client, batch(1, [cpu([NOW - 20, NOW - 10], [1.0, 2.0], created=NOW - 30)]))
+    bad = post(client, batch(2, [cpu([NOW - 5], [3.0]), cpu([NOW - 4], [4.0])]))
+    assert bad.status_code == 422
+    good = post(client, batch(2, [cpu([NOW - 5], [3.0])]))
+    assert good.json()["status"] == "applied"  # the refused batch did not consume seq 2
+    assert cpu_total(client) == 3.0
+
+
+def test_oversize_body_is_413(client: TestClient) -> None:
+    r = post(client, b"{" + b" " * 300_000 + b"}")
+    assert r.status_code == 413
+    assert "larger than 200000 bytes" in r.json()["detail"]["message"]
+
+
+def test_unknown_token_is_401_and_other_facility_is_403(client: TestClient) -> None:
+    assert post(client, batch(), token="nope").status_code == 401
+    r = post(client, batch(), token="x")
+    assert r.status_code == 403
+    assert r.json()["detail"] == {
+        "field": "$.facility",
+        "message": "this token writes facility 'other', not 'af'",
+    }
+    assert counts(client)["applied_batch"] == 0
+
+
+def test_events_are_accounted_once_when_they_end(client: TestClient) -> None:
+    start = NOW - 5400  # 1.5 h before NOW
+    open_ = wire.Event(kind="session", id="s1", user="alice", start=start)
+    post(client, batch(1, events=[open_]))
+    assert counts(client)["usage"] == 0
+    ended = wire.Event(kind="session", id="s1", user="alice", start=start, end=NOW - 1800)
+    post(client, batch(2, events=[ended]))
+    post(client, batch(3, events=[ended]))  # repeated by a restarted agent
+    engine = client.app.state.services.engine
+    with engine.connect() as conn:
+        rows = dict(
+            conn.execute(text("SELECT resource, SUM(amount) FROM usage GROUP BY resource")).all()
+        )
+    assert rows == {"session_seconds": 3600.0, "sessions": 1.0}
+
+
+def test_metrics_count_outcomes(client: TestClient) -> None:
+    post(client, batch(1, [cpu([NOW - 10], [1.0])]))
+    post(client, batch(1, [cpu([NOW - 10], [1.0])]))
+    post(client, b"junk")
+    body = client.get("/metrics").text
+    assert 'afmon_ingest_batches_total{facility="af",outcome="applied"} 1.0' in body
+    assert 'afmon_ingest_batches_total{facility="af",outcome="duplicate"} 1.0' in body
+    assert 'afmon_ingest_batches_total{facility="af",outcome="rejected"} 1.0' in body
+    assert 'afmon_ingest_samples_total{facility="af"} 1.0' in body
+
+
+def test_healthz(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["database"] == "sqlite"
