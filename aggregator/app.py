@@ -111,7 +111,7 @@ def create_app(
     *,
     engine: Engine | None = None,
     clock: Callable[[], float] = time.time,
-    with_dashboard: bool = True,
+    with_dashboard: bool | None = None,
 ) -> FastAPI:
     services = build_services(settings, engine, clock)
     stop = threading.Event()
@@ -210,8 +210,9 @@ def create_app(
             raise HTTPException(400, str(exc)) from exc
         return df.to_dict(orient="records")
 
-    if with_dashboard:
+    if settings.dashboard if with_dashboard is None else with_dashboard:
         from a2wsgi import WSGIMiddleware
+
         from dashboard.app import create_dash
 
         dash_app = create_dash(services.query, settings)

@@ -52,6 +52,9 @@ class ServerSettings(BaseSettings):
         description="Demo only: readers are not authenticated and pick their principal "
         "(member, VO manager, facility admin) in the dashboard.",
     )
+    dashboard: bool = Field(
+        True, description="Serve the Dash app at /; false for API-only workers."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("retention_days", "max_future_skew_seconds", "gauge_max_gap_seconds")

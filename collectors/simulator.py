@@ -118,11 +118,10 @@ class FacilitySimulator:
         for i in range(1, unmapped_accounts + 1):
             self.members.append(SimMember(f"guest{i:02d}", "", "", "", f"guest {i}", mapped=False))
         self.truth = GroundTruth()
-        self._run = uuid.UUID(int=self._rng.getrandbits(128), version=4).hex[:8]
+        self._run = uuid.uuid4().hex[:8]  # like a real agent's id: new for every process
         self._seq: dict[str, int] = defaultdict(int)
         self._active: dict[str, SimSession] = {}
         self._state: dict[tuple[str, str], _NodeUser] = {}
-        self._session_counter = 0
         self._tick: float | None = None
 
     # -- identity -----------------------------------------------------------------------
@@ -199,10 +198,9 @@ class FacilitySimulator:
         # sessions that start at this tick
         for m in self.members:
             if m.local not in self._active and rng.random() < self._p_start:
-                self._session_counter += 1
                 hours = rng.choice((0.5, 1, 2, 4, 8))
                 sess = SimSession(
-                    id=f"{self.facility}-{self._run}-{self._session_counter}",
+                    id=f"{self.facility}-{m.local}-{int(t)}",  # the same session, the same id
                     member=m,
                     node=rng.choice(self.nodes),
                     start=t,
