@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime
@@ -169,6 +170,7 @@ class IdentityMap:
         self._by_account: dict[
             tuple[str, str], tuple[list[float], list[tuple[float | None, MemberRef]]]
         ] = {}
+        self._unmapped_refs: dict[str, MemberRef] = {}
         self.reload()
 
     def reload(self) -> None:
@@ -185,12 +187,28 @@ class IdentityMap:
         self._by_account = table
 
     def resolve(self, facility: str, local: str, when: float) -> MemberRef:
+        return self.resolve_span(facility, local, when)[0]
+
+    def resolve_span(
+        self, facility: str, local: str, when: float
+    ) -> tuple[MemberRef, float, float]:
+        """The member of an account at `when`, and the window [from, until) in which that
+        answer holds, so that callers resolve once per window rather than once per sample."""
         entry = self._by_account.get((facility, local))
-        if entry is not None:
-            starts, spans = entry
-            i = bisect.bisect_right(starts, when) - 1
-            if i >= 0:
-                until, ref = spans[i]
-                if until is None or when < until:
-                    return ref
-        return unmapped_member(facility)
+        if entry is None:
+            return self._unmapped(facility), -math.inf, math.inf
+        starts, spans = entry
+        i = bisect.bisect_right(starts, when) - 1
+        if i >= 0:
+            until, ref = spans[i]
+            if until is None or when < until:
+                return ref, starts[i], math.inf if until is None else until
+        lo = -math.inf if i < 0 else (spans[i][0] or -math.inf)
+        hi = starts[i + 1] if i + 1 < len(starts) else math.inf
+        return self._unmapped(facility), lo, hi
+
+    def _unmapped(self, facility: str) -> MemberRef:
+        ref = self._unmapped_refs.get(facility)
+        if ref is None:
+            ref = self._unmapped_refs[facility] = unmapped_member(facility)
+        return ref

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,12 +21,12 @@ from aggregator.db import placeholder
 from aggregator.identity import IdentityMap, MemberRef
 from aggregator.ledger import (
     ACCOUNTED_METRICS,
+    HOUR,
     NORMALISED_CPU,
     Increments,
     counter_increases,
     fresh_count,
     gauge_integral,
-    hour_of,
 )
 from aggregator.schema import RESOURCES, UNMAPPED_ISSUER
 from aggregator.settings import ServerSettings
@@ -125,18 +126,25 @@ class Ingestor:
                 continue
             resource, how = accounted
             node = s.labels.get("node", batch.node)
-            if how == "counter":
-                factor = hepscore.get(node, self._settings.default_hepscore23_per_core)
-                for t, amount in counter_increases(s.times, s.values, last_t, last_v, s.created):
-                    ref = self._member(facility, user, t, members)
-                    h = hour_of(t)
-                    inc.add(facility, ref, resource, h, amount)
-                    if resource == "cpu_seconds":
-                        inc.add(facility, ref, NORMALISED_CPU, h, amount * factor)
-            else:
-                gap = self._settings.gauge_max_gap_seconds
-                for h, amount in gauge_integral(s.times, s.values, last_t, last_v, gap):
-                    inc.add(facility, self._member(facility, user, h, members), resource, h, amount)
+            gap = self._settings.gauge_max_gap_seconds
+            pieces = (
+                counter_increases(s.times, s.values, last_t, last_v, s.created)
+                if how == "counter"
+                else gauge_integral(s.times, s.values, last_t, last_v, gap)
+            )
+            per_hour: dict[tuple[int, str], float] = defaultdict(float)
+            rid, lo, hi = "", 0.0, -1.0
+            for t, amount in pieces:
+                if not lo <= t < hi:
+                    ref, lo, hi = self._identity.resolve_span(facility, user, t)
+                    members[ref.id] = ref
+                    rid = ref.id
+                per_hour[(int(t // HOUR) * HOUR, rid)] += amount
+            factor = hepscore.get(node, self._settings.default_hepscore23_per_core)
+            for (h, rid), amount in per_hour.items():
+                inc.add(facility, members[rid], resource, h, amount)
+                if resource == "cpu_seconds":
+                    inc.add(facility, members[rid], NORMALISED_CPU, h, amount * factor)
         if samples:
             conn.exec_driver_sql(self._sql_sample, samples)
         if new_state:

@@ -74,15 +74,16 @@ def gauge_integral(
     last_time: float | None,
     last_value: float | None,
     max_gap: float,
-) -> Iterator[tuple[int, float]]:
-    """Yield (hour, value x seconds) for the intervals the new samples close."""
+) -> Iterator[tuple[float, float]]:
+    """Yield (time, value x seconds) for the intervals the new samples close, one piece per
+    hour touched, each timed at the start of its piece."""
     prev_t, prev_v = last_time, last_value
     for t, v in zip(times, values, strict=True):
         if prev_t is not None and t <= prev_t:
             continue
         if prev_t is not None and prev_v and t - prev_t <= max_gap:
             for h, secs in split_by_hour(prev_t, t):
-                yield h, prev_v * secs
+                yield max(h, prev_t), prev_v * secs
         prev_t, prev_v = t, v
 
 
