@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from aggregator.settings import ServerSettings
 
@@ -36,6 +37,8 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
         first = exc.errors()[0]
         name = "AFMON_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
         sys.exit(f"afmon: bad setting {name}: {first['msg']}")
+    except SettingsError as exc:  # e.g. a JSON setting that is not JSON
+        sys.exit(f"afmon: bad setting: {exc}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,52 @@
+"""`afmon serve` refuses bad settings with a message naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AFMON_PORT": "eighty"}, "bad setting AFMON_PORT: Input should be a valid integer"),
+        ({"AFMON_RETENTION_DAYS": "-1"}, "bad setting AFMON_RETENTION_DAYS"),
+        ({"AFMON_FACILITY_TOKENS": "{not json"}, "facility_tokens"),
+    ],
+)
+def test_serve_names_the_bad_setting(env: dict[str, str], message: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "aggregator.cli", "serve"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert message in r.stderr
+
+
+def test_serve_names_a_broken_identity_file(tmp_path) -> None:
+    bad = tmp_path / "identity.toml"
+    bad.write_text("[vos.atlas]\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator.cli",
+            "serve",
+            "--identity-file",
+            str(bad),
+            "--database-url",
+            f"sqlite:///{tmp_path}/x.sqlite",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "AFMON_DASHBOARD": "false"},
+    )
+    assert r.returncode != 0
+    assert "identity map" in r.stderr and "vos.atlas.issuer: Field required" in r.stderr
