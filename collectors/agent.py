@@ -1,0 +1,201 @@
+"""`afmon-agent`: the node agent's command line.
+
+Settings come from AFMON_* environment variables (AgentSettings); command-line flags override
+them. Nothing is read, created or connected until main() runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("afmon.agent")
+
+EXIT_OK = 0
+EXIT_PENDING = 1  # --once: some batches could not be sent and stay in the spool
+EXIT_USAGE = 2  # bad flags or settings, or the spool directory is unusable
+EXIT_REJECTED = 3  # --once: the server refused a batch (moved to rejected/)
+
+
+def _default_spool_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/afmon-agent")
+    return Path.home() / ".local" / "state" / "afmon-agent"
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AFMON_", extra="ignore")
+
+    server_url: str = "http://127.0.0.1:8600"
+    token: SecretStr | None = None
+    facility: str = Field("demo-af", pattern=r"^[A-Za-z_:][A-Za-z0-9_:.\-]*$", max_length=128)
+    node: str = Field(default_factory=socket.gethostname, min_length=1, max_length=256)
+    interval_seconds: float = Field(15.0, gt=0)
+    spool_dir: Path = Field(default_factory=_default_spool_dir)
+    spool_max_bytes: int = Field(64 * 2**20, gt=0)
+    hepscore23_per_core: float = Field(10.0, ge=0)
+    proc_root: Path = Path("/proc")
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+# (flag, settings field, metavar, help)
+_FLAGS: list[tuple[str, str, str, str]] = [
+    ("--server-url", "server_url", "URL", "aggregator base URL [http://127.0.0.1:8600]"),
+    ("--token", "token", "TOKEN", "bearer token of this agent (prefer the env variable)"),
+    ("--facility", "facility", "NAME", "facility name [demo-af]"),
+    ("--node", "node", "NAME", "node name in every batch [this host's name]"),
+    ("--interval", "interval_seconds", "SECONDS", "seconds between collections [15]"),
+    ("--spool-dir", "spool_dir", "DIR", "spool directory [~/.local/state/afmon-agent, "
+     "or /var/lib/afmon-agent as root]"),
+    ("--spool-max-bytes", "spool_max_bytes", "BYTES",
+     "spool size cap; beyond it the oldest batches are dropped [67108864]"),
+    ("--hepscore23-per-core", "hepscore23_per_core", "HS23",
+     "this node's HEPscore23 per core [10]"),
+    ("--proc-root", "proc_root", "DIR", "where /proc is mounted [/proc]"),
+    ("--cgroup-root", "cgroup_root", "DIR", "where cgroups are mounted [/sys/fs/cgroup]"),
+    ("--timeout", "timeout_seconds", "SECONDS", "HTTP timeout per request [10]"),
+]  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="afmon-agent",
+        description="afmon node agent: measures per-user CPU, memory and IO and node capacity, "
+        "spools batches on disk and pushes them to the afmon aggregator.",
+        epilog="Exit status: 0 all sent; 1 (--once) batches left in the spool; 2 bad usage, "
+        "settings or spool directory; 3 (--once) the server rejected a batch.",
+    )
+    for flag, field, metavar, text in _FLAGS:
+        env = "AFMON_" + field.upper()
+        parser.add_argument(
+            flag, dest=field, metavar=metavar, default=argparse.SUPPRESS, help=f"{text} (${env})"
+        )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--once", action="store_true", help="collect once, send the spool, exit (see exit status)"
+    )
+    mode.add_argument(
+        "--print", action="store_true", help="collect once and print the batch JSON; send nothing"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    once, print_only = args.pop("once"), args.pop("print")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.pop("log_level"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    try:
+        settings = AgentSettings(**args)
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            log.error("bad setting %s (AFMON_%s): %s", field, field.upper(), err["msg"])
+        return EXIT_USAGE
+
+    import httpx
+    import msgspec
+
+    from collectors import wire
+    from collectors.probes.host import HostProbe
+    from collectors.push import PushLoop
+    from collectors.spool import Spool
+
+    def make_loop(spool: Spool, client: httpx.Client, state: Path | None) -> PushLoop:
+        host = HostProbe(
+            node=settings.node,
+            hepscore23_per_core=settings.hepscore23_per_core,
+            proc_root=settings.proc_root,
+            cgroup_root=settings.cgroup_root,
+            state_path=state,
+        )
+        return PushLoop(
+            probes=[host],
+            spool=spool,
+            client=client,
+            server_url=settings.server_url,
+            token=settings.token.get_secret_value() if settings.token else None,
+            facility=settings.facility,
+            node=settings.node,
+            interval=settings.interval_seconds,
+        )
+
+    if print_only:  # a throw-away spool: --print leaves nothing behind and sends nothing
+        with tempfile.TemporaryDirectory() as tmp, httpx.Client() as unused:
+            loop = make_loop(Spool(tmp), unused, None)
+            batch = loop.build_batch(loop.clock(), seq=0, agent_id=loop.spool.agent_id)
+        sys.stdout.write(msgspec.json.format(wire.encode(batch)).decode() + "\n")
+        return EXIT_OK
+
+    try:
+        spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
+    except OSError as exc:
+        log.error(
+            "cannot use spool directory %s: %s (set AFMON_SPOOL_DIR)", settings.spool_dir, exc
+        )
+        return EXIT_USAGE
+
+    if settings.token is None:
+        log.warning("no token set (AFMON_TOKEN or --token): the server will likely refuse batches")
+    with httpx.Client(timeout=settings.timeout_seconds) as client:
+        loop = make_loop(spool, client, settings.spool_dir / "host-probe.json")
+        if once:
+            result = loop.run_once()
+            log.info(
+                "sent %d, rejected %d, left in spool %d",
+                result.sent,
+                result.rejected,
+                result.pending,
+            )
+            if result.pending:
+                return EXIT_PENDING
+            return EXIT_REJECTED if result.rejected else EXIT_OK
+        log.info(
+            "agent %s pushing to %s every %g s (spool %s)",
+            spool.agent_id,
+            settings.server_url,
+            settings.interval_seconds,
+            settings.spool_dir,
+        )
+        stop = threading.Event()
+        _on_signals(stop)
+        loop.run_forever(stop)
+    return EXIT_OK
+
+
+def _on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
