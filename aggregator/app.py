@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
 from aggregator import __version__
-from aggregator.db import create_schema, make_engine
+from aggregator.db import create_schema, make_engine, read_connection
 from aggregator.identity import IdentityMap, load_identity_file
 from aggregator.ingest import Ingestor
 from aggregator.metrics import IngestMetrics, make_registry
@@ -189,7 +189,7 @@ def create_app(
     @app.get("/healthz", summary="Liveness and database reachability")
     def healthz(s: ServicesDep) -> dict[str, Any]:
         try:
-            with s.engine.connect() as conn:
+            with read_connection(s.engine) as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # noqa: BLE001  (any database failure means unhealthy)
             raise HTTPException(503, f"database unreachable: {exc.__class__.__name__}") from exc

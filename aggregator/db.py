@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlmodel import SQLModel
 
 from aggregator import schema  # noqa: F401  (registers the tables)
+
+READONLY = "afmon_readonly"
+
+
+def read_connection(engine: Engine) -> Connection:
+    """A connection for readers: on SQLite it does not take the write lock."""
+    return engine.connect().execution_options(**{READONLY: True})
 
 
 def make_engine(url: str) -> Engine:
@@ -31,7 +38,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock at once; readers must not, or every dashboard
+            # read would queue behind ingest (and block it) for nothing.
+            readonly = conn.get_execution_options().get(READONLY, False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)

@@ -15,6 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
+from aggregator.db import read_connection
+
 # ledger resource -> (metric name in base units, help)
 USAGE_METRICS = {
     "cpu_seconds": ("afmon_usage_cpu_seconds", "CPU time used, from the ledger"),
@@ -103,7 +105,7 @@ class LedgerCollector(Collector):
             "When the node's agent last delivered a batch",
             labels=["facility", "node"],
         )
-        with self._engine.connect() as conn:
+        with read_connection(self._engine) as conn:
             for facility, vo, resource, amount in conn.execute(
                 text(
                     "SELECT facility, vo, resource, SUM(amount) FROM usage "

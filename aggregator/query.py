@@ -14,6 +14,7 @@ from typing import Any, Literal
 import pandas as pd
 from sqlalchemy import Engine, text
 
+from aggregator.db import read_connection
 from aggregator.ledger import HOUR
 from aggregator.schema import RESOURCES
 
@@ -70,7 +71,7 @@ class Query:
         self._engine = engine
 
     def _frame(self, sql: str, params: dict[str, Any]) -> pd.DataFrame:
-        with self._engine.connect() as conn:
+        with read_connection(self._engine) as conn:
             result = conn.execute(text(sql), params)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
@@ -150,7 +151,7 @@ class Query:
 
     def active_members(self, p: Principal, start: float, end: float) -> int:
         cond, params = _scope(p)
-        with self._engine.connect() as conn:
+        with read_connection(self._engine) as conn:
             return int(
                 conn.execute(
                     text(

@@ -1,0 +1,140 @@
+"""The Dash app factory: the shell (header, navigation, principal banner, time range)
+and a URL router that renders one page module per path.
+
+Pages are plain modules with `layout()` and `register(app, ctx)`; nothing is registered
+globally (no `dash.register_page`, no `dash.callback`), so several apps can live in one
+process. Nothing connects at import time or in `create_dash`: the layout is a function
+that reads the member list when a browser asks for the page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dash import Dash, Input, Output, dcc, html
+
+from aggregator import __version__
+from aggregator.query import LOCAL_ADMIN, Query
+from aggregator.settings import ServerSettings
+from dashboard import theme
+from dashboard.pages import common, facility, member
+from dashboard.pages.common import ADMIN_KEY, DEFAULT_RANGE, SIGN_IN_MESSAGE, Context
+
+PAGES = {facility.PATH: facility, member.PATH: member}
+NAV_IDS = {facility.PATH: "nav-facility", member.PATH: "nav-member"}
+
+
+def create_dash(
+    query: Query, settings: ServerSettings, *, clock: Callable[[], float] = time.time
+) -> Dash:
+    """A Dash app reading through `query`; mount `app.server` (Flask, WSGI) at `/`."""
+    app = Dash(
+        __name__,
+        use_pages=False,
+        requests_pathname_prefix="/",
+        serve_locally=True,
+        title="afmon",
+        update_title=None,
+        include_assets_files=False,
+        suppress_callback_exceptions=True,
+    )
+    app.index_string = theme.INDEX_STRING
+    ctx = Context(query, settings, clock)
+    app.layout = lambda: _shell(ctx)
+    _register_shell(app, ctx)
+    if settings.local_mode:
+        # Without a principal there is nothing to show: the data callbacks only exist in
+        # local mode, and `Context.principal` refuses everyone otherwise as well.
+        for page in PAGES.values():
+            page.register(app, ctx)
+    return app
+
+
+def _shell(ctx: Context) -> html.Div:
+    return html.Div(
+        [
+            dcc.Location(id="url", refresh=False),
+            html.Header(
+                [
+                    html.H1("afmon"),
+                    html.Span("Analysis Facility monitoring and accounting", className="tagline"),
+                    html.Nav([
+                        dcc.Link(page.TITLE, href=path, id=NAV_IDS[path])
+                        for path, page in PAGES.items()
+                    ]),
+                ],
+                className="top",
+            ),
+            _banner(ctx),
+            html.Div(
+                [
+                    html.Label("Time range (UTC)", htmlFor="range"),
+                    dcc.RadioItems(
+                        id="range", options=common.range_options(), value=DEFAULT_RANGE,
+                        inline=True, className="radio-inline", persistence=True,
+                        persistence_type="session",
+                    ),
+                    html.Span(id="window-text", className="window"),
+                ],
+                className="controls",
+            ),
+            html.Main(id="page"),
+            html.Footer(
+                f"afmon {__version__} · all times in UTC · amounts from the hourly ledger",
+                className="bottom",
+            ),
+        ],
+        className="shell",
+    )
+
+
+def _banner(ctx: Context) -> html.Div:
+    if not ctx.settings.local_mode:
+        return html.Div(
+            [
+                html.Strong("Sign-in is not configured on this server."),
+                html.Span("No usage is shown to anyone until login exists."),
+            ],
+            id="signin-banner", className="banner signin",
+        )
+    options = common.principal_options(ctx.query.members(LOCAL_ADMIN))
+    return html.Div(
+        [
+            html.Strong("Local demo mode: no login; pick who you are"),
+            html.Div(
+                dcc.Dropdown(
+                    id="principal-picker", options=options, value=ADMIN_KEY, clearable=False,
+                    persistence=True, persistence_type="session",
+                ),
+                className="picker",
+            ),
+        ],
+        id="demo-banner", className="banner demo",
+    )
+
+
+def _register_shell(app: Dash, ctx: Context) -> None:
+    @app.callback(
+        Output("page", "children"),
+        *[Output(nav_id, "className") for nav_id in NAV_IDS.values()],
+        Input("url", "pathname"),
+    )
+    def _route(pathname: str | None) -> tuple[Any, ...]:
+        path = (pathname or "/").rstrip("/") or "/"
+        classes = ["active" if p == path else "" for p in NAV_IDS]
+        page = PAGES.get(path)
+        if page is None:
+            content: Any = common.notice(
+                f"No page at {pathname}. Use the links above.", "not-found"
+            )
+        elif not ctx.settings.local_mode:
+            content = common.notice(SIGN_IN_MESSAGE, "signin-notice")
+        else:
+            content = page.layout()
+        return (content, *classes)
+
+    @app.callback(Output("window-text", "children"), Input("range", "value"))
+    def _window(range_key: str | None) -> str:
+        return ctx.window(range_key).describe()

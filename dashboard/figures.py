@@ -1,0 +1,296 @@
+"""Pure functions: DataFrames from the query layer -> plotly figures and table/tile data.
+
+Nothing here touches the database or Dash; the page callbacks fetch frames through
+`aggregator.query.Query` and hand them to these functions. Every number leaves here
+with a unit: ledger amounts are in base units (s, B, B·s) and are converted to
+readable ones (hours, GB, GB-hours) by `display_unit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from aggregator.schema import RESOURCES
+from dashboard.theme import PLOT_LAYOUT
+
+HOUR = 3600.0
+GB = 1e9  # decimal gigabyte, as used for memory-time and IO totals
+GIB = 2.0**30  # binary gibibyte, as used for node memory
+STEP_SECONDS = {"hour": 3600, "day": 86400}
+EMPTY_USAGE = "No usage recorded in this range yet."
+
+# Ledger unit -> (factor to apply, readable unit)
+_BY_UNIT: dict[str, tuple[float, str]] = {
+    "s": (1 / HOUR, "hours"),
+    "HS23·s": (1 / HOUR, "HS23-hours"),
+    "B·s": (1 / (GB * HOUR), "GB-hours"),
+    "B": (1 / GB, "GB"),
+    "1": (1.0, "count"),
+}
+# CPU seconds are core-seconds: one busy core for one hour is one core-hour. Counts are
+# named after what they count.
+_UNIT_OVERRIDES = {
+    "cpu_seconds": "core-hours",
+    "sessions": "sessions",
+    "dask_clusters": "clusters",
+    "batch_jobs": "jobs",
+}
+
+# Short names for axis titles (the catalog's titles are for tiles and menus).
+_AXIS_NAMES = {
+    "cpu_hs23_seconds": "CPU time x HEPscore23",
+    "memory_byte_seconds": "Memory x time",
+    "io_read_bytes": "Bytes read",
+    "io_write_bytes": "Bytes written",
+    "session_seconds": "Session time",
+    "sessions": "Sessions started",
+}
+
+
+@dataclass(frozen=True)
+class DisplayUnit:
+    """How a ledger resource is shown: amount * factor, in `unit`, on axis `axis`."""
+
+    resource: str
+    title: str
+    factor: float
+    unit: str
+    count: bool = False
+
+    @property
+    def axis(self) -> str:
+        """Axis title: a short name and the unit shown, e.g. "CPU time [core-hours]"."""
+        return f"{_AXIS_NAMES.get(self.resource, self.title)} [{self.unit}]"
+
+    def format(self, amount: float | None) -> str:
+        """A ledger amount (base unit) as readable text with its unit."""
+        value = None if amount is None else amount * self.factor
+        return fmt_number(value, self.unit, count=self.count)
+
+
+def display_unit(resource: str) -> DisplayUnit:
+    r = RESOURCES[resource]
+    factor, unit = _BY_UNIT.get(r.unit, (1.0, r.unit))
+    return DisplayUnit(
+        resource, r.title, factor, _UNIT_OVERRIDES.get(resource, unit), count=r.unit == "1"
+    )
+
+
+def resource_options() -> list[dict[str, str]]:
+    """Dropdown options for every accounted resource, labelled with the unit shown."""
+    return [
+        {"label": f"{d.title} ({d.unit})", "value": name}
+        for name in RESOURCES
+        for d in [display_unit(name)]
+    ]
+
+
+def fmt_number(value: float | None, unit: str = "", count: bool = False) -> str:
+    """A number for people: thousands separators, 2 decimals, counts as integers."""
+    if value is None or pd.isna(value):
+        return "n/a"
+    if count:
+        text = f"{value:,.0f}"
+        if text == "1" and unit.endswith("s"):
+            unit = unit[:-1]  # 1 session, 2 sessions
+    elif value == 0:
+        text = "0"
+    elif abs(value) < 0.01:
+        text = f"{value:.2g}"
+    else:
+        text = f"{value:,.2f}"
+    return f"{text} {unit}".rstrip()
+
+
+def fmt_utc(epoch: float | None) -> str:
+    if epoch is None or pd.isna(epoch):
+        return "n/a"
+    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def buckets(start: float, end: float, step: str) -> pd.DatetimeIndex:
+    """Every bucket start in [start, end), in UTC."""
+    width = STEP_SECONDS[step]
+    first = int(start // width) * width
+    return pd.DatetimeIndex(
+        pd.to_datetime(list(range(first, int(end), width)), unit="s", utc=True)
+    ).as_unit("ns")
+
+
+def empty_figure(axis_title: str, message: str = EMPTY_USAGE) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(**PLOT_LAYOUT)
+    fig.update_xaxes(title_text="Time (UTC)", showticklabels=False, showgrid=False)
+    fig.update_yaxes(title_text=axis_title, showticklabels=False, showgrid=False)
+    fig.add_annotation(
+        text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+        font={"size": 16, "color": "#52606d"},
+    )
+    return fig
+
+
+def usage_figure(
+    df: pd.DataFrame,
+    resource: str,
+    by: str,
+    start: float,
+    end: float,
+    step: str,
+    names: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Stacked bars of `usage_over_time` output: one bar per step, one colour per `by` key.
+
+    Buckets without usage are shown as zero over the whole window; amounts are converted
+    to the readable unit of `display_unit(resource)`, which the y axis names.
+    """
+    du = display_unit(resource)
+    if df.empty or not (df["amount"] != 0).any():
+        fig = empty_figure(du.axis)
+    else:
+        frame = df.assign(time=pd.to_datetime(df["time"], utc=True).dt.as_unit("ns"))
+        wide = frame.pivot_table(index="time", columns=by, values="amount", aggfunc="sum")
+        wide = wide.reindex(buckets(start, end, step), fill_value=0.0).fillna(0.0) * du.factor
+        order = wide.sum().sort_values(ascending=False).index
+        fig = go.Figure()
+        fig.update_layout(**PLOT_LAYOUT)
+        number = ",.0f" if du.count else ",.3f"
+        for key in order:
+            label = (names or {}).get(key, key)
+            fig.add_bar(
+                x=wide.index, y=wide[key].tolist(), name=str(label),
+                # each bar spans its whole bucket [start, start + step)
+                xperiod=STEP_SECONDS[step] * 1000, xperiodalignment="middle",
+                hovertemplate=f"%{{y:{number}}} {du.unit}<extra>{label}</extra>",
+            )
+        fig.update_layout(barmode="stack", bargap=0.1, showlegend=True)
+        fig.update_xaxes(title_text="Time (UTC)", range=[wide.index[0], _range_end(end, step)])
+        fig.update_yaxes(title_text=du.axis, rangemode="tozero")
+    per = "per hour" if step == "hour" else "per day (UTC)"
+    fig.update_layout(title={"text": f"{title or du.title}, {per}", "x": 0, "font": {"size": 15}})
+    return fig
+
+
+def _range_end(end: float, step: str) -> pd.Timestamp:
+    width = STEP_SECONDS[step]
+    return pd.Timestamp(int(-(-end // width) * width), unit="s", tz="UTC")
+
+
+# -- tables and tiles ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    numeric: bool = False
+
+
+@dataclass
+class TableData:
+    """Column headers (with units) and rows of display strings."""
+
+    columns: list[Column]
+    rows: list[list[str]] = field(default_factory=list)
+    empty_message: str = "Nothing to show."
+
+
+def nodes_table(df: pd.DataFrame) -> TableData:
+    """`Query.nodes` -> cores, memory in GiB, HEPscore23 per core, busy %, last update (UTC)."""
+    table = TableData(
+        [
+            Column("Facility"), Column("Node"), Column("CPU cores", True),
+            Column("Memory [GiB]", True), Column("HEPscore23 per core", True),
+            Column("CPU busy [%]", True), Column("Last update (UTC)"),
+        ],
+        empty_message="No node has reported yet.",
+    )
+    for r in df.itertuples(index=False):
+        table.rows.append([
+            str(r.facility),
+            str(r.node),
+            _num(r.cpu_cores, "{:,.0f}"),
+            _num(r.memory_bytes, "{:,.1f}", 1 / GIB),
+            _num(r.hepscore23_per_core, "{:,.2f}"),
+            _num(r.cpu_busy_ratio, "{:,.1f}", 100.0),
+            fmt_utc(r.updated),
+        ])
+    return table
+
+
+def _num(value: float | None, template: str, factor: float = 1.0) -> str:
+    if value is None or pd.isna(value):
+        return "n/a"
+    return template.format(float(value) * factor)
+
+
+def sessions_table(
+    df: pd.DataFrame, now: float, names: Mapping[str, str] | None = None
+) -> TableData:
+    """`Query.sessions` -> member, facility, node, start/end (UTC), duration in hours."""
+    table = TableData(
+        [
+            Column("Member"), Column("Facility"), Column("Node"), Column("Start (UTC)"),
+            Column("End (UTC)"), Column("Duration [hours]", True),
+        ],
+        empty_message="No interactive sessions in this range.",
+    )
+    for r in df.sort_values("start", ascending=False).itertuples(index=False):
+        running = r.end is None or pd.isna(r.end)
+        stop = now if running else float(r.end)
+        hours = max(0.0, stop - float(r.start)) / HOUR
+        name = (names or {}).get(r.member_id) or r.display_name
+        table.rows.append([
+            str(name), str(r.facility), str(r.node), fmt_utc(r.start),
+            "still running" if running else fmt_utc(r.end),
+            f"{hours:,.2f}" + (" (so far)" if running else ""),
+        ])
+    return table
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A card with a heading and (label, value-with-unit) lines."""
+
+    key: str
+    heading: str
+    lines: list[tuple[str, str]]
+
+
+TILE_RESOURCES: tuple[str, ...] = (
+    "cpu_seconds", "cpu_hs23_seconds", "memory_byte_seconds", "session_seconds", "sessions",
+)
+
+
+def totals_tiles(
+    df: pd.DataFrame,
+    by: str,
+    resources: Sequence[str] = TILE_RESOURCES,
+    names: Mapping[str, str] | None = None,
+) -> list[Tile]:
+    """`Query.usage_totals(by=(by,))` -> one tile per key, largest CPU user first."""
+    if df.empty:
+        return []
+    wide = df.pivot_table(index=by, columns="resource", values="amount", aggfunc="sum")
+    wide = wide.reindex(columns=list(resources)).fillna(0.0)
+    wide = wide.sort_values(by=list(resources[:1]), ascending=False, kind="stable")
+    tiles = []
+    for key, row in wide.iterrows():
+        lines = []
+        for r in resources:
+            du = display_unit(r)
+            lines.append((du.title, du.format(row[r])))
+        tiles.append(Tile(str(key), str((names or {}).get(key, key)), lines))
+    return tiles
+
+
+def member_names(df: pd.DataFrame) -> dict[str, str]:
+    """`Query.members` -> {member_id: display name}."""
+    return dict(zip(df["member_id"], df["display_name"], strict=True))

@@ -1,0 +1,166 @@
+"""What every page shares: who is looking (the principal), the time window, and the
+small components that render `figures.TableData` and `figures.Tile`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from dash import html
+
+from aggregator.query import LOCAL_ADMIN, Principal, Query
+from aggregator.schema import UNMAPPED
+from aggregator.settings import ServerSettings
+from dashboard.figures import TableData, Tile, fmt_utc
+
+# -- time window ---------------------------------------------------------------------------
+
+RANGES: dict[str, tuple[str, int, str]] = {
+    # key: (label, length in seconds, step)
+    "24h": ("Last 24 h", 24 * 3600, "hour"),
+    "7d": ("Last 7 d", 7 * 86400, "hour"),
+    "30d": ("Last 30 d", 30 * 86400, "day"),
+}
+DEFAULT_RANGE = "24h"
+
+
+@dataclass(frozen=True)
+class Window:
+    """[start, end) in epoch seconds (UTC), aligned to whole steps, and the step."""
+
+    key: str
+    start: float
+    end: float
+    step: str
+
+    def describe(self) -> str:
+        steps = "hourly" if self.step == "hour" else "daily (UTC days)"
+        return f"{fmt_utc(self.start)} to {fmt_utc(self.end)}, {steps} steps"
+
+
+def time_window(key: str, now: float) -> Window:
+    """The window ending at the end of the current hour (or UTC day for daily steps)."""
+    _label, length, step = RANGES.get(key, RANGES[DEFAULT_RANGE])
+    width = 3600 if step == "hour" else 86400
+    end = float(-(-int(now) // width) * width)
+    if end == now:  # exactly on a boundary: still show the step that is starting
+        end += width
+    return Window(key if key in RANGES else DEFAULT_RANGE, end - length, end, step)
+
+
+def range_options() -> list[dict[str, str]]:
+    return [{"label": label, "value": key} for key, (label, _l, _s) in RANGES.items()]
+
+
+# -- principal -----------------------------------------------------------------------------
+
+ADMIN_KEY = "admin"
+
+
+def principal_options(members: pd.DataFrame) -> list[dict[str, str]]:
+    """Picker options: the facility admin, a manager per VO, every member (demo mode only)."""
+    real = members[members["vo"] != UNMAPPED]
+    options = [{"label": "Facility admin (sees every facility)", "value": ADMIN_KEY}]
+    options += [
+        {"label": f"VO manager of {vo}", "value": f"vo:{vo}"} for vo in sorted(set(real["vo"]))
+    ]
+    options += [
+        {"label": f"Member: {m.display_name} ({m.vo})", "value": f"member:{m.member_id}"}
+        for m in real.itertuples(index=False)
+    ]
+    return options
+
+
+def principal_for(key: str | None, members: pd.DataFrame) -> Principal | None:
+    """The principal a picker value stands for, or None when it names nobody known."""
+    if key == ADMIN_KEY:
+        return LOCAL_ADMIN
+    kind, _, rest = (key or "").partition(":")
+    real = members[members["vo"] != UNMAPPED]
+    if kind == "vo" and rest in set(real["vo"]):
+        return Principal("vo_manager", vo=rest, name=f"VO manager of {rest}")
+    if kind == "member":
+        hit = real[real["member_id"] == rest]
+        if not hit.empty:
+            m = hit.iloc[0]
+            return Principal("member", member_id=rest, vo=m["vo"], name=m["display_name"])
+    return None
+
+
+@dataclass
+class Context:
+    """What the page callbacks need: the query layer, the settings and a clock."""
+
+    query: Query
+    settings: ServerSettings
+    clock: Callable[[], float] = field(default=time.time)
+
+    def principal(self, key: str | None) -> Principal | None:
+        """Resolve a picker value; never anyone when the server is not in local mode."""
+        if not self.settings.local_mode:
+            return None
+        return principal_for(key, self.query.members(LOCAL_ADMIN))
+
+    def window(self, key: str | None) -> Window:
+        return time_window(key or DEFAULT_RANGE, self.clock())
+
+
+SIGN_IN_MESSAGE = (
+    "Sign-in is not configured on this server, so no data is shown. "
+    "Login for members, VO managers and facility admins is not available yet; an operator "
+    "can start a local demo with AFMON_LOCAL_MODE=true."
+)
+PICK_MESSAGE = "Pick who you are in the yellow banner above to see usage."
+
+
+def notice(text: str, id_: str = "notice") -> html.Div:
+    return html.Div(text, id=id_, className="notice")
+
+
+def role_caption(p: Principal) -> str:
+    if p.role == "facility_admin":
+        return "facility admin: every VO and member" + (
+            f" at {p.facility}" if p.facility else " at every facility"
+        )
+    if p.role == "vo_manager":
+        return f"VO manager of {p.vo}: that VO's members only"
+    return f"member {p.name}: your own usage only"
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def render_table(data: TableData, id_: str) -> html.Div | html.Table:
+    if not data.rows:
+        return html.Div(data.empty_message, id=id_, className="empty")
+    head = html.Tr([html.Th(c.name, className="num" if c.numeric else None) for c in data.columns])
+    body: list[Any] = [
+        html.Tr([
+            html.Td(v, className="num" if c.numeric else None)
+            for c, v in zip(data.columns, row, strict=True)
+        ])
+        for row in data.rows
+    ]
+    return html.Table([html.Thead(head), html.Tbody(body)], id=id_, className="data")
+
+
+def render_tiles(tiles: list[Tile], empty: str) -> list[Any]:
+    if not tiles:
+        return [html.Div(empty, className="empty")]
+    return [
+        html.Div(
+            [
+                html.H4(t.heading),
+                html.Table(html.Tbody([
+                    html.Tr([html.Td(label), html.Td(value, className="num")])
+                    for label, value in t.lines
+                ])),
+            ],
+            className="tile",
+            **{"data-key": t.key},
+        )
+        for t in tiles
+    ]

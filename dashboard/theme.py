@@ -1,0 +1,79 @@
+"""Look of the dashboard: one inline stylesheet (no assets folder, no CDN) and plot defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+
+# A qualitative palette that stays readable when stacked (Okabe-Ito, colour-blind safe).
+PALETTE = [
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+]
+
+PLOT_LAYOUT: dict[str, Any] = {
+    "font": {"family": FONT, "size": 13},
+    "colorway": PALETTE,
+    "margin": {"l": 70, "r": 20, "t": 40, "b": 60},
+    "height": 360,
+    "plot_bgcolor": "#ffffff",
+    "paper_bgcolor": "#ffffff",
+    "legend": {"orientation": "v", "x": 1.02, "y": 1, "yanchor": "top"},
+    "hovermode": "x unified",
+}
+
+CSS = """
+body { margin: 0; font-family: $FONT; color: #1f2933; background: #f5f7fa; }
+.shell { max-width: 1200px; margin: 0 auto; padding: 0 16px 24px; }
+header.top { display: flex; align-items: baseline; gap: 16px; padding: 12px 0;
+  border-bottom: 1px solid #d9e2ec; }
+header.top h1 { margin: 0; font-size: 1.5rem; }
+header.top .tagline { color: #52606d; flex: 1; }
+nav a { margin-left: 16px; text-decoration: none; color: #0072B2; font-weight: 600; }
+nav a.active { color: #1f2933; border-bottom: 2px solid #0072B2; }
+.banner { margin: 12px 0; padding: 10px 14px; border-radius: 6px; }
+.banner.demo { background: #fff4d6; border: 2px dashed #E69F00; }
+.banner.signin { background: #fde8e8; border: 2px solid #D55E00; }
+.banner strong { display: block; margin-bottom: 6px; }
+.picker { max-width: 560px; }
+.controls { display: flex; align-items: center; gap: 16px; margin: 8px 0 16px; flex-wrap: wrap; }
+.controls label { font-weight: 600; }
+.controls .window { color: #52606d; font-size: 0.9rem; }
+.radio-inline label { margin-right: 12px; font-weight: normal; }
+.card { background: #fff; border: 1px solid #d9e2ec; border-radius: 8px; padding: 12px 16px;
+  margin-bottom: 16px; }
+.summary { display: flex; gap: 24px; flex-wrap: wrap; }
+.summary .big { font-size: 1.6rem; font-weight: 700; }
+.tiles { display: flex; gap: 12px; flex-wrap: wrap; margin-bottom: 16px; }
+.tile { background: #fff; border: 1px solid #d9e2ec; border-left: 5px solid #0072B2;
+  border-radius: 8px; padding: 10px 14px; min-width: 220px; }
+.tile h4 { margin: 0 0 6px; }
+.tile table td { padding: 1px 8px 1px 0; }
+.tile td.num { text-align: right; font-variant-numeric: tabular-nums; font-weight: 600; }
+table.data { border-collapse: collapse; width: 100%; font-size: 0.92rem; }
+table.data th, table.data td { border-bottom: 1px solid #e4e7eb; padding: 5px 8px;
+  text-align: left; }
+table.data td.num, table.data th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.empty { color: #52606d; font-style: italic; padding: 8px 0; }
+.notice { padding: 16px; background: #fff; border: 1px solid #d9e2ec; border-radius: 8px; }
+footer.bottom { margin-top: 24px; color: #7b8794; font-size: 0.85rem; }
+""".replace("$FONT", FONT)
+
+INDEX_STRING = """<!DOCTYPE html>
+<html lang="en">
+    <head>
+        {%metas%}
+        <title>{%title%}</title>
+        {%favicon%}
+        {%css%}
+        <style>""" + CSS + """</style>
+    </head>
+    <body>
+        {%app_entry%}
+        <footer>
+            {%config%}
+            {%scripts%}
+            {%renderer%}
+        </footer>
+    </body>
+</html>"""

@@ -1,0 +1,185 @@
+"""Fixtures for the dashboard's end-to-end tests: the real app under uvicorn with known data
+posted over HTTP as wire batches, and headless Chromium driven by selenium 4."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from aggregator.app import create_app
+from aggregator.settings import ServerSettings
+from collectors import wire
+
+FACILITY = "af-test"
+TOKEN = "test-token-af"
+NODE = "node-01"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROME_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-extensions", "--window-size=1280,900",
+)
+
+IDENTITY_TOML = """
+[vos.atlas]
+issuer = "https://atlas-auth.example.org/"
+[vos.cms]
+issuer = "https://cms-auth.example.org/"
+
+[[members]]
+vo = "atlas"
+subject = "alice-sub"
+display_name = "Alice Archer"
+group = "/atlas/higgs"
+accounts = [{ facility = "af-test", local = "alice" }]
+
+[[members]]
+vo = "atlas"
+subject = "carol-sub"
+display_name = "Carol Chen"
+accounts = [{ facility = "af-test", local = "carol" }]
+
+[[members]]
+vo = "cms"
+subject = "bob-sub"
+display_name = "Bob Brown"
+accounts = [{ facility = "af-test", local = "bob" }]
+
+[[members]]
+vo = "cms"
+subject = "dave-sub"
+display_name = "Dave Diaz"
+accounts = [{ facility = "af-test", local = "dave" }]
+"""
+
+# CPU seconds each local user burns (eve has no mapping: accounted as unmapped)
+CPU_SECONDS = {"alice": 7200.0, "carol": 1800.0, "bob": 5400.0, "eve": 900.0}
+ALICE_RSS_BYTES = 6e9  # held for 600 s: 3.6e12 B·s = 1.00 GB-hours
+NODE_CORES = 64.0
+NODE_MEMORY = 256 * 2.0**30
+NODE_HS23 = 12.5
+NODE_BUSY = 0.42
+ALICE_ID = "https://atlas-auth.example.org/|alice-sub"
+BOB_ID = "https://cms-auth.example.org/|bob-sub"
+
+
+@dataclass
+class LiveApp:
+    url: str
+    now: float
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batches(now: float) -> list[wire.Batch]:
+    t1, t2 = now - 1200.0, now - 600.0
+    series = [
+        wire.Series("node_cpu_cores", "cores", "gauge", {"node": NODE}, [t2], [NODE_CORES]),
+        wire.Series("node_memory_bytes", "bytes", "gauge", {"node": NODE}, [t2], [NODE_MEMORY]),
+        wire.Series("node_hepscore23_per_core", "HS23", "gauge", {"node": NODE}, [t2],
+                    [NODE_HS23]),
+        wire.Series("node_cpu_busy_ratio", "ratio", "gauge", {"node": NODE}, [t2], [NODE_BUSY]),
+        wire.Series("user_memory_rss_bytes", "bytes", "gauge", {"user": "alice", "node": NODE},
+                    [t1, t2], [ALICE_RSS_BYTES, ALICE_RSS_BYTES]),
+    ]
+    # a counter's first sample is a baseline: the increase to the second one is accounted
+    series += [
+        wire.Series("user_cpu_seconds", "seconds", "counter", {"user": user, "node": NODE},
+                    [t1, t2], [100.0, 100.0 + cpu])
+        for user, cpu in CPU_SECONDS.items()
+    ]
+    events = [
+        wire.Event("session", "s-alice-1", "alice", now - 3000.0, now - 1200.0),  # 0.50 h
+        wire.Event("session", "s-bob-1", "bob", now - 1800.0, None),  # still running
+    ]
+    common = {"version": wire.WIRE_VERSION, "agent_id": "agent-node-01", "facility": FACILITY,
+              "node": NODE, "sent_at": now}
+    return [wire.Batch(seq=1, series=series, **common), wire.Batch(seq=2, events=events, **common)]
+
+
+@pytest.fixture(scope="package")
+def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    """`create_app` (SQLite in tmp, local mode) under uvicorn in a thread, with known data."""
+    tmp = tmp_path_factory.mktemp("afmon-dash")
+    identity = tmp / "identity.toml"
+    identity.write_text(IDENTITY_TOML)
+    settings = ServerSettings(
+        database_url=f"sqlite:///{tmp}/afmon.sqlite",
+        facility_tokens={FACILITY: TOKEN},
+        identity_file=identity,
+        local_mode=True,
+        log_level="warning",
+    )
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn-dashboard-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start the afmon app")
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    now = time.time()
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for batch in _batches(now):
+                r = client.post(
+                    "/api/v1/ingest", content=wire.encode(batch),
+                    headers={"Authorization": f"Bearer {TOKEN}",
+                             "Content-Type": wire.CONTENT_TYPE},
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["status"] == "applied", r.text
+        yield LiveApp(url, now)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[object]:
+    """Headless Chromium via selenium 4; fails (never skips) when Chromium is missing."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        if shutil.which(binary) is None:
+            pytest.fail(
+                f"{binary} is missing: the dashboard's browser tests need Debian's chromium "
+                "and chromium-driver (apt-get install chromium chromium-driver)"
+            )
+    profile = tempfile.mkdtemp(prefix="afmon-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    except Exception as exc:  # noqa: BLE001  (any start failure must fail, clearly)
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.fail(f"headless Chromium did not start: {exc}")
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
