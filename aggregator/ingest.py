@@ -21,9 +21,11 @@ from aggregator.db import placeholder
 from aggregator.identity import IdentityMap, MemberRef
 from aggregator.ledger import (
     ACCOUNTED_METRICS,
+    EVENT_RULES,
     HOUR,
-    NORMALISED_CPU,
+    AttrError,
     Increments,
+    MetricRule,
     counter_increases,
     fresh_count,
     gauge_integral,
@@ -111,7 +113,7 @@ class Ingestor:
         samples: list[tuple[int, float, float]] = []
         new_state: list[tuple[float, float, int]] = []
         stale = 0
-        for s, sid in zip(batch.series, ids, strict=True):
+        for i, (s, sid) in enumerate(zip(batch.series, ids, strict=True)):
             last_t, last_v = state[sid]
             n = fresh_count(s.times, last_t)
             stale += len(s.times) - n
@@ -120,16 +122,16 @@ class Ingestor:
             start = len(s.times) - n
             samples.extend(zip([sid] * n, s.times[start:], s.values[start:], strict=True))
             new_state.append((s.times[-1], s.values[-1], sid))
-            accounted = ACCOUNTED_METRICS.get(s.metric)
+            rule = ACCOUNTED_METRICS.get(s.metric)
             user = s.labels.get("user")
-            if accounted is None or user is None:
+            if rule is None or user is None:
                 continue
-            resource, how = accounted
+            resource = self._resource(rule, s, i)
             node = s.labels.get("node", batch.node)
             gap = self._settings.gauge_max_gap_seconds
             pieces = (
                 counter_increases(s.times, s.values, last_t, last_v, s.created)
-                if how == "counter"
+                if rule.how == "counter"
                 else gauge_integral(s.times, s.values, last_t, last_v, gap)
             )
             per_hour: dict[tuple[int, str], float] = defaultdict(float)
@@ -143,8 +145,8 @@ class Ingestor:
             factor = hepscore.get(node, self._settings.default_hepscore23_per_core)
             for (h, rid), amount in per_hour.items():
                 inc.add(facility, members[rid], resource, h, amount)
-                if resource == "cpu_seconds":
-                    inc.add(facility, members[rid], NORMALISED_CPU, h, amount * factor)
+                if rule.normalised is not None:
+                    inc.add(facility, members[rid], rule.normalised, h, amount * factor)
         if samples:
             conn.exec_driver_sql(self._sql_sample, samples)
         if new_state:
@@ -162,6 +164,21 @@ class Ingestor:
             )
         self._touch_agent(conn, batch, now, len(samples))
         return IngestResult("applied", batch.seq, len(samples), stale, events, len(inc))
+
+    @staticmethod
+    def _resource(rule: MetricRule, s: wire.Series, i: int) -> str:
+        try:
+            resource = rule.resource_for(s.labels)
+        except KeyError as exc:
+            raise wire.WireError(
+                f"$.series[{i}].labels", f"{s.metric} needs the label {exc.args[0]!r}"
+            ) from None
+        if resource not in RESOURCES:
+            raise wire.WireError(
+                f"$.series[{i}].labels",
+                f"labels {s.labels} of {s.metric} name no ledger resource ({resource!r})",
+            )
+        return resource
 
     def _member(
         self, facility: str, user: str, when: float, seen: dict[str, MemberRef]
@@ -252,7 +269,7 @@ class Ingestor:
     ) -> int:
         p = self._p
         applied = 0
-        for e in batch.events:
+        for i, e in enumerate(batch.events):
             row = conn.exec_driver_sql(
                 f'SELECT "end" FROM event WHERE facility = {p} AND kind = {p} AND id = {p}'
                 f"{self._for_update}",
@@ -285,7 +302,10 @@ class Ingestor:
                     (e.end, attrs, batch.facility, e.kind, e.id),
                 )
             if e.end is not None:
-                inc.add_event(batch.facility, ref, e.kind, e.start, e.end)
+                try:
+                    EVENT_RULES[e.kind](inc, batch.facility, ref, e)
+                except AttrError as exc:
+                    raise wire.WireError(f"$.events[{i}].attrs.{exc.attr}", exc.message) from None
             applied += 1
         return applied
 

@@ -7,28 +7,58 @@ Rules (docs/accounting.md states them for users):
   counter started (`created`);
 - a gauge is integrated over time: each value holds until the next sample,
   split exactly at hour boundaries; gaps longer than `max_gap` count nothing;
-- an event (session, cluster, job) is accounted once, when its end is known:
-  its duration split over the hours it covered, and one start in its first hour.
+- an event (session, cluster, job) is accounted once, when its end is known,
+  by the rule of its kind (`EVENT_RULES`); the default rule splits its duration
+  over the hours it covered and counts one start in its first hour.
+
+New probes plug in here: a `MetricRule` per accounted metric, an event rule per
+event kind, and their resources in `aggregator.schema.RESOURCES`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aggregator.identity import MemberRef
+from collectors import wire
 
 HOUR = 3600
 
-# metric -> (ledger resource, how it is accounted)
-ACCOUNTED_METRICS: dict[str, tuple[str, str]] = {
-    "user_cpu_seconds": ("cpu_seconds", "counter"),
-    "user_io_read_bytes": ("io_read_bytes", "counter"),
-    "user_io_write_bytes": ("io_write_bytes", "counter"),
-    "user_memory_rss_bytes": ("memory_byte_seconds", "integral"),
+
+@dataclass(frozen=True)
+class MetricRule:
+    """How a per-user metric (a series with a `user` label) enters the ledger.
+
+    `resource` may name a label in braces ("data_read_{source}_bytes"); `normalised`
+    names a second resource that receives the amount x the node's HEPscore23 per core.
+    """
+
+    resource: str
+    how: Literal["counter", "integral"]
+    normalised: str | None = None
+
+    def resource_for(self, labels: dict[str, str]) -> str:
+        return self.resource.format_map(labels) if "{" in self.resource else self.resource
+
+
+ACCOUNTED_METRICS: dict[str, MetricRule] = {
+    "user_cpu_seconds": MetricRule("cpu_seconds", "counter", normalised="cpu_hs23_seconds"),
+    "user_io_read_bytes": MetricRule("io_read_bytes", "counter"),
+    "user_io_write_bytes": MetricRule("io_write_bytes", "counter"),
+    "user_memory_rss_bytes": MetricRule("memory_byte_seconds", "integral"),
 }
-NORMALISED_CPU = "cpu_hs23_seconds"
+
+
+class AttrError(ValueError):
+    """An event whose attributes do not suit its kind's rule; `attr` names the attribute."""
+
+    def __init__(self, attr: str, message: str) -> None:
+        super().__init__(f"{attr}: {message}")
+        self.attr = attr
+        self.message = message
 
 
 def hour_of(t: float) -> int:
@@ -112,12 +142,35 @@ class Increments:
     ) -> None:
         self.amounts[(facility, member.vo, member.grp, member.id, resource, hour)] += amount
 
-    def add_event(
-        self, facility: str, member: MemberRef, kind: str, start: float, end: float
+    def add_interval(
+        self,
+        facility: str,
+        member: MemberRef,
+        resource: str,
+        start: float,
+        end: float,
+        rate: float = 1.0,
     ) -> None:
+        """Add rate x seconds of [start, end) to `resource`, split over the hours."""
         for h, secs in split_by_hour(start, end):
-            self.add(facility, member, f"{kind}_seconds", h, secs)
-        self.add(facility, member, f"{kind}s", hour_of(start), 1.0)
+            self.add(facility, member, resource, h, secs * rate)
 
     def __len__(self) -> int:
         return len(self.amounts)
+
+
+EventRule = Callable[[Increments, str, MemberRef, wire.Event], None]
+
+
+def duration_and_count(inc: Increments, facility: str, member: MemberRef, e: wire.Event) -> None:
+    """The default event rule: `<kind>_seconds` over the hours it ran, `<kind>s` at its start."""
+    assert e.end is not None
+    inc.add_interval(facility, member, f"{e.kind}_seconds", e.start, e.end)
+    inc.add(facility, member, f"{e.kind}s", hour_of(e.start), 1.0)
+
+
+EVENT_RULES: dict[str, EventRule] = {
+    "session": duration_and_count,
+    "dask_cluster": duration_and_count,
+    "batch_job": duration_and_count,
+}
