@@ -119,20 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import msgspec
 
     from collectors import wire
-    from collectors.probes.host import HostProbe
+    from collectors.probes.registry import build_probes
     from collectors.push import PushLoop
     from collectors.spool import Spool
 
-    def make_loop(spool: Spool, client: httpx.Client, state: Path | None) -> PushLoop:
-        host = HostProbe(
-            node=settings.node,
-            hepscore23_per_core=settings.hepscore23_per_core,
-            proc_root=settings.proc_root,
-            cgroup_root=settings.cgroup_root,
-            state_path=state,
-        )
+    def make_loop(spool: Spool, client: httpx.Client, state_dir: Path | None) -> PushLoop:
         return PushLoop(
-            probes=[host],
+            probes=build_probes(settings, state_dir),
             spool=spool,
             client=client,
             server_url=settings.server_url,
@@ -160,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.token is None:
         log.warning("no token set (AFMON_TOKEN or --token): the server will likely refuse batches")
     with httpx.Client(timeout=settings.timeout_seconds) as client:
-        loop = make_loop(spool, client, settings.spool_dir / "host-probe.json")
+        loop = make_loop(spool, client, settings.spool_dir)
         if once:
             result = loop.run_once()
             log.info(
