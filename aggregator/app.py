@@ -114,17 +114,24 @@ def create_app(
     with_dashboard: bool | None = None,
 ) -> FastAPI:
     services = build_services(settings, engine, clock)
+    # Periodic jobs of the server, each run in its own thread until shutdown.
+    jobs: list[Callable[[Services, threading.Event], None]] = [_retention_loop]
     stop = threading.Event()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        worker = threading.Thread(
-            target=_retention_loop, args=(services, stop), name="afmon-retention", daemon=True
-        )
-        worker.start()
+        threads = [
+            threading.Thread(
+                target=job, args=(services, stop), name=f"afmon-{job.__name__}", daemon=True
+            )
+            for job in jobs
+        ]
+        for t in threads:
+            t.start()
         yield
         stop.set()
-        worker.join(timeout=5)
+        for t in threads:
+            t.join(timeout=5)
 
     app = FastAPI(
         title="afmon",
