@@ -5,7 +5,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEBS   := chromium chromium-driver prometheus
+DEBS   := chromium chromium-driver prometheus xrootd-server xrootd-client \
+          munge slurmctld slurmd slurm-client slurmdbd
 
 .PHONY: demo test lint bench debs clean
 
