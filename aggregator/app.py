@@ -122,7 +122,10 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         threads = [
             threading.Thread(
-                target=job, args=(services, stop), name=f"afmon-{job.__name__}", daemon=True
+                target=job,
+                args=(services, stop),
+                name=f"afmon-{job.__name__.strip('_')}",
+                daemon=True,
             )
             for job in jobs
         ]
@@ -175,6 +178,9 @@ def create_app(
                     f"this token writes facility {facility!r}, not {batch.facility!r}",
                 )
             result = await run_in_threadpool(s.ingestor.apply, batch)
+        except wire.TooLarge as exc:
+            s.instruments.batches.labels(facility, "too_large").inc()
+            return _ingest_error(413, exc.field, exc.message)
         except wire.WireError as exc:
             s.instruments.batches.labels(facility, "rejected").inc()
             log.warning("rejected batch from facility %s: %s", facility, exc)

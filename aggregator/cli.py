@@ -85,7 +85,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"posted {n} batches covering {args.hours} h")
         while args.live:
             time.sleep(sim.interval)
-            for batch in sim.batches(sim._tick or time.time(), time.time(), ticks_per_batch=1):  # noqa: SLF001
+            for batch in sim.batches(now, time.time(), ticks_per_batch=1):
                 poster.post(batch)
     except (httpx.HTTPError, RuntimeError) as exc:
         sys.exit(f"afmon simulate: {exc}")

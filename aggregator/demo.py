@@ -94,7 +94,14 @@ def run_demo(data_dir: Path, port: int = 8600, hours: float = 24.0, nodes: int =
         procs.append(subprocess.Popen([sys.executable, "-m", "collectors.agent"], env=agent_env))
         poster = Poster(url, token)
         now = time.time()
-        backfill(sim, poster, now - hours * 3600, now)
+        # A restarted demo goes on where the last one stopped instead of simulating the
+        # same hours a second time with other sessions.
+        mark = data_dir / "simulated-until"
+        start = now - hours * 3600
+        if mark.exists():
+            start = max(start, float(mark.read_text()))
+        backfill(sim, poster, start, now)
+        mark.write_text(repr(now))
         print(
             f"\nafmon demo is live: open {url}/  (API docs {url}/docs, metrics {url}/metrics)\n"
             f"{len(sim.nodes)} simulated nodes and this machine report every 10 s. "
@@ -106,8 +113,10 @@ def run_demo(data_dir: Path, port: int = 8600, hours: float = 24.0, nodes: int =
             for p in procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"{p.args[2]} exited with status {p.returncode}")
-            for batch in sim.batches(now, time.time(), ticks_per_batch=1):
+            now = time.time()
+            for batch in sim.batches(start, now, ticks_per_batch=1):  # goes on from its last tick
                 poster.post(batch)
+            mark.write_text(repr(now))
     except KeyboardInterrupt:
         print("\nafmon demo: stopping", flush=True)
         return 0

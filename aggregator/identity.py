@@ -13,7 +13,7 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -27,11 +27,13 @@ class IdentityError(ValueError):
     pass
 
 
-def _epoch(value: datetime | str | float | int | None) -> float | None:
+def _epoch(value: datetime | date | str | float | int | None) -> float | None:
     if value is None or isinstance(value, int | float):
         return value
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, datetime):  # a TOML date: midnight UTC
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
     if value.tzinfo is None:
         raise ValueError("dates must carry a time zone (e.g. 2026-01-01T00:00:00Z)")
     return value.timestamp()
@@ -77,10 +79,31 @@ class IdentityFile(BaseModel):
     members: list[MemberEntry] = []
 
     @model_validator(mode="after")
-    def _known_vos(self) -> IdentityFile:
+    def _consistent(self) -> IdentityFile:
+        windows: dict[tuple[str, str], list[tuple[float, float, str]]] = {}
+        subjects: dict[tuple[str, str], int] = {}
         for i, m in enumerate(self.members):
             if m.vo not in self.vos:
                 raise ValueError(f"members[{i}]: VO {m.vo!r} is not declared under [vos]")
+            first = subjects.setdefault((m.vo, m.subject), i)
+            if first != i:
+                raise ValueError(
+                    f"members[{i}]: subject {m.subject!r} of VO {m.vo!r} "
+                    f"is already members[{first}]"
+                )
+            for j, a in enumerate(m.accounts):
+                until = math.inf if a.valid_until is None else a.valid_until
+                windows.setdefault((a.facility, a.local), []).append(
+                    (a.valid_from, until, f"members[{i}].accounts[{j}]")
+                )
+        for (facility, local), spans in windows.items():
+            spans.sort()
+            for (_, end, where), (start, _, other) in zip(spans, spans[1:], strict=False):
+                if start < end:
+                    raise ValueError(
+                        f"{other}: account {local!r} at {facility!r} is already mapped by "
+                        f"{where} for part of that time; effective dates must not overlap"
+                    )
         return self
 
 
@@ -117,10 +140,9 @@ def parse_identity_file(path: Path) -> IdentityFile:
 def load_identity_file(engine: Engine, path: Path) -> int:
     """Replace the identity map in the database with the file's; returns the account count."""
     data = parse_identity_file(path)
-    seen: set[tuple[str, str, float]] = set()
     members: list[Member] = []
     accounts: list[Account] = []
-    for i, m in enumerate(data.members):
+    for m in data.members:
         issuer = data.vos[m.vo].issuer
         mid = member_id(issuer, m.subject)
         grp = m.group or (m.groups[-1] if m.groups else f"/{m.vo}")
@@ -135,14 +157,7 @@ def load_identity_file(engine: Engine, path: Path) -> int:
                 groups=json.dumps(m.groups),
             )
         )
-        for j, a in enumerate(m.accounts):
-            key = (a.facility, a.local, a.valid_from)
-            if key in seen:
-                raise IdentityError(
-                    f"{path}: members.{i}.accounts.{j}: account {a.local!r} at {a.facility!r} "
-                    "is mapped twice from the same date"
-                )
-            seen.add(key)
+        for a in m.accounts:
             accounts.append(
                 Account(
                     facility=a.facility,

@@ -160,7 +160,11 @@ class Ingestor:
         if inc.amounts:
             conn.exec_driver_sql(
                 self._sql_ledger,
-                [(*key, amount, RESOURCES[key[4]].unit) for key, amount in inc.amounts.items()],
+                # in key order, so that concurrent workers lock rows in the same order
+                [
+                    (*key, amount, RESOURCES[key[4]].unit)
+                    for key, amount in sorted(inc.amounts.items())
+                ],
             )
         self._touch_agent(conn, batch, now, len(samples))
         return IngestResult("applied", batch.seq, len(samples), stale, events, len(inc))
@@ -295,7 +299,9 @@ class Ingestor:
                         attrs,
                     ),
                 )
-            elif e.end is not None:
+            elif e.end is None:
+                continue  # still open, already recorded: nothing changes
+            else:
                 conn.exec_driver_sql(
                     f'UPDATE event SET "end" = {p}, attrs = {p} '
                     f"WHERE facility = {p} AND kind = {p} AND id = {p}",

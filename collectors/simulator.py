@@ -124,6 +124,11 @@ class FacilitySimulator:
         self._state: dict[tuple[str, str], _NodeUser] = {}
         self._tick: float | None = None
 
+    @property
+    def simulated_until(self) -> float:
+        """Where the next call of `batches` goes on from (0 before the first)."""
+        return self._tick or 0.0
+
     # -- identity -----------------------------------------------------------------------
 
     def identity_toml(self, extra_members: str = "") -> str:
@@ -341,8 +346,9 @@ def backfill(
     for batch in sim.batches(start, end):
         poster.post(batch)
         n += 1
-        pct = int((sim._tick - start) / (end - start) * 100)  # noqa: SLF001
+        done, span = sim.simulated_until - start, max(end - start, 1e-9)
+        pct = int(done / span * 100)
         if report is not None and pct != last:
-            report(f"simulating {sim.facility}", sim._tick - start, end - start)  # noqa: SLF001
+            report(f"simulating {sim.facility}", done, span)
             last = pct
     return n

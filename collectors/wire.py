@@ -88,6 +88,10 @@ class WireError(ValueError):
         self.message = message
 
 
+class TooLarge(WireError):
+    """A body that is too large once decompressed (the server answers 413)."""
+
+
 # Metrics whose unit and kind are fixed: a batch that sends them otherwise is
 # refused (wrong units must never reach the ledger). Other metrics are stored
 # raw and not accounted.
@@ -192,7 +196,7 @@ def _gunzip(body: bytes, limit: int | None) -> bytes:
     except zlib.error as exc:
         raise WireError("$", f"bad gzip body: {exc}") from None
     if limit is not None and d.unconsumed_tail:
-        raise WireError("$", f"decompressed body is larger than {limit} bytes")
+        raise TooLarge("$", f"decompressed body is larger than {limit} bytes")
     return out
 
 

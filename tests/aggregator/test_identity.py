@@ -78,6 +78,19 @@ def test_unknown_accounts_go_to_the_facilitys_unmapped_member(identity: Identity
             "must carry a time zone",
         ),
         ("[vos.atlas\n", "not valid TOML"),
+        (
+            '[vos.atlas]\nissuer = "i"\n[[members]]\nvo = "atlas"\nsubject = "s"\n'
+            'display_name = "x"\naccounts = [{ facility = "af", local = "a" }]\n'
+            '[[members]]\nvo = "atlas"\nsubject = "t"\ndisplay_name = "y"\n'
+            'accounts = [{ facility = "af", local = "a", valid_from = 2026-01-01 }]',
+            "members[1].accounts[0]: account 'a' at 'af' is already mapped by "
+            "members[0].accounts[0]",
+        ),
+        (
+            '[vos.atlas]\nissuer = "i"\n[[members]]\nvo = "atlas"\nsubject = "s"\n'
+            'display_name = "x"\n[[members]]\nvo = "atlas"\nsubject = "s"\ndisplay_name = "y"',
+            "members[1]: subject 's' of VO 'atlas' is already members[0]",
+        ),
         ('[vos.atlas]\nissuer = "i"\ncolour = "red"', "vos.atlas.colour: Extra inputs"),
     ],
 )
@@ -88,6 +101,17 @@ def test_bad_identity_files_say_what_is_wrong(tmp_path: Path, text: str, message
     create_schema(engine)
     with pytest.raises(IdentityError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_identity_file(engine, path)
+
+
+def test_toml_dates_without_time_are_midnight_utc(tmp_path: Path) -> None:
+    path = tmp_path / "identity.toml"
+    path.write_text(IDENTITY.replace('"2026-06-01T00:00:00Z"', "2026-06-01"))
+    engine = make_engine(f"sqlite:///{tmp_path}/a.sqlite")
+    create_schema(engine)
+    load_identity_file(engine, path)
+    identity = IdentityMap(engine)
+    assert identity.resolve("af", "shared", JUNE - 1).id.endswith("|sub-alice")
+    assert identity.resolve("af", "shared", JUNE).id.endswith("|sub-bob")
 
 
 def test_identity_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
