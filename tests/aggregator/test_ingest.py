@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from aggregator.app import create_app
+from aggregator.retention import prune_samples
 from aggregator.settings import ServerSettings
 from collectors import wire
 
@@ -235,3 +236,14 @@ def test_metrics_count_outcomes(client: TestClient) -> None:
 def test_healthz(client: TestClient) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json()["database"] == "sqlite"
+
+
+def test_retention_prunes_raw_samples_and_keeps_the_ledger(client: TestClient) -> None:
+    post(
+        client,
+        batch(1, [cpu([NOW - 7200, NOW - 3600, NOW - 10], [1.0, 2.0, 3.0], created=NOW - 9000)]),
+    )
+    engine = client.app.state.services.engine
+    assert prune_samples(engine, older_than=NOW - 3600) == 1  # strictly older only
+    assert counts(client)["sample"] == 2
+    assert cpu_total(client) == 3.0
