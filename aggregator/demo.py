@@ -60,6 +60,10 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(data_dir: Path, port: int = 8600, hours: float = 24.0, nodes: int = 8) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     sim = FacilitySimulator(facility=FACILITY, nodes=nodes)
@@ -78,6 +82,8 @@ def run_demo(data_dir: Path, port: int = 8600, hours: float = 24.0, nodes: int =
         "AFMON_LOG_LEVEL": "warning",
     }
     procs: list[subprocess.Popen[bytes]] = []
+    # SIGTERM (from a service manager, or `timeout`) stops the demo like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         print(f"afmon demo: starting the server on {url} (data in {data_dir})", flush=True)
         procs.append(subprocess.Popen([sys.executable, "-m", "aggregator.cli", "serve"], env=env))

@@ -75,7 +75,7 @@ def test_demo_starts_shows_data_and_stops_cleanly(tmp_path: Path) -> None:
         assert real_nodes, "the real agent's node never appeared in /metrics"
         assert httpx.get(f"{url}/", timeout=30).status_code == 200
     finally:
-        demo.send_signal(signal.SIGINT)
+        demo.send_signal(signal.SIGTERM)  # as a service manager would; Ctrl-C is the same
         rest, _ = demo.communicate(timeout=60)
         output.append(rest)
     assert demo.returncode == 0, "".join(output)
