@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
+import math
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,18 +15,26 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
 from aggregator import __version__
+from aggregator.agent_tokens import AgentAuthenticator
+from aggregator.auth import AuthError, TokenVerifier
 from aggregator.db import create_schema, make_engine, read_connection
 from aggregator.identity import IdentityMap, load_identity_file
 from aggregator.ingest import Ingestor
-from aggregator.metrics import IngestMetrics, make_registry
+from aggregator.login import SESSION_COOKIE, Sessions
+from aggregator.login import make_router as make_login_router
+from aggregator.metrics import IngestMetrics, make_registry, render_exposition
 from aggregator.query import LOCAL_ADMIN, Principal, Query, QueryError
+from aggregator.ratelimit import RateLimiter
+from aggregator.report.api import build_report_router
+from aggregator.report.schedule import scheduled_reports
 from aggregator.retention import prune_samples
+from aggregator.security import SecurityHeaders
 from aggregator.settings import ServerSettings
+from alerts.service import alert_loop, alerts_router
 from collectors import wire
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,10 @@ class Services:
     registry: CollectorRegistry
     instruments: IngestMetrics
     clock: Callable[[], float]
+    verifier: TokenVerifier
+    agents: AgentAuthenticator
+    rate_limits: RateLimiter
+    sessions: Sessions
 
 
 def build_services(
@@ -64,6 +77,20 @@ def build_services(
         registry=registry,
         instruments=instruments,
         clock=clock,
+        verifier=TokenVerifier(
+            settings.oidc_issuers,
+            settings.oidc_audience,
+            settings.admin_groups,
+            settings.admin_facility,
+            clock=clock,
+        ),
+        agents=AgentAuthenticator(engine, settings.facility_tokens),
+        rate_limits=RateLimiter(settings.ingest_rate_per_agent, burst_seconds=5.0),
+        sessions=Sessions(
+            settings.session_secret.get_secret_value()
+            if settings.session_secret
+            else secrets.token_urlsafe(32)  # local mode or no sign-in: per process is fine
+        ),
     )
 
 
@@ -74,14 +101,26 @@ def _services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
-def reader_principal(services: ServicesDep) -> Principal:
-    """Who reads. Until login exists (OIDC, see the identity issue) only local mode reads."""
+def reader_principal(request: Request, services: ServicesDep) -> Principal:
+    """Who reads: the holder of a valid bearer token from a trusted issuer, or, in local
+    (demo) mode only, the local admin."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        try:
+            return services.verifier.principal(token)
+        except AuthError as exc:
+            raise HTTPException(
+                401, f"bearer token refused: {exc}", headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+    session = services.sessions.load(request.cookies.get(SESSION_COOKIE), services.clock())
+    if session is not None:
+        return session
     if services.settings.local_mode:
         return LOCAL_ADMIN
     raise HTTPException(
         401,
-        "reading needs a login, which this server does not have yet; "
-        "start it with AFMON_LOCAL_MODE=true for a local demo",
+        "sign in: send a bearer token (a WLCG/OIDC access token) from a trusted issuer",
+        headers={"WWW-Authenticate": "Bearer"},
     )
 
 
@@ -115,7 +154,8 @@ def create_app(
 ) -> FastAPI:
     services = build_services(settings, engine, clock)
     # Periodic jobs of the server, each run in its own thread until shutdown.
-    jobs: list[Callable[[Services, threading.Event], None]] = [_retention_loop]
+    jobs: list[Callable[[Services, threading.Event], None]] = [_retention_loop, alert_loop]
+    jobs.append(scheduled_reports)
     stop = threading.Event()
 
     @asynccontextmanager
@@ -143,6 +183,21 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    if settings.oidc_client_id and settings.oidc_issuers:
+        secret = settings.oidc_client_secret
+        app.include_router(
+            make_login_router(
+                services.verifier,
+                services.sessions,
+                settings.oidc_client_id,
+                secret.get_secret_value() if secret else "",
+                list(settings.oidc_issuers),
+                settings.public_url,
+                clock,
+            )
+        )
+    app.add_middleware(SecurityHeaders)
+    app.include_router(build_report_router(reader_principal))
 
     @app.post(
         "/api/v1/ingest",
@@ -151,10 +206,11 @@ def create_app(
     )
     async def ingest(request: Request, s: ServicesDep) -> JSONResponse:
         started = time.perf_counter()
-        facility = _facility_of_token(s.settings, request.headers.get("authorization", ""))
-        if facility is None:
+        agent = s.agents.facility(request.headers.get("authorization", ""))
+        if agent is None:
             s.instruments.batches.labels("unknown", "unauthorized").inc()
-            return _ingest_error(401, "authorization", "missing or unknown agent bearer token")
+            return _ingest_error(401, "authorization", "missing, unknown or revoked agent token")
+        facility, credential = agent
         body = await _read_body(request, s.settings.max_body_bytes)
         if body is None:
             s.instruments.batches.labels(facility, "too_large").inc()
@@ -177,6 +233,14 @@ def create_app(
                     "$.facility",
                     f"this token writes facility {facility!r}, not {batch.facility!r}",
                 )
+            # per agent: a facility-wide static token is shared by all of its agents
+            wait = s.rate_limits.take(f"{credential}|{batch.agent_id}")
+            if wait > 0:
+                s.instruments.batches.labels(facility, "rate_limited").inc()
+                limit = s.settings.ingest_rate_per_agent
+                response = _ingest_error(429, "$", f"more than {limit:g} batches/s from this agent")
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response
             result = await run_in_threadpool(s.ingestor.apply, batch)
         except wire.TooLarge as exc:
             s.instruments.batches.labels(facility, "too_large").inc()
@@ -210,8 +274,10 @@ def create_app(
 
     @app.get("/metrics", summary="Prometheus / OpenMetrics exposition", include_in_schema=True)
     def metrics(request: Request, s: ServicesDep) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(s.registry), media_type=content_type)
+        body, content_type = render_exposition(s.registry, request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
+    app.include_router(alerts_router(reader_principal))
 
     @app.get("/api/v1/usage", summary="Ledger totals visible to the caller")
     def usage(
@@ -228,23 +294,9 @@ def create_app(
 
         from dashboard.app import create_dash
 
-        dash_app = create_dash(services.query, settings)
+        dash_app = create_dash(services.query, settings, clock=clock, sessions=services.sessions)
         app.mount("/", WSGIMiddleware(dash_app.server))  # type: ignore[arg-type]
     return app
-
-
-def _facility_of_token(settings: ServerSettings, header: str) -> str | None:
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
-    for facility, expected in settings.facility_tokens.items():
-        if _equal(token, expected):
-            return facility
-    return None
-
-
-def _equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def _retention_loop(services: Services, stop: threading.Event, every: float = 3600.0) -> None:

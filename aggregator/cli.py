@@ -12,7 +12,9 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from aggregator.report.cli import add_report_parser
 from aggregator.settings import ServerSettings
+from alerts.cli import add_parser as add_alerts_parser
 
 EPILOG = """\
 Every setting can also be given as an environment variable with the AFMON_ prefix
@@ -51,13 +53,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not settings.facility_tokens:
-        logging.warning("no AFMON_FACILITY_TOKENS: no agent can deliver data to this server")
+    weak = weak_secrets(settings)
+    if weak:
+        sys.exit("afmon: refusing to start: " + "; ".join(weak))
     try:
         app = create_app(settings)
     except IdentityError as exc:
         sys.exit(f"afmon: identity map: {exc}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    return 0
+
+
+MIN_TOKEN_CHARS = 24
+
+
+def weak_secrets(settings: ServerSettings) -> list[str]:
+    """Secrets too weak for a real deployment (local demo mode accepts them)."""
+    if settings.local_mode:
+        return []
+    weak = [
+        f"the AFMON_FACILITY_TOKENS token of {facility!r} has {len(token)} characters; use at "
+        f"least {MIN_TOKEN_CHARS} random ones, or per-agent tokens (`afmon agent-token create`)"
+        for facility, token in sorted(settings.facility_tokens.items())
+        if len(token) < MIN_TOKEN_CHARS or len(set(token)) < 8
+    ]
+    if settings.oidc_client_id:
+        secret = settings.session_secret.get_secret_value() if settings.session_secret else ""
+        if len(secret) < 32 or len(set(secret)) < 8:
+            weak.append(
+                "sign-in is configured (AFMON_OIDC_CLIENT_ID) but AFMON_SESSION_SECRET is "
+                "missing or weak; set at least 32 random characters, the same on every worker"
+            )
+    return weak
+
+
+def cmd_agent_token(args: argparse.Namespace) -> int:
+    from aggregator.agent_tokens import TokenError, create_token, list_tokens, revoke_token
+    from aggregator.db import create_schema, make_engine
+
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    try:
+        if args.action == "create":
+            token = create_token(engine, args.name, args.facility)
+            print(token)
+            print(
+                f"agent token {args.name!r} for facility {args.facility!r} created; it is shown "
+                "only now: give it to the agent as AFMON_TOKEN",
+                file=sys.stderr,
+            )
+        elif args.action == "revoke":
+            revoke_token(engine, args.name)
+            print(f"agent token {args.name!r} revoked", file=sys.stderr)
+        else:
+            for t in list_tokens(engine):
+                state = "active" if t.revoked is None else "revoked"
+                print(f"{t.name}\t{t.facility}\t{state}")
+    except TokenError as exc:
+        print(f"afmon: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -158,11 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--identity-out", help="write the simulated members' identity map here")
     sim.set_defaults(func=cmd_simulate)
 
+    tokens = sub.add_parser(
+        "agent-token", help="per-agent credentials: create (printed once), list, revoke"
+    )
+    tokens.add_argument("--database-url", help="SQLAlchemy URL (AFMON_DATABASE_URL)")
+    tokens_sub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tokens_sub.add_parser("create", help="create a token bound to a facility")
+    create.add_argument("name", help="a unique name, e.g. the node's host name")
+    create.add_argument("--facility", required=True, help="the facility the agent may write")
+    revoke = tokens_sub.add_parser("revoke", help="revoke a token (takes effect within 5 s)")
+    revoke.add_argument("name")
+    tokens_sub.add_parser("list", help="list tokens (names, facilities, states; never secrets)")
+    tokens.set_defaults(func=cmd_agent_token)
+
     ident = sub.add_parser("identity", help="identity map tools")
     ident_sub = ident.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
     check = ident_sub.add_parser("check", help="validate an identity map file")
     check.add_argument("file")
     check.set_defaults(func=cmd_identity_check)
+    add_report_parser(sub)
+    add_alerts_parser(sub)
     return parser
 
 

@@ -19,7 +19,7 @@ def read_connection(engine: Engine) -> Connection:
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine; for SQLite: WAL, NORMAL sync, and write transactions
+    """Create the engine; for SQLite: WAL, FULL sync, and write transactions
     that take the write lock at BEGIN (no lock upgrades, no deadlocks)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -32,7 +32,8 @@ def make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a batch is acknowledged only once its commit is on disk (WAL fsync)
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

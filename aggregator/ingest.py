@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
 from sqlalchemy import Connection, Engine
 
 from aggregator.db import placeholder
@@ -76,6 +77,13 @@ class Ingestor:
             f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
             "ON CONFLICT (facility, vo, grp, member_id, resource, hour) "
             "DO UPDATE SET amount = usage.amount + excluded.amount"
+        )
+        self._sql_latency = (
+            "INSERT INTO latency (facility, vo, grp, member_id, kind, profile, hour, le, count, "
+            f"sum_seconds) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (facility, vo, grp, member_id, kind, profile, hour, le) DO UPDATE SET "
+            "count = latency.count + excluded.count, "
+            "sum_seconds = latency.sum_seconds + excluded.sum_seconds"
         )
 
     def apply(self, batch: wire.Batch) -> IngestResult:
@@ -155,7 +163,7 @@ class Ingestor:
                 f"WHERE id = {self._p}",
                 new_state,
             )
-        events = self._apply_events(conn, batch, inc, members)
+        events = self._apply_events(conn, batch, inc, members, hepscore)
         self._ensure_unmapped(conn, members)
         if inc.amounts:
             conn.exec_driver_sql(
@@ -165,6 +173,10 @@ class Ingestor:
                     (*key, amount, RESOURCES[key[4]].unit)
                     for key, amount in sorted(inc.amounts.items())
                 ],
+            )
+        if inc.latencies:
+            conn.exec_driver_sql(
+                self._sql_latency, [(*k, int(c), s) for k, (c, s) in inc.latencies.items()]
             )
         self._touch_agent(conn, batch, now, len(samples))
         return IngestResult("applied", batch.seq, len(samples), stale, events, len(inc))
@@ -269,7 +281,12 @@ class Ingestor:
         return {r[0]: r[1] for r in rows if r[1]}
 
     def _apply_events(
-        self, conn: Connection, batch: wire.Batch, inc: Increments, members: dict[str, MemberRef]
+        self,
+        conn: Connection,
+        batch: wire.Batch,
+        inc: Increments,
+        members: dict[str, MemberRef],
+        hepscore: dict[str, float] | None = None,
     ) -> int:
         p = self._p
         applied = 0
@@ -308,6 +325,11 @@ class Ingestor:
                     (e.end, attrs, batch.facility, e.kind, e.id),
                 )
             if e.end is not None:
+                # rules see the HEPscore23 per core of the event's node (attrs.node, else the
+                # batch's node; the default when that node has not reported one)
+                hs = (hepscore or {}).get(str(e.attrs.get("node") or batch.node))
+                hs = self._settings.default_hepscore23_per_core if hs is None else hs
+                e = msgspec.structs.replace(e, attrs={**e.attrs, "node_hepscore23_per_core": hs})
                 try:
                     EVENT_RULES[e.kind](inc, batch.facility, ref, e)
                 except AttrError as exc:

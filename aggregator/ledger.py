@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aggregator import batch_accounting, latency
 from aggregator.identity import MemberRef
 from collectors import wire
 
@@ -48,7 +49,15 @@ ACCOUNTED_METRICS: dict[str, MetricRule] = {
     "user_cpu_seconds": MetricRule("cpu_seconds", "counter", normalised="cpu_hs23_seconds"),
     "user_io_read_bytes": MetricRule("io_read_bytes", "counter"),
     "user_io_write_bytes": MetricRule("io_write_bytes", "counter"),
+    "user_data_read_bytes": MetricRule("data_read_{source}_bytes", "counter"),  # docs/data.md
+    "user_data_written_bytes": MetricRule("data_written_{source}_bytes", "counter"),
+    "user_files_opened": MetricRule("data_files_opened", "counter"),
     "user_memory_rss_bytes": MetricRule("memory_byte_seconds", "integral"),
+    "user_gpus_held": MetricRule("gpu_allocated_seconds", "integral"),
+    "user_gpu_busy": MetricRule("gpu_active_seconds", "integral"),
+    "user_gpu_energy_joules": MetricRule("gpu_energy_joules", "counter"),
+    "user_model_gpus_held": MetricRule("gpu_{model}_allocated_seconds", "integral"),
+    "user_model_gpu_busy": MetricRule("gpu_{model}_active_seconds", "integral"),
 }
 
 
@@ -155,6 +164,21 @@ class Increments:
         for h, secs in split_by_hour(start, end):
             self.add(facility, member, resource, h, secs * rate)
 
+    # latency histograms: (facility, vo, grp, member, kind, profile, hour, le) -> [count, sum]
+    latencies: dict[tuple[str, str, str, str, str, str, int, float], list[float]] = field(
+        default_factory=dict
+    )
+
+    def observe(
+        self, facility: str, member: MemberRef, kind: str, profile: str, hour: int, seconds: float
+    ) -> None:
+        """Count one latency of `seconds` in its bucket of the hour (aggregator/latency.py)."""
+        le = latency.bucket_of(seconds)
+        key = (facility, member.vo, member.grp, member.id, kind, profile, hour, le)
+        slot = self.latencies.setdefault(key, [0, 0.0])
+        slot[0] += 1
+        slot[1] += seconds
+
     def __len__(self) -> int:
         return len(self.amounts)
 
@@ -169,8 +193,19 @@ def duration_and_count(inc: Increments, facility: str, member: MemberRef, e: wir
     inc.add(facility, member, f"{e.kind}s", hour_of(e.start), 1.0)
 
 
+def gpu_idle(inc: Increments, facility: str, member: MemberRef, e: wire.Event) -> None:
+    """An idle-but-held GPU: its duration x the member's share of the GPU (`share`)."""
+    assert e.end is not None
+    share = e.attrs.get("share", 1.0)
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        raise AttrError("share", f"must be a number in (0, 1], not {share!r}")
+    inc.add_interval(facility, member, "gpu_idle_seconds", e.start, e.end, float(share))
+
+
 EVENT_RULES: dict[str, EventRule] = {
     "session": duration_and_count,
     "dask_cluster": duration_and_count,
-    "batch_job": duration_and_count,
+    "batch_job": batch_accounting.account_batch_job,
+    **latency.EVENT_RULES,
+    "gpu_idle": gpu_idle,
 }

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from collectors.wire import GPU_MODELS
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -19,6 +21,7 @@ class Resource:
     title: str
 
 
+_SOURCES = ("local", "cache", "remote")  # data sources: roles of XRootD servers
 RESOURCES: dict[str, Resource] = {
     r.name: r
     for r in (
@@ -27,12 +30,32 @@ RESOURCES: dict[str, Resource] = {
         Resource("memory_byte_seconds", "B·s", "Resident memory x time"),
         Resource("io_read_bytes", "B", "Bytes read (local IO)"),
         Resource("io_write_bytes", "B", "Bytes written (local IO)"),
+        # XRootD data access by source (docs/data.md); io_* above is local POSIX IO
+        *(Resource(f"data_read_{s}_bytes", "B", f"Bytes read via XRootD, {s}") for s in _SOURCES),
+        *(Resource(f"data_written_{s}_bytes", "B", f"Bytes written via XRootD, {s}")
+          for s in _SOURCES),
+        Resource("data_files_opened", "1", "Files opened via XRootD"),
         Resource("session_seconds", "s", "Interactive session time"),
         Resource("sessions", "1", "Interactive sessions started"),
         Resource("dask_cluster_seconds", "s", "Dask cluster lifetime"),
         Resource("dask_clusters", "1", "Dask clusters started"),
         Resource("batch_job_seconds", "s", "Batch job wall time"),
         Resource("batch_jobs", "1", "Batch jobs started"),
+        Resource("gpu_allocated_seconds", "s", "GPU time held (allocated)"),
+        Resource("gpu_active_seconds", "s", "GPU time busy (held x busy ratio)"),
+        Resource("gpu_energy_joules", "J", "Energy of the GPUs held"),
+        Resource("gpu_idle_seconds", "s", "GPU time held while idle"),
+        *(Resource(f"gpu_{m}_{k}_seconds", "s", f"GPU time {k} ({m.upper()})")
+          for m in GPU_MODELS for k in ("allocated", "active")),
+        Resource("batch_wall_core_seconds", "s", "Batch wall time x allocated cores"),
+        Resource("batch_cpu_seconds", "s", "Batch CPU time (user + system)"),
+        Resource("batch_gpu_seconds", "s", "Batch wall time x allocated GPUs"),
+        Resource("batch_cpu_hs23_seconds", "HS23·s", "Batch CPU time normalised by HEPscore23"),
+        Resource("batch_wall_core_hs23_seconds", "HS23·s",
+                 "Batch wall core time normalised by HEPscore23"),
+        Resource("spawn_failures", "1", "Server starts that failed, timed out or were stopped"),
+        Resource("dask_worker_seconds", "s", "Dask worker lifetime"),
+        Resource("dask_worker_core_seconds", "core·s", "Dask worker threads x lifetime"),
     )
 }
 
@@ -79,6 +102,25 @@ class Usage(SQLModel, table=True):
         Index("ix_usage_hour_vo", "hour", "vo"),
         Index("ix_usage_member_hour", "member_id", "hour"),
     )
+
+
+class LatencyBucket(SQLModel, table=True):
+    """Latency histograms: per hour, observations counted in fixed buckets (`le` seconds,
+    upper bound inclusive, inf for the last) with their sum, so any window merges exactly."""
+
+    __tablename__ = "latency"
+    facility: str = Field(primary_key=True)
+    vo: str = Field(primary_key=True)
+    grp: str = Field(primary_key=True)
+    member_id: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True, description="time_to_session, batch_queue_wait, ...")
+    profile: str = Field(primary_key=True)
+    hour: int = Field(primary_key=True, description="Start of the UTC hour, epoch seconds")
+    le: float = Field(primary_key=True, description="Bucket upper bound in seconds")
+    count: int = 0
+    sum_seconds: float = 0.0
+
+    __table_args__ = (Index("ix_latency_kind_hour", "kind", "hour"),)
 
 
 class SeriesRow(SQLModel, table=True):
@@ -155,3 +197,33 @@ class EventRow(SQLModel, table=True):
     attrs: str = "{}"
 
     __table_args__ = (Index("ix_event_member_start", "member_id", "start"),)
+
+
+class AlertRow(SQLModel, table=True):
+    """Alerts evaluated by alerts/: pending and firing now, resolved ones as history."""
+
+    __tablename__ = "alert"
+    rule: str = Field(primary_key=True)
+    labels: str = Field(primary_key=True, description="Canonical JSON of the labels")
+    active_since: float = Field(primary_key=True)
+    status: str = Field(index=True, description="pending, firing or resolved")
+    severity: str
+    facility: str | None = None
+    vo: str | None = None
+    value: float
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    summary: str = ""
+    description: str = ""
+
+
+class AgentToken(SQLModel, table=True):
+    """An agent credential: bound to one facility, stored only as a hash, revocable."""
+
+    __tablename__ = "agent_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    facility: str
+    token_sha256: str = Field(unique=True)
+    created: float
+    revoked: float | None = None

@@ -2,7 +2,7 @@
 
 In one run, on the same rows:
   (a) floor: plain sqlite3 executemany into a table with the same indexes as
-      afmon's raw-sample table (WAL, synchronous=NORMAL), one transaction per batch;
+      afmon's raw-sample table (WAL, synchronous=FULL as afmon), one transaction per batch;
   (b) afmon: the same batches, gzip'd wire JSON, POSTed over HTTP to a real
       `afmon serve` process (SQLite, no dashboard), which decodes, de-duplicates,
       maps identities, writes the raw samples and updates the ledger.
@@ -67,7 +67,7 @@ def floor(batches: list[wire.Batch], path: Path) -> float:
     """Samples/s of plain executemany with afmon's sample table and index."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=FULL")  # as afmon: durable before acknowledged
     conn.execute(
         "CREATE TABLE sample (series_id INTEGER NOT NULL, time FLOAT NOT NULL, "
         "value FLOAT NOT NULL, PRIMARY KEY (series_id, time))"

@@ -7,6 +7,7 @@ them. Nothing is read, created or connected until main() runs.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -17,8 +18,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("afmon.agent")
@@ -49,6 +51,29 @@ class AgentSettings(BaseSettings):
     proc_root: Path = Path("/proc")
     cgroup_root: Path = Path("/sys/fs/cgroup")
     timeout_seconds: float = Field(10.0, gt=0)
+    jupyterhub_url: str | None = None
+    jupyterhub_token: SecretStr | None = None
+    jupyterhub_poll_seconds: float = Field(1.0, ge=0)
+    slurm_enabled: bool = False
+    sacct_path: str = "sacct"
+    htcondor_enabled: bool = False
+    condor_history_path: str = "condor_history"
+    gpu_enabled: bool = True
+    gpu_process_interval_seconds: float = Field(60.0, gt=0)
+    gpu_idle_threshold_ratio: float = Field(0.05, ge=0, le=1)
+    gpu_idle_min_seconds: float = Field(600.0, ge=0)
+    xrootd_enabled: bool = False  # XRootD monitoring listener (docs/data.md)
+    xrootd_listen_host: str = "127.0.0.1"
+    xrootd_summary_port: int = Field(9931, ge=1, le=65535)
+    xrootd_detail_port: int = Field(9930, ge=1, le=65535)
+    xrootd_servers: dict[str, Literal["local", "cache", "remote"]] = {}
+    xrootd_default_role: Literal["local", "cache", "remote"] = "remote"
+    xrootd_max_open_files: int = Field(100_000, gt=0)
+
+    @field_validator("xrootd_servers", mode="before")
+    @classmethod
+    def _json_from_flag(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value  # a flag gives text
 
 
 # (flag, settings field, metavar, help)
@@ -67,6 +92,34 @@ _FLAGS: list[tuple[str, str, str, str]] = [
     ("--proc-root", "proc_root", "DIR", "where /proc is mounted [/proc]"),
     ("--cgroup-root", "cgroup_root", "DIR", "where cgroups are mounted [/sys/fs/cgroup]"),
     ("--timeout", "timeout_seconds", "SECONDS", "HTTP timeout per request [10]"),
+    ("--gpu-enabled", "gpu_enabled", "BOOL", "run the GPU probe (NVML) [true]"),
+    ("--gpu-process-interval", "gpu_process_interval_seconds", "SECONDS",
+     "seconds between polls of the GPU process list [60]"),
+    ("--gpu-idle-threshold", "gpu_idle_threshold_ratio", "RATIO",
+     "a held GPU busy under this is idle [0.05]"),
+    ("--gpu-idle-min", "gpu_idle_min_seconds", "SECONDS",
+     "idle-but-held intervals are reported after this long [600]"),
+    ("--xrootd", "xrootd_enabled", "BOOL", "listen for XRootD monitoring [false]"),
+    ("--xrootd-listen-host", "xrootd_listen_host", "ADDR", "address to listen on [127.0.0.1]"),
+    ("--xrootd-summary-port", "xrootd_summary_port", "PORT", "UDP port, xrd.report [9931]"),
+    ("--xrootd-detail-port", "xrootd_detail_port", "PORT", "UDP port, xrootd.monitor [9930]"),
+    ("--xrootd-servers", "xrootd_servers", "JSON",
+     'role per server, e.g. {"xcache.af:1094": "cache"} [{}]'),
+    ("--xrootd-default-role", "xrootd_default_role", "ROLE",
+     "role of servers not listed: local, cache or remote [remote]"),
+    ("--xrootd-max-open-files", "xrootd_max_open_files", "N",
+     "open files remembered per server; older ones are dropped [100000]"),
+    ("--jupyterhub-url", "jupyterhub_url", "URL",
+     "JupyterHub to measure time-to-session on, e.g. http://hub:8000 [off]"),
+    ("--jupyterhub-token", "jupyterhub_token", "TOKEN",
+     "the hub service's API token (prefer the env variable)"),
+    ("--jupyterhub-poll", "jupyterhub_poll_seconds", "SECONDS",
+     "seconds between JupyterHub polls [1]"),
+    ("--slurm", "slurm_enabled", "BOOL", "send finished Slurm jobs from sacct [false]"),
+    ("--sacct", "sacct_path", "PATH", "the sacct command [sacct]"),
+    ("--htcondor", "htcondor_enabled", "BOOL", "send finished HTCondor jobs [false]"),
+    ("--condor-history", "condor_history_path", "PATH",
+     "the condor_history command [condor_history]"),
 ]  # fmt: skip
 
 

@@ -91,7 +91,7 @@ class PushLoop:
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         for probe in self.probes:
-            if probe.state != READY:
+            if probe.state != READY and not getattr(probe, "reports_state", False):
                 log.warning("probe %s is not ready (%s): skipping it", probe.name, probe.state)
 
     # -- building batches -----------------------------------------------------------------
@@ -100,8 +100,8 @@ class PushLoop:
         """Everything the ready probes give, plus the agent's own series; never raises."""
         out = ProbeOutput()
         for probe in self.probes:
-            if probe.state != READY:
-                continue
+            if probe.state != READY and not getattr(probe, "reports_state", False):
+                continue  # a probe with `reports_state` is asked anyway: it says why not
             try:
                 out.extend(probe.collect(now))
             except Exception:

@@ -311,10 +311,14 @@ class Poster:
         }
         self._client = client or httpx.Client(timeout=30)
 
-    def post(self, batch: wire.Batch) -> dict[str, object]:
-        r = self._client.post(
-            self._url, content=wire.encode(batch, compress=True), headers=self._headers
-        )
+    def post(self, batch: wire.Batch, max_waits: int = 30) -> dict[str, object]:
+        body = wire.encode(batch, compress=True)
+        r = self._client.post(self._url, content=body, headers=self._headers)
+        for _ in range(max_waits):  # rate-limited: wait as told, like the real agent does
+            if r.status_code != 429:
+                break
+            time.sleep(float(r.headers.get("retry-after", "1")))
+            r = self._client.post(self._url, content=body, headers=self._headers)
         if r.status_code != 200:
             raise RuntimeError(
                 f"aggregator refused batch {batch.seq} of {batch.node}: "

@@ -56,7 +56,11 @@ class Series(msgspec.Struct, forbid_unknown_fields=True):
 class Event(msgspec.Struct, forbid_unknown_fields=True):
     """Something with a start and (once known) an end, owned by a local user."""
 
-    kind: Literal["session", "dask_cluster", "batch_job"]
+    kind: Literal[
+        "session", "dask_cluster", "batch_job",
+        "spawn", "dask_scale", "dask_worker", "dask_computation",
+        "gpu_idle",
+    ]
     id: Text
     user: Text
     start: Epoch
@@ -107,7 +111,44 @@ KNOWN_METRICS: dict[str, tuple[str, str]] = {
     "node_cpu_busy_ratio": ("ratio", "gauge"),
     "agent_spool_dropped_samples": ("1", "counter"),
     "agent_spool_batches": ("1", "gauge"),
+    # XRootD data access (collectors/probes/xrootd.py, docs/data.md); `source` label
+    "user_data_read_bytes": ("bytes", "counter"),
+    "user_data_written_bytes": ("bytes", "counter"),
+    "user_files_opened": ("1", "counter"),
+    "xrootd_server_read_bytes": ("bytes", "counter"),
+    "xrootd_server_written_bytes": ("bytes", "counter"),
+    "xrootd_server_files_opened": ("1", "counter"),
+    "xrootd_server_link_in_bytes": ("bytes", "counter"),
+    "xrootd_server_link_out_bytes": ("bytes", "counter"),
+    "xrootd_server_opens": ("1", "counter"),
+    "xrootd_server_restarts": ("1", "counter"),
+    # GPUs (collectors/probes/gpu.py, docs/gpu.md); user_* ones carry the user's name
+    "gpu_probe_state": ("1", "gauge"),
+    "gpu_info": ("1", "gauge"),
+    "gpu_mig_info": ("1", "gauge"),
+    "gpu_utilization_ratio": ("ratio", "gauge"),
+    "gpu_memory_used_bytes": ("bytes", "gauge"),
+    "gpu_memory_total_bytes": ("bytes", "gauge"),
+    "gpu_power_watts": ("watts", "gauge"),
+    "gpu_energy_joules": ("joules", "counter"),
+    "gpu_allocated_ratio": ("ratio", "gauge"),
+    "gpu_accounting_mode": ("1", "gauge"),
+    "gpu_processes_visible": ("1", "gauge"),
+    "gpu_held": ("1", "gauge"),
+    "user_gpus_held": ("1", "gauge"),
+    "user_gpu_busy": ("1", "gauge"),
+    "user_model_gpus_held": ("1", "gauge"),
+    "user_model_gpu_busy": ("1", "gauge"),
+    "user_gpu_energy_joules": ("joules", "counter"),
+    "user_gpu_memory_bytes": ("bytes", "gauge"),
+    "user_gpu_sm_ratio": ("ratio", "gauge"),
+    "user_gpu_accounting_seconds": ("seconds", "counter"),
+    "user_gpu_accounting_busy_seconds": ("seconds", "counter"),
 }
+
+# GPU model classes of the ledger's per-model resources (gpu_<model>_allocated_seconds);
+# the probe maps every other device name to "other".
+GPU_MODELS = ("h200", "h100", "a100", "a40", "a30", "l40s", "l4", "v100", "t4", "other")
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Batch)

@@ -12,22 +12,39 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from dash import Dash, Input, Output, dcc, html
 
 from aggregator import __version__
+from aggregator.login import Sessions
 from aggregator.query import LOCAL_ADMIN, Query
 from aggregator.settings import ServerSettings
 from dashboard import theme
-from dashboard.pages import common, facility, member
+from dashboard.pages import alerts, batch, common, facility, gpus, interactive, member, reports
+from dashboard.pages import data as data_page
 from dashboard.pages.common import ADMIN_KEY, DEFAULT_RANGE, SIGN_IN_MESSAGE, Context
 
-PAGES = {facility.PATH: facility, member.PATH: member}
-NAV_IDS = {facility.PATH: "nav-facility", member.PATH: "nav-member"}
+PAGES = {facility.PATH: facility, member.PATH: member, alerts.PATH: alerts}
+NAV_IDS = {facility.PATH: "nav-facility", member.PATH: "nav-member", alerts.PATH: "nav-alerts"}
+PAGES[reports.PATH] = reports
+NAV_IDS[reports.PATH] = "nav-reports"
+PAGES[gpus.PATH] = gpus
+NAV_IDS[gpus.PATH] = "nav-gpus"
+PAGES[batch.PATH] = batch
+NAV_IDS[batch.PATH] = "nav-batch"
+PAGES[interactive.PATH] = interactive
+NAV_IDS[interactive.PATH] = "nav-interactive"
+PAGES[data_page.PATH] = data_page
+NAV_IDS[data_page.PATH] = "nav-data"
 
 
 def create_dash(
-    query: Query, settings: ServerSettings, *, clock: Callable[[], float] = time.time
+    query: Query,
+    settings: ServerSettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    sessions: Sessions | None = None,
 ) -> Dash:
     """A Dash app reading through `query`; mount `app.server` (Flask, WSGI) at `/`."""
     app = Dash(
@@ -41,12 +58,12 @@ def create_dash(
         suppress_callback_exceptions=True,
     )
     app.index_string = theme.INDEX_STRING
-    ctx = Context(query, settings, clock)
+    ctx = Context(query, settings, clock, sessions)
     app.layout = lambda: _shell(ctx)
     _register_shell(app, ctx)
-    if settings.local_mode:
-        # Without a principal there is nothing to show: the data callbacks only exist in
-        # local mode, and `Context.principal` refuses everyone otherwise as well.
+    if settings.local_mode or ctx.login_enabled:
+        # Without a way to know who asks there is nothing to show: the data callbacks exist
+        # only in local mode or with sign-in, and `Context.principal` refuses everyone else.
         for page in PAGES.values():
             page.register(app, ctx)
     return app
@@ -91,6 +108,8 @@ def _shell(ctx: Context) -> html.Div:
 
 
 def _banner(ctx: Context) -> html.Div:
+    if not ctx.settings.local_mode and ctx.login_enabled:
+        return _signin_banner(ctx)
     if not ctx.settings.local_mode:
         return html.Div(
             [
@@ -115,6 +134,27 @@ def _banner(ctx: Context) -> html.Div:
     )
 
 
+def _signin_banner(ctx: Context) -> html.Div:
+    who = ctx.signed_in()
+    if who is None:
+        links = [
+            html.A(f"Sign in with {issuer}", href=f"/auth/login?{urlencode({'issuer': issuer})}",
+                   className="signin-link")
+            for issuer in ctx.settings.oidc_issuers
+        ]
+        return html.Div([html.Strong("You are not signed in."), *links],
+                        id="signin-banner", className="banner signin")
+    # the page callbacks read the principal through this (hidden) picker, as in local mode
+    picker = dcc.Dropdown(id="principal-picker", options=[{"label": who.name, "value": "session"}],
+                          value="session", clearable=False, disabled=True,
+                          style={"display": "none"})
+    return html.Div(
+        [html.Strong(f"Signed in as {who.name}"), html.Span(common.role_caption(who)),
+         html.A("Sign out", href="/auth/logout", className="signin-link"), picker],
+        id="session-banner", className="banner session",
+    )
+
+
 def _register_shell(app: Dash, ctx: Context) -> None:
     @app.callback(
         Output("page", "children"),
@@ -129,8 +169,10 @@ def _register_shell(app: Dash, ctx: Context) -> None:
             content: Any = common.notice(
                 f"No page at {pathname}. Use the links above.", "not-found"
             )
-        elif not ctx.settings.local_mode:
+        elif not ctx.settings.local_mode and not ctx.login_enabled:
             content = common.notice(SIGN_IN_MESSAGE, "signin-notice")
+        elif not ctx.settings.local_mode and ctx.signed_in() is None:
+            content = common.notice(common.SIGNED_OUT_MESSAGE, "signin-notice")
         else:
             content = page.layout()
         return (content, *classes)

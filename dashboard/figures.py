@@ -39,6 +39,9 @@ _UNIT_OVERRIDES = {
     "sessions": "sessions",
     "dask_clusters": "clusters",
     "batch_jobs": "jobs",
+    "batch_wall_core_seconds": "core-hours",
+    "batch_cpu_seconds": "core-hours",
+    "batch_gpu_seconds": "GPU-hours",
 }
 
 # Short names for axis titles (the catalog's titles are for tiles and menus).

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+pytest_plugins = ["tests.signed_server"]  # the `signed_server` fixture (sign-in tests)
+
 PG_ADMIN_URL = os.environ.get(
     "AFMON_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

@@ -27,4 +27,38 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
             state_path=None if state_dir is None else state_dir / "host-probe.json",
         )
     ]
+    if settings.gpu_enabled:
+        from collectors.probes.gpu import GpuProbe
+
+        probes.append(GpuProbe(
+            node=settings.node, proc_root=settings.proc_root,
+            process_interval=settings.gpu_process_interval_seconds,
+            idle_threshold_ratio=settings.gpu_idle_threshold_ratio,
+            idle_min_seconds=settings.gpu_idle_min_seconds,
+        ))
+    if settings.slurm_enabled:
+        from collectors.probes.slurm import SlurmProbe
+
+        probes.append(SlurmProbe(sacct=[settings.sacct_path],
+                                 state_path=state_dir and state_dir / "slurm-probe.json"))
+    if settings.htcondor_enabled:
+        from collectors.probes.htcondor import HTCondorProbe
+
+        probes.append(HTCondorProbe(condor_history=[settings.condor_history_path],
+                                    state_path=state_dir and state_dir / "htcondor-probe.json"))
+    if settings.jupyterhub_url:
+        from collectors.probes.jupyterhub import JupyterHubProbe
+
+        token = settings.jupyterhub_token
+        probes.append(JupyterHubProbe(settings.jupyterhub_url,
+                                      token.get_secret_value() if token else None,
+                                      poll_seconds=settings.jupyterhub_poll_seconds))
+    if settings.xrootd_enabled:
+        from collectors.probes.xrootd import Monitor, XRootDProbe
+
+        monitor = Monitor(settings.xrootd_servers, default_role=settings.xrootd_default_role,
+                          max_files=settings.xrootd_max_open_files)
+        probes.append(XRootDProbe(settings.node, monitor, listen_host=settings.xrootd_listen_host,
+                                  summary_port=settings.xrootd_summary_port,
+                                  detail_port=settings.xrootd_detail_port))
     return probes

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import flask
 import pandas as pd
 from dash import html
 
+from aggregator.login import SESSION_COOKIE, Sessions
 from aggregator.query import LOCAL_ADMIN, Principal, Query
 from aggregator.schema import UNMAPPED
 from aggregator.settings import ServerSettings
@@ -97,11 +99,22 @@ class Context:
     query: Query
     settings: ServerSettings
     clock: Callable[[], float] = field(default=time.time)
+    sessions: Sessions | None = None
+
+    @property
+    def login_enabled(self) -> bool:
+        return bool(self.sessions and self.settings.oidc_client_id and self.settings.oidc_issuers)
+
+    def signed_in(self) -> Principal | None:
+        """The principal of the browser's sign-in session (read from the request's cookie)."""
+        if self.sessions is None or not flask.has_request_context():
+            return None
+        return self.sessions.load(flask.request.cookies.get(SESSION_COOKIE), self.clock())
 
     def principal(self, key: str | None) -> Principal | None:
-        """Resolve a picker value; never anyone when the server is not in local mode."""
+        """Local mode: resolve the picker's value. Otherwise: the signed-in principal."""
         if not self.settings.local_mode:
-            return None
+            return self.signed_in()
         return principal_for(key, self.query.members(LOCAL_ADMIN))
 
     def window(self, key: str | None) -> Window:
@@ -109,10 +122,11 @@ class Context:
 
 
 SIGN_IN_MESSAGE = (
-    "Sign-in is not configured on this server, so no data is shown. "
-    "Login for members, VO managers and facility admins is not available yet; an operator "
-    "can start a local demo with AFMON_LOCAL_MODE=true."
+    "Sign-in is not configured on this server, so no data is shown. An operator configures "
+    "it with AFMON_OIDC_ISSUERS and AFMON_OIDC_CLIENT_ID (docs/security.md), or starts a "
+    "local demo with AFMON_LOCAL_MODE=true."
 )
+SIGNED_OUT_MESSAGE = "Sign in (top of the page) to see usage: yours, your VO's or your facility's."
 PICK_MESSAGE = "Pick who you are in the yellow banner above to see usage."
 
 

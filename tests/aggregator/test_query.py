@@ -111,4 +111,5 @@ def test_read_api_refuses_without_local_mode(tmp_path: Path) -> None:
         ServerSettings(database_url=f"sqlite:///{tmp_path}/x.sqlite"), with_dashboard=False
     )
     r = TestClient(app).get("/api/v1/usage", params={"start": 0, "end": 1})
-    assert r.status_code == 401 and "AFMON_LOCAL_MODE" in r.json()["detail"]
+    assert r.status_code == 401 and "send a bearer token" in r.json()["detail"]
+    assert r.headers["www-authenticate"] == "Bearer"

@@ -1,0 +1,70 @@
+"""A real `afmon serve` with sign-in configured against a local OIDC issuer, and data.
+
+Alice (1 core-hour) and Bob (2 core-hours) are atlas members; Dan manages atlas.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from collectors import wire
+from tests.conftest import ServerProcess, free_port
+from tests.oidc_issuer import Issuer, IssuerServer
+
+AUD = "https://afmon.test"
+USERS = {"alice": ["/atlas"], "bob": ["/atlas"], "dan": ["/atlas", "/atlas/af-managers"]}
+IDENTITY = """
+[vos.atlas]
+issuer = "{issuer}"
+[[members]]
+vo = "atlas"
+subject = "alice"
+display_name = "Alice Adams"
+accounts = [{{ facility = "test-af", local = "alice" }}]
+[[members]]
+vo = "atlas"
+subject = "bob"
+display_name = "Bob Brown"
+accounts = [{{ facility = "test-af", local = "bob" }}]
+"""
+
+
+@pytest.fixture
+def signed_server(
+    tmp_path, server_factory: Callable[..., ServerProcess]
+) -> Iterator[tuple[ServerProcess, Issuer]]:
+    issuer = Issuer("atlas", AUD, USERS)
+    with IssuerServer(free_port(), [issuer]):
+        identity = tmp_path / "identity.toml"
+        identity.write_text(IDENTITY.format(issuer=issuer.url))
+        server = server_factory(
+            identity_file=identity,
+            local_mode="false",
+            oidc_issuers=json.dumps(
+                {issuer.url: {"vo": "atlas", "manager_groups": ["/atlas/af-managers"]}}
+            ),
+            oidc_audience=AUD,
+            oidc_client_id=issuer.client_id,
+            oidc_client_secret=issuer.client_secret,
+            session_secret="s3ssion-secret-for-tests-0123456789abcdef",
+        )
+        now = time.time()
+        series = [
+            wire.Series(metric="user_cpu_seconds", unit="seconds", kind="counter",
+                        labels={"user": user, "node": "n1"}, times=[now - 60, now - 30],
+                        values=[0.0, cpu], created=now - 60)
+            for user, cpu in (("alice", 3600.0), ("bob", 7200.0))
+        ]
+        batch = wire.Batch(version=1, agent_id="a", facility="test-af", node="n1", seq=1,
+                           sent_at=now, series=series)
+        r = httpx.post(f"{server.url}/api/v1/ingest", content=wire.encode(batch),
+                       headers={"Authorization": f"Bearer {server.token}"})
+        assert r.status_code == 200, r.text
+        yield server, issuer
+
+
