@@ -1,0 +1,126 @@
+"""Notifiers: an Alertmanager-compatible webhook and SMTP mail.
+
+The webhook body is Alertmanager's webhook payload (version 4), so anything
+that receives Alertmanager webhooks (chat bridges, ticketing) receives afmon's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import smtplib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+import httpx
+
+from alerts.evaluate import Alert
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class Notifier(Protocol):
+    def notify(self, alerts: Sequence[Alert]) -> None: ...
+
+
+def _rfc3339(t: float | None) -> str:
+    if t is None:
+        return ZERO_TIME
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fingerprint(alert: Alert) -> str:
+    labels = json.dumps(alert.label_dict(), sort_keys=True)
+    return hashlib.sha256(labels.encode()).hexdigest()[:16]
+
+
+def _common(dicts: list[dict[str, str]]) -> dict[str, str]:
+    if not dicts:
+        return {}
+    return {k: v for k, v in dicts[0].items() if all(d.get(k) == v for d in dicts[1:])}
+
+
+def webhook_payload(
+    alerts: Sequence[Alert], external_url: str = "", receiver: str = "afmon"
+) -> dict[str, Any]:
+    """Alertmanager's webhook JSON for these alerts (status, labels, annotations, times)."""
+    items = [
+        {
+            "status": "firing" if a.status == "firing" else "resolved",
+            "labels": a.label_dict(),
+            "annotations": {"summary": a.summary, "description": a.description},
+            "startsAt": _rfc3339(a.fired_at or a.active_since),
+            "endsAt": _rfc3339(a.resolved_at),
+            "generatorURL": external_url,
+            "fingerprint": fingerprint(a),
+        }
+        for a in alerts
+    ]
+    labels = [i["labels"] for i in items]
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname=~".*"}',
+        "truncatedAlerts": 0,
+        "status": "firing" if any(i["status"] == "firing" for i in items) else "resolved",
+        "receiver": receiver,
+        "groupLabels": {},
+        "commonLabels": _common(labels),
+        "commonAnnotations": _common([i["annotations"] for i in items]),
+        "externalURL": external_url,
+        "alerts": items,
+    }
+
+
+class WebhookNotifier:
+    def __init__(self, url: str, client: httpx.Client | None = None, external_url: str = ""):
+        self._url = url
+        self._client = client or httpx.Client(timeout=10)
+        self._external = external_url
+
+    def notify(self, alerts: Sequence[Alert]) -> None:
+        if not alerts:
+            return
+        r = self._client.post(self._url, json=webhook_payload(alerts, self._external))
+        r.raise_for_status()
+
+
+def mail_message(alerts: Sequence[Alert], sender: str, recipients: Sequence[str]) -> EmailMessage:
+    firing = [a for a in alerts if a.status == "firing"]
+    resolved = [a for a in alerts if a.status != "firing"]
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    parts = [f"{len(firing)} firing"] if firing else []
+    parts += [f"{len(resolved)} resolved"] if resolved else []
+    msg["Subject"] = f"[afmon] {', '.join(parts)}: " + ", ".join(sorted({a.rule for a in alerts}))
+    lines = []
+    for a in alerts:
+        state = "FIRING" if a.status == "firing" else "RESOLVED"
+        labels = ", ".join(f"{k}={v}" for k, v in a.labels)
+        lines += [
+            f"[{state}] {a.rule} ({a.severity}) {labels}",
+            f"  {a.summary}",
+            f"  {a.description}",
+            f"  since {_rfc3339(a.active_since)}",
+            "",
+        ]
+    msg.set_content("\n".join(lines))
+    return msg
+
+
+class SmtpNotifier:
+    def __init__(
+        self, host: str, port: int, sender: str, recipients: Sequence[str], timeout: float = 10
+    ) -> None:
+        if not recipients:
+            raise ValueError("SMTP notifier needs at least one recipient (AFMON_ALERT_SMTP_TO)")
+        self._host, self._port, self._timeout = host, port, timeout
+        self._sender, self._to = sender, list(recipients)
+
+    def notify(self, alerts: Sequence[Alert]) -> None:
+        if not alerts:
+            return
+        with smtplib.SMTP(self._host, self._port, timeout=self._timeout) as smtp:
+            smtp.send_message(mail_message(alerts, self._sender, self._to))
