@@ -1,0 +1,152 @@
+"""The Batch page in headless Chromium: the real app under uvicorn with its own batch jobs and
+one interactive spawn posted as wire batches; what an admin and a member see."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from aggregator.app import create_app
+from aggregator.settings import ServerSettings
+from collectors import wire
+from tests.dashboard.conftest import BOB_ID, FACILITY, IDENTITY_TOML, TOKEN, LiveApp, _free_port
+
+pytestmark = pytest.mark.browser
+TIMEOUT = 20
+
+
+def _jobs(now: float) -> list[wire.Event]:
+    def job(id_: str, user: str, start: float, wall: float, cores: int, cpu: float, gpus: int,
+            wait: float) -> wire.Event:  # fmt: skip
+        attrs = dict(partition="short", cores=cores, cpu_seconds=cpu, gpus=gpus,
+                     wall_seconds=wall, submit=start - wait, node="wn-01")  # fmt: skip
+        return wire.Event("batch_job", id_, user, start, start + wall, attrs)
+
+    return [
+        # alice: 4 cores x 1 h at 75 %, 2 cores x 1 h at 50 % with a GPU
+        job("slurm:af:101", "alice", now - 7200, 3600, 4, 10800.0, 0, 600),
+        job("slurm:af:102", "alice", now - 5400, 3600, 2, 3600.0, 1, 60),
+        # bob: 1 core x 30 min at 90 %
+        job("slurm:af:103", "bob", now - 3000, 1800, 1, 1620.0, 0, 1200),
+        # an interactive session start of alice's: 5 s
+        wire.Event("spawn", "spawn-alice-1", "alice", now - 1000, now - 995),
+    ]
+
+
+@pytest.fixture(scope="module")
+def batch_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    tmp: Path = tmp_path_factory.mktemp("afmon-batch-dash")
+    (tmp / "identity.toml").write_text(IDENTITY_TOML)
+    settings = ServerSettings(
+        database_url=f"sqlite:///{tmp}/afmon.sqlite",
+        facility_tokens={FACILITY: TOKEN},
+        identity_file=tmp / "identity.toml",
+        local_mode=True,
+        log_level="warning",
+    )
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn-batch-page", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("uvicorn did not start the afmon app")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        now = time.time()
+        batch = wire.Batch(version=wire.WIRE_VERSION, agent_id="slurm-ctl", facility=FACILITY,
+                           node="slurm-ctl", seq=1, sent_at=now, events=_jobs(now))  # fmt: skip
+        r = httpx.post(f"{url}/api/v1/ingest", content=wire.encode(batch), timeout=10,
+                       headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        assert r.status_code == 200 and r.json()["status"] == "applied", r.text
+        yield LiveApp(url, now)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def _open(driver: Any, app: LiveApp, path: str) -> None:
+    driver.get(f"{app.url}/healthz")
+    driver.execute_script("window.sessionStorage.clear(); window.localStorage.clear();")
+    driver.get(f"{app.url}{path}")
+
+
+def _wait_text(driver: Any, css: str, text: str) -> None:
+    WebDriverWait(driver, TIMEOUT).until(
+        EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text),
+        f"{text!r} never appeared in {css}",
+    )
+
+
+def _rows(driver: Any, table_id: str) -> list[list[str]]:
+    return [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")
+    ]
+
+
+def test_batch_page_as_facility_admin(batch_app: LiveApp, browser: Any) -> None:
+    d = browser
+    _open(d, batch_app, "/batch")
+    _wait_text(d, "#bat-members-table", "Alice Archer")
+    assert d.find_element(By.ID, "nav-batch").text == "Batch"
+    # jobs, wall core-hours, CPU hours, CPU efficiency, GPU hours, HS23-hours (default 10)
+    assert _rows(d, "bat-vos-table") == [
+        ["atlas", "2", "6.00", "4.00", "67%", "1.00", "40.00"],
+        ["cms", "1", "0.50", "0.45", "90%", "0", "4.50"],
+    ]
+    assert _rows(d, "bat-members-table") == [
+        ["Alice Archer", "atlas", "2", "6.00", "4.00", "67%", "1.00", "40.00"],
+        ["Bob Brown", "cms", "1", "0.50", "0.45", "90%", "0", "4.50"],
+    ]
+    # queue waits 600, 60 and 1200 s; one session start of 5 s
+    waits = {r[0]: r for r in _rows(d, "bat-waits-table")}
+    assert waits["Batch queue wait"][:3] == ["Batch queue wait", "3", "10.3 min"]
+    assert waits["Time to session"][:3] == ["Time to session", "1", "5.0 s"]
+    sums = d.execute_script(
+        "const gd = document.querySelector('#bat-core-hours .js-plotly-plot');"
+        "return Object.fromEntries(gd.data.map(t => [t.name, t.y.reduce((a, b) => a + b, 0)]));"
+    )
+    assert sums == pytest.approx({"Alice Archer": 6.0, "Bob Brown": 0.5})
+    assert d.find_element(By.CSS_SELECTOR, "#bat-core-hours .ytitle").text == (
+        "Batch wall time x allocated cores [core-hours]"
+    )
+    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], f"browser console errors: {severe}"
+
+
+def test_a_member_sees_only_their_own_batch_jobs(batch_app: LiveApp, browser: Any) -> None:
+    d = browser
+    _open(d, batch_app, "/batch")
+    _wait_text(d, "#bat-members-table", "Alice Archer")
+    d.find_element(By.ID, "principal-picker").click()
+    WebDriverWait(d, TIMEOUT).until(EC.element_to_be_clickable((
+        By.XPATH,
+        f"//*[@role='listbox']//input[@value='member:{BOB_ID}']/ancestor::*[@role='option']",
+    ))).click()  # fmt: skip
+    _wait_text(d, "#bat-viewer", "Bob Brown")
+    _wait_text(d, "#bat-members-table", "Bob Brown")
+    assert _rows(d, "bat-members-table") == [
+        ["Bob Brown", "cms", "1", "0.50", "0.45", "90%", "0", "4.50"]
+    ]
+    waits = {r[0]: r for r in _rows(d, "bat-waits-table")}
+    assert waits["Batch queue wait"][:3] == ["Batch queue wait", "1", "20.0 min"]
+    assert "Time to session" not in waits  # alice's, not bob's
+    body = d.find_element(By.TAG_NAME, "body").text
+    for other in ("Alice", "atlas", "6.00"):
+        assert other not in body, f"{other!r} is shown to Bob"
