@@ -1,0 +1,111 @@
+"""The reports page (`/reports`): download links for the weekly accounting report.
+
+The files come from the API (`GET /api/v1/reports/weekly`), which builds them for the
+reader it authenticates; in local demo mode that reader is the facility admin, so the
+links are offered to the facility admin only and nobody else sees another member's data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from dash import Dash, Input, Output, dcc, html
+
+from aggregator.report.apel import gpu_resources
+from aggregator.report.quantities import LEVELS
+from aggregator.report.week import Week, iso_utc
+from dashboard.pages.common import PICK_MESSAGE, Context, notice
+
+PATH = "/reports"
+TITLE = "Reports"
+WEEKS_SHOWN = 12
+API = "/api/v1/reports/weekly"
+
+
+def week_options(now: float, n: int = WEEKS_SHOWN) -> list[dict[str, str]]:
+    """The last `n` complete ISO weeks, newest first."""
+    last = Week.last_complete(now)
+    weeks = [last.shifted(-i) for i in range(n)]
+    return [
+        {"label": f"{w} ({iso_utc(w.start)[:10]} to {iso_utc(w.end - 1)[:10]})", "value": str(w)}
+        for w in weeks
+    ]
+
+
+def report_links(week: str) -> list[tuple[str, str]]:
+    """(label, href) of every file of the week's report."""
+
+    def href(**params: str) -> str:
+        return f"{API}?{urlencode({'week': week, **params})}"
+
+    links = [
+        ("JSON (one document)", href(format="json")),
+        ("HTML (self-contained, opens offline)", href(format="html")),
+    ]
+    links += [(f"CSV per {level}", href(format="csv", level=level)) for level in LEVELS]
+    links += [
+        ("APEL summary v0.3 (month to date)", href(format="apel-v03")),
+        ("APEL normalised summary v0.4 (month to date)", href(format="apel-v04")),
+    ]
+    if any(gpu_resources()):
+        links.append(("APEL accelerator records (draft, JSON)", href(format="apel-accelerator")))
+    return links
+
+
+def layout() -> html.Div:
+    return html.Div(
+        [
+            html.H2("Weekly accounting report", id="rep-heading"),
+            html.Div(
+                [
+                    html.Label("ISO week (UTC, Monday to Sunday)", htmlFor="rep-week"),
+                    dcc.Dropdown(id="rep-week", clearable=False),
+                ],
+                className="card",
+            ),
+            html.Div(id="rep-links", className="card"),
+            html.P(
+                "Every file is reproducible: the same data and settings give the same bytes. "
+                "See docs/report.md for the contents and the APEL mapping.",
+                className="hint",
+            ),
+        ],
+        id="reports-page",
+    )
+
+
+def register(app: Dash, ctx: Context) -> None:
+    @app.callback(
+        Output("rep-week", "options"),
+        Output("rep-week", "value"),
+        Input("principal-picker", "value"),
+    )
+    def _weeks(_principal_key: str | None) -> tuple[list[dict[str, str]], str]:
+        options = week_options(ctx.clock())
+        return options, options[0]["value"]
+
+    @app.callback(
+        Output("rep-links", "children"),
+        Input("principal-picker", "value"),
+        Input("rep-week", "value"),
+    )
+    def _links(principal_key: str | None, week: str | None) -> Any:
+        p = ctx.principal(principal_key)
+        if p is None:
+            return notice(PICK_MESSAGE)
+        if p.role != "facility_admin":
+            return notice(
+                "In local demo mode the report files are built for the facility admin; "
+                "pick 'Facility admin' to download them.",
+                "rep-not-admin",
+            )
+        if not week:
+            return notice("Pick a week.")
+        return html.Ul(
+            [
+                html.Li(html.A(label, href=href, target="_blank", className="rep-link"))
+                for label, href in report_links(week)
+            ],
+            id="rep-link-list",
+        )
