@@ -1,0 +1,242 @@
+"""The Interactive page (`/interactive`): how long analysts wait for sessions, Dask workers,
+scale-ups and results, against the SLOs.
+
+Per latency kind: the distribution of waits (bucket counts from the hourly latency ledger) with
+the SLO as a line, percentiles over time, a breakdown by profile, and the slowest waits one by
+one (outliers, not only medians). A member sees only their own waits; a VO manager their VO's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from dash import Dash, Input, Output, dcc, html
+
+from aggregator import latency
+from dashboard import figures
+from dashboard.figures import Column, TableData, fmt_utc
+from dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
+from dashboard.theme import PLOT_LAYOUT
+
+PATH = "/interactive"
+TITLE = "Interactive"
+SHOWN = (
+    latency.TIME_TO_SESSION,
+    latency.TIME_TO_FIRST_WORKER,
+    latency.TIME_TO_SCALE_UP,
+    latency.TIME_TO_FINISH,
+)
+QUANTILES = (0.5, 0.9, 0.99)
+NO_WAITS = "No waits of this kind recorded in this range."
+
+
+def layout() -> html.Div:
+    return html.Div(
+        [
+            html.H2("Interactive waits", id="int-heading"),
+            html.Div(id="int-intro", className="card"),
+            dcc.RadioItems(
+                id="int-kind",
+                options=[{"label": latency.KINDS[k], "value": k} for k in SHOWN],
+                value=latency.TIME_TO_SESSION,
+                inline=True,
+                className="radio-inline",
+            ),
+            html.Div(id="int-summary", className="card"),
+            html.Div(dcc.Graph(id="int-dist", config={"displaylogo": False}), className="card"),
+            html.Div(
+                dcc.Graph(id="int-over-time", config={"displaylogo": False}), className="card"
+            ),
+            html.H3("By profile"),
+            html.Div(id="int-profiles", className="card"),
+            html.H3("Slowest waits"),
+            html.Div(id="int-slowest", className="card"),
+        ],
+        id="interactive-page",
+    )
+
+
+# -- pure figure and table functions ---------------------------------------------------------
+
+
+def _label(le: float) -> str:
+    lo = latency.lower_bound(le)
+    return f"> {lo:g} s" if math.isinf(le) else f"{lo:g}-{le:g} s"
+
+
+def distribution_figure(buckets: pd.DataFrame, kind: str, slo: float | None) -> go.Figure:
+    """Waits per bucket (summed over the window), the SLO bound marked by a line."""
+    if buckets.empty:
+        return figures.empty_figure("Waits", NO_WAITS)
+    per_le = buckets.groupby("le")["count"].sum()
+    les = [le for le in latency.BUCKETS_SECONDS if per_le.get(le, 0) or le <= max(per_le.index)]
+    labels = [_label(le) for le in les]
+    counts = [int(per_le.get(le, 0)) for le in les]
+    colors = ["#2e7d32" if slo is None or le <= slo else "#c62828" for le in les]
+    fig = go.Figure(go.Bar(x=labels, y=counts, marker_color=colors, name="waits"))
+    fig.update_layout(**PLOT_LAYOUT)
+    fig.update_layout(title=f"{latency.KINDS[kind]}: distribution", showlegend=False)
+    if slo is not None and slo in les:
+        fig.add_vline(x=les.index(slo) + 0.5, line_dash="dash", line_color="#c62828")
+        fig.add_annotation(
+            x=les.index(slo) + 0.5,
+            y=max(counts),
+            text=f"SLO {slo:g} s",
+            showarrow=False,
+            xanchor="left",
+            yanchor="bottom",
+        )
+    fig.update_xaxes(title_text="Wait [s]", type="category")
+    fig.update_yaxes(title_text="Waits [count]")
+    return fig
+
+
+def percentiles_figure(stats: pd.DataFrame, kind: str, slo: float | None) -> go.Figure:
+    """p50/p90/p99 per step (from summed buckets), the SLO as a horizontal line."""
+    if stats.empty:
+        return figures.empty_figure("Wait [s]", NO_WAITS)
+    fig = go.Figure()
+    for q in QUANTILES:
+        col = f"p{round(q * 100):g}_seconds"
+        fig.add_trace(
+            go.Scatter(
+                x=stats["time"], y=stats[col], mode="lines+markers", name=f"p{round(q * 100):g}"
+            )
+        )
+    fig.update_layout(**PLOT_LAYOUT)
+    fig.update_layout(title=f"{latency.KINDS[kind]}: percentiles over time")
+    if slo is not None:
+        fig.add_hline(
+            y=slo, line_dash="dash", line_color="#c62828", annotation_text=f"SLO {slo:g} s"
+        )
+    fig.update_xaxes(title_text="Time (UTC)")
+    fig.update_yaxes(title_text="Wait [s]")
+    return fig
+
+
+def _s(value: float) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{float(value):,.2f}"
+
+
+def profiles_table(stats: pd.DataFrame, slo: float | None) -> TableData:
+    table = TableData(
+        [
+            Column("Profile"),
+            Column("Waits", True),
+            Column("Mean [s]", True),
+            *[Column(f"p{round(q * 100):g} [s]", True) for q in QUANTILES],
+            Column("Within SLO [%]", True),
+        ],
+        empty_message=NO_WAITS,
+    )
+    for r in stats.to_dict("records"):
+        within = r.get("within_slo_ratio")
+        table.rows.append(
+            [
+                str(r["profile"]),
+                f"{int(r['count']):,}",
+                _s(r["mean_seconds"]),
+                *[_s(r[f"p{round(q * 100):g}_seconds"]) for q in QUANTILES],
+                "n/a" if slo is None or within is None else f"{100 * within:.1f}",
+            ]
+        )
+    return table
+
+
+def slowest_table(events: pd.DataFrame, slo: float | None) -> TableData:
+    table = TableData(
+        [
+            Column("Member"),
+            Column("Facility"),
+            Column("What"),
+            Column("Profile"),
+            Column("Asked at (UTC)"),
+            Column("Wait [s]", True),
+            Column("Outcome"),
+            Column("Over SLO"),
+        ],
+        empty_message=NO_WAITS,
+    )
+    for r in events.itertuples(index=False):
+        over = "yes" if slo is not None and r.seconds > slo else "no"
+        table.rows.append(
+            [
+                str(r.display_name),
+                str(r.facility),
+                str(r.id),
+                str(r.profile),
+                fmt_utc(r.start),
+                _s(r.seconds),
+                str(r.outcome),
+                over,
+            ]
+        )
+    return table
+
+
+def summary_line(total: pd.DataFrame, kind: str, slo: float | None) -> str:
+    if total.empty:
+        return NO_WAITS
+    r = total.iloc[0]
+    parts = [
+        f"{int(r['count']):,} waits",
+        f"median {_s(r['p50_seconds'])} s",
+        f"p90 {_s(r['p90_seconds'])} s",
+        f"p99 {_s(r['p99_seconds'])} s",
+    ]
+    if slo is not None:
+        parts.append(f"{100 * r['within_slo_ratio']:.1f} % within the SLO of {slo:g} s")
+    return f"{latency.KINDS[kind]}: " + ", ".join(parts) + "."
+
+
+# -- callbacks -------------------------------------------------------------------------------
+
+
+def register(app: Dash, ctx: Context) -> None:
+    @app.callback(
+        Output("int-intro", "children"),
+        Output("int-summary", "children"),
+        Output("int-dist", "figure"),
+        Output("int-over-time", "figure"),
+        Output("int-profiles", "children"),
+        Output("int-slowest", "children"),
+        Input("principal-picker", "value"),
+        Input("range", "value"),
+        Input("int-kind", "value"),
+    )
+    def _interactive(
+        principal_key: str | None, range_key: str | None, kind: str | None
+    ) -> tuple[Any, ...]:
+        p = ctx.principal(principal_key)
+        if p is None:
+            empty = figures.empty_figure("Wait [s]", PICK_MESSAGE)
+            return notice(PICK_MESSAGE), "", empty, empty, [], []
+        kind = kind if kind in SHOWN else latency.TIME_TO_SESSION
+        slo = ctx.settings.latency_slo_seconds.get(kind)
+        w = ctx.window(range_key)
+        q = ctx.query
+        intro = (
+            f"Your own waits, {p.name}."
+            if p.role == "member"
+            else f"Waits of everyone you may see ({role_caption(p)})."
+        )
+        total = q.latency_percentiles(p, kind, w.start, w.end, quantiles=QUANTILES, slo_seconds=slo)
+        buckets = q.latency_buckets(p, kind, w.start, w.end)
+        over_time = q.latency_percentiles(
+            p, kind, w.start, w.end, step=w.step, quantiles=QUANTILES, slo_seconds=slo
+        )
+        profiles = q.latency_percentiles(
+            p, kind, w.start, w.end, by=("profile",), quantiles=QUANTILES, slo_seconds=slo
+        )
+        slowest = q.latency_events(p, kind, w.start, w.end, limit=10)
+        return (
+            html.Div(intro, id="int-viewer"),
+            html.Div(summary_line(total, kind, slo), id="int-summary-text"),
+            distribution_figure(buckets, kind, slo),
+            percentiles_figure(over_time, kind, slo),
+            render_table(profiles_table(profiles, slo), "int-profiles-table"),
+            render_table(slowest_table(slowest, slo), "int-slowest-table"),
+        )

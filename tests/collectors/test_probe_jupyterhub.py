@@ -1,0 +1,148 @@
+"""The JupyterHub probe against a real hub: time-to-session per spawn agrees with the hub's own
+spawn + proxy-add measurements, a spawn between two polls is still recorded, a failing spawn is
+a failure event, sessions open and close; the events go through a real aggregator."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from aggregator.app import create_app
+from aggregator.query import LOCAL_ADMIN
+from aggregator.settings import ServerSettings
+from collectors import wire
+from collectors.probes.jupyterhub import JupyterHubProbe, parse_hub_metrics, parse_time
+from tests.collectors.jupyterhub_fixture import FAIL_MESSAGE, FAILING_USER, Hub, jupyterhub
+
+__all__ = ["jupyterhub"]
+
+
+def tolerance(truth: float) -> float:
+    return max(0.05, 0.02 * truth)
+
+
+def test_time_to_session_agrees_with_the_hub(jupyterhub: Hub, tmp_path: Path) -> None:
+    hub = jupyterhub
+    probe = JupyterHubProbe(hub.url, hub.token, poll_seconds=0)  # polls only when told
+    probe.poll()  # baseline
+    truth: dict[str, float] = {}
+
+    # watched spawns: the probe sees them pending and follows their progress streams
+    for user, profile in (("alice", "small"), ("bob", "large")):
+        before = hub.totals()
+        hub.start_server(user, {"profile": profile})
+        probe.poll()
+        hub.wait(user, "ready")
+        probe.poll()
+        after = hub.totals()
+        assert after.spawns == before.spawns + 1
+        truth[user] = after.seconds - before.seconds
+
+    # carol's server starts and is ready between two polls
+    before = hub.totals()
+    hub.start_server("carol", {"profile": "small"})
+    hub.wait("carol", "ready")
+    truth["carol"] = hub.totals().seconds - before.seconds
+    probe.poll()
+
+    # a spawn that fails (the hub's pre-spawn hook raises), and a stopped session
+    hub.start_server(FAILING_USER)
+    probe.poll()
+    hub.wait(FAILING_USER, "gone")
+    hub.stop_server("alice")
+    hub.wait("alice", "gone")
+    probe.poll()
+
+    out = probe.collect(time.time())
+    spawns = {e.user: e for e in out.events if e.kind == "spawn"}
+    assert set(spawns) == {"alice", "bob", "carol", FAILING_USER}
+    for user in ("alice", "bob", "carol"):
+        e = spawns[user]
+        assert e.end is not None and e.attrs["outcome"] == "ok"
+        measured = e.end - e.start
+        assert abs(measured - truth[user]) <= tolerance(truth[user]), (user, measured, truth)
+    # alice's and bob's spawns were followed on their progress streams, carol's never seen
+    # pending; each was alone in its poll interval, so it gets the hub's own measurement
+    for user in ("alice", "bob"):
+        assert spawns[user].attrs["source"] == "hub_metrics"
+        assert float(spawns[user].attrs["progress_seconds"]) > 0
+    assert "progress_seconds" not in spawns["carol"].attrs
+    assert spawns["bob"].attrs["profile"] == "large"
+    assert spawns["carol"].attrs["source"] == "hub_metrics"  # never seen pending
+    failed = spawns[FAILING_USER]
+    assert failed.attrs["outcome"] == "timeout" and FAIL_MESSAGE in str(failed.attrs["error"])
+    # the hub's own log agrees on what the spawn (without the proxy) took
+    for user in ("alice", "bob", "carol"):
+        assert f"User {user} took" in hub.log()
+
+    sessions = [e for e in out.events if e.kind == "session"]
+    closed = {e.user for e in sessions if e.end is not None}
+    assert closed == {"alice"}
+    assert {e.user for e in sessions} == {"alice", "bob", "carol"}
+    alice_start = next(e.start for e in sessions if e.user == "alice")
+    assert alice_start == spawns["alice"].start
+
+    # two servers that start and finish together between two polls: both recorded, and
+    # together they take exactly what the hub measured for the two
+    for user in ("bob", "carol"):
+        hub.stop_server(user)
+    for user in ("bob", "carol"):
+        hub.wait(user, "gone")
+    probe.poll()
+    before = hub.totals()
+    for user in ("bob", "carol"):
+        hub.start_server(user, {"profile": "small"})
+    for user in ("bob", "carol"):
+        hub.wait(user, "ready")
+    grown = hub.totals().seconds - before.seconds
+    probe.poll()
+    again = [e for e in probe.collect(time.time()).events if e.kind == "spawn"]
+    assert sorted(e.user for e in again) == ["bob", "carol"]
+    assert {e.attrs["source"] for e in again} == {"estimate"}
+    total = sum(e.end - e.start for e in again if e.end is not None)
+    assert abs(total - grown) <= tolerance(grown)
+
+    # the events are valid wire events and land in the ledger
+    settings = ServerSettings(
+        database_url=f"sqlite:///{tmp_path}/a.sqlite", facility_tokens={"af": "t"}
+    )
+    api = TestClient(create_app(settings, with_dashboard=False))
+    batch = wire.Batch(
+        version=1,
+        agent_id="hub-agent",
+        facility="af",
+        node="hub",
+        seq=1,
+        sent_at=time.time(),
+        events=out.events,
+    )
+    r = api.post(
+        "/api/v1/ingest", content=wire.encode(batch), headers={"Authorization": "Bearer t"}
+    )
+    assert r.status_code == 200, r.text
+    q = api.app.state.services.query
+    now = time.time()
+    stats = q.latency_percentiles(
+        LOCAL_ADMIN, "time_to_session", now - 3600, now + 3600, by=("profile",)
+    )
+    assert dict(zip(stats["profile"], stats["count"], strict=True)) == {"small": 2, "large": 1}
+    totals = q.usage_totals(LOCAL_ADMIN, now - 3600, now + 3600, by=("facility",))
+    got = dict(zip(totals["resource"], totals["amount"], strict=True))
+    assert got["spawn_failures"] == 1.0 and got["sessions"] == 1.0
+
+
+def test_parsers() -> None:
+    body = (
+        'jupyterhub_server_spawn_duration_seconds_count{reason="none",status="success"} 3.0\n'
+        'jupyterhub_server_spawn_duration_seconds_sum{reason="none",status="success"} 12.5\n'
+        'jupyterhub_server_spawn_duration_seconds_count{reason="error",status="failure"} 1.0\n'
+        'jupyterhub_proxy_add_duration_seconds_sum{status="success"} 0.25\n'
+        'jupyterhub_proxy_add_duration_seconds_sum{status="failure"} 9.0\n'
+    )
+    totals = parse_hub_metrics(body)
+    assert totals.spawns == 3.0 and totals.seconds == pytest.approx(12.75)
+    assert parse_time("2026-09-21T14:13:20.250000Z") == 1_790_000_000.25
+    assert parse_time(None) is None
