@@ -1,0 +1,236 @@
+"""The data page (`/data`): data-access rates by source (local, cache, remote), per member and
+VO, the busiest XRootD servers, and the cache share (docs/data.md).
+
+"local" adds two ledger resources that never hold the same byte: the host probe's POSIX IO
+(`io_read_bytes`, `io_write_bytes`) and XRootD servers whose role is local storage. The pure
+functions below turn `Query.data_usage` / `Query.data_servers` frames into figures and tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from dash import Dash, Input, Output, dcc, html
+
+from aggregator.query import Principal
+from dashboard import figures
+from dashboard.figures import Column, TableData, Tile, fmt_number
+from dashboard.pages.common import (
+    PICK_MESSAGE,
+    Context,
+    notice,
+    render_table,
+    render_tiles,
+    role_caption,
+)
+from dashboard.theme import PLOT_LAYOUT
+
+PATH = "/data"
+TITLE = "Data"
+SOURCES = ("local", "cache", "remote")
+COLOURS = {"local": "#0072B2", "cache": "#009E73", "remote": "#E69F00"}
+MB, GB = 1e6, 1e9
+RATE_AXIS = "Read rate [MB/s]"
+EMPTY = "No data access recorded in this range yet."
+
+
+def cache_share(read_by_source: Mapping[str, float]) -> float | None:
+    """Bytes read from caches over all bytes read; None when nothing was read."""
+    total = sum(read_by_source.get(s, 0.0) for s in SOURCES)
+    return read_by_source.get("cache", 0.0) / total if total else None
+
+
+def _share_text(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f} %"
+
+
+def tiles(df: pd.DataFrame) -> list[Tile]:
+    """`data_usage` (totals) -> one tile: read per source, written, cache share."""
+    if df.empty or not df["amount"].any():
+        return []
+    sums = df.groupby(["direction", "source"])["amount"].sum()
+    read = {s: float(sums.get(("read", s), 0.0)) for s in SOURCES}
+    written = float(sums.xs("written", level=0).sum()) if "written" in sums.index else 0.0
+    lines = [(f"Read, {s}", fmt_number(read[s] / GB, "GB")) for s in SOURCES]
+    lines += [
+        ("Written, all sources", fmt_number(written / GB, "GB")),
+        ("Cache share of reads", _share_text(cache_share(read))),
+    ]
+    return [Tile("all", "Data moved", lines)]
+
+
+def rate_figure(
+    df: pd.DataFrame,
+    key: str,
+    start: float,
+    end: float,
+    step: str,
+    names: Mapping[str, str] | None = None,
+) -> go.Figure:
+    """`data_usage` (over time) -> stacked bars of the average read rate per step, by `key`."""
+    reads = df[(df["direction"] == "read") & (df["amount"] > 0)]
+    if reads.empty:
+        return figures.empty_figure(RATE_AXIS, EMPTY)
+    width = figures.STEP_SECONDS[step]
+    index = figures.buckets(start, end, step)
+    fig = go.Figure()
+    for k, g in reads.groupby(key, sort=True):
+        per = g.groupby("time")["amount"].sum().reindex(index, fill_value=0.0) / width / MB
+        label = (names or {}).get(str(k), str(k))
+        fig.add_bar(x=per.index, y=per.to_numpy(), name=label, marker_color=COLOURS.get(str(k)))
+    fig.update_layout(**PLOT_LAYOUT, barmode="stack")
+    fig.update_xaxes(title_text="Time (UTC)")
+    fig.update_yaxes(title_text=RATE_AXIS)
+    return fig
+
+
+def members_table(df: pd.DataFrame, opened: pd.DataFrame, members: pd.DataFrame) -> TableData:
+    """Per member (by VO, then name): VO, bytes read per source and written (GB), files
+    opened, cache share."""
+    table = TableData(
+        [
+            Column("Member"),
+            Column("VO"),
+            *[Column(f"Read {s} [GB]", True) for s in SOURCES],
+            Column("Written [GB]", True),
+            Column("Files opened", True),
+            Column("Cache share", True),
+        ],
+        empty_message=EMPTY,
+    )
+    if df.empty or not df["amount"].any():
+        return table
+    info = members.set_index("member_id")
+    files = dict(zip(opened["member"], opened["amount"], strict=True))
+    for member, g in df.groupby("member", sort=True):
+        sums = g.groupby(["direction", "source"])["amount"].sum()
+        read = {s: float(sums.get(("read", s), 0.0)) for s in SOURCES}
+        written = float(g[g["direction"] == "written"]["amount"].sum())
+        if not any(read.values()) and not written and not files.get(member):
+            continue
+        name, vo = (
+            info.loc[member, ["display_name", "vo"]] if member in info.index else (member, "?")
+        )
+        table.rows.append(
+            [
+                str(name),
+                str(vo),
+                *[fmt_number(read[s] / GB) for s in SOURCES],
+                fmt_number(written / GB),
+                fmt_number(files.get(member, 0.0), count=True),
+                _share_text(cache_share(read)),
+            ]
+        )
+    table.rows.sort(key=lambda row: (row[1], row[0]))  # by VO, then name
+    return table
+
+
+def servers_table(df: pd.DataFrame, seconds: float) -> TableData:
+    """`data_servers` -> the busiest servers first, with average rates over `seconds`."""
+    table = TableData(
+        [
+            Column("Server"),
+            Column("Role"),
+            Column("Read [GB]", True),
+            Column("Read rate [MB/s]", True),
+            Column("Written [GB]", True),
+            Column("Files opened", True),
+            Column("Network out [GB]", True),
+            Column("Restarts", True),
+        ],
+        empty_message="No XRootD server reported in this range.",
+    )
+    for r in df.itertuples(index=False):
+        table.rows.append(
+            [
+                r.server,
+                r.source,
+                fmt_number(r.read_bytes / GB),
+                fmt_number(r.read_bytes / max(seconds, 1.0) / MB),
+                fmt_number(r.written_bytes / GB),
+                fmt_number(r.files_opened, count=True),
+                fmt_number(r.link_out_bytes / GB),
+                fmt_number(r.restarts, count=True),
+            ]
+        )
+    return table
+
+
+def layout() -> html.Div:
+    def graph(gid: str) -> html.Div:
+        return html.Div(dcc.Graph(id=gid, config={"displaylogo": False}), className="card")
+
+    return html.Div(
+        [
+            html.H2("Data access", id="data-heading"),
+            html.Div(id="data-intro", className="card"),
+            html.Div(id="data-tiles", className="tiles"),
+            html.H3("Read rate by source"),
+            graph("data-by-source"),
+            html.H3("Read rate by member"),
+            graph("data-by-member"),
+            html.H3("Read rate by VO"),
+            graph("data-by-vo"),
+            html.H3("Members"),
+            html.Div(id="data-members", className="card"),
+            html.H3("Top servers"),
+            html.Div(id="data-servers", className="card"),
+        ],
+        id="data-page",
+    )
+
+
+def register(app: Dash, ctx: Context) -> None:
+    @app.callback(
+        Output("data-intro", "children"),
+        Output("data-tiles", "children"),
+        Output("data-by-source", "figure"),
+        Output("data-by-member", "figure"),
+        Output("data-by-vo", "figure"),
+        Output("data-members", "children"),
+        Output("data-servers", "children"),
+        Input("principal-picker", "value"),
+        Input("range", "value"),
+    )
+    def _data(principal_key: str | None, range_key: str | None) -> tuple[Any, ...]:
+        p = ctx.principal(principal_key)
+        if p is None:
+            empty = figures.empty_figure(RATE_AXIS, PICK_MESSAGE)
+            return (notice(PICK_MESSAGE), [], empty, empty, empty, [], [])
+        return _render(ctx, p, range_key)
+
+
+def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...]:
+    w = ctx.window(range_key)
+    q = ctx.query
+    members = q.members(p)
+    names = figures.member_names(members)
+    totals = q.data_usage(p, w.start, w.end, by="member")
+    over = {by: q.data_usage(p, w.start, w.end, by=by, step=w.step) for by in ("member", "vo")}
+    opened = q.usage_totals(p, w.start, w.end, by=("member",), resources=("data_files_opened",))
+    elapsed = min(w.end, ctx.clock()) - w.start
+    if p.role == "facility_admin":
+        servers = render_table(
+            servers_table(q.data_servers(p, w.start, w.end), elapsed), "data-servers-table"
+        )
+    else:
+        servers = notice(
+            "Server totals mix every member's data: facility admins only.", "data-servers-note"
+        )
+    intro = html.Div(
+        f"Bytes read and written by source ({role_caption(p)}). Local = POSIX IO on the "
+        "nodes plus XRootD servers configured as local storage; rates are averages per step.",
+        id="data-viewer",
+    )
+    return (
+        intro,
+        render_tiles(tiles(totals), EMPTY),
+        rate_figure(over["member"], "source", w.start, w.end, w.step),
+        rate_figure(over["member"], "member", w.start, w.end, w.step, names),
+        rate_figure(over["vo"], "vo", w.start, w.end, w.step),
+        render_table(members_table(totals, opened, members), "data-members-table"),
+        servers,
+    )
