@@ -106,11 +106,9 @@ class ServerSettings(BaseSettings):
     alert_webhook_url: str | None = Field(
         None, description="Alertmanager-compatible webhook that receives alert transitions."
     )
-    alert_smtp_host: str | None = Field(None, description="SMTP server for alert mail.")
-    alert_smtp_port: int = Field(25, description="Port of the SMTP server for alert mail.")
-    alert_smtp_from: str = Field("afmon@localhost", description="Sender of alert mail.")
-    alert_smtp_to: list[str] = Field(
-        default_factory=list, description='Recipients of alert mail, as JSON: ["ops@af.org"].'
+    alert_mail_to: list[str] = Field(
+        default_factory=list,
+        description='Recipients of alert mail (through AFMON_SMTP_HOST), as JSON: ["ops@af.org"].',
     )
     latency_slo_seconds: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_SLO_SECONDS),
@@ -138,12 +136,13 @@ class ServerSettings(BaseSettings):
     report_hs06_per_hs23: float | None = Field(
         None, gt=0, description="HEPSPEC06 per HEPscore23; set to add hepspec to APEL v0.4."
     )
-    smtp_host: str | None = Field(None, description="SMTP server for report mail; unset: none.")
+    # -- mail (alerts and reports) --
+    smtp_host: str | None = Field(None, description="SMTP server for mail; unset: no mail.")
     smtp_port: int = Field(25, description="SMTP port.")
     smtp_starttls: bool = Field(False, description="Use STARTTLS with the SMTP server.")
     smtp_user: str | None = Field(None, description="SMTP login user, if the server needs one.")
     smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
-    report_mail_from: str = Field("afmon@localhost", description="From: of report mail.")
+    mail_from: str = Field("afmon@localhost", description="From: of afmon's mail.")
     report_mail_to: list[str] = Field(
         default_factory=list, description='Recipients of report mail, as JSON: ["a@b.org"].'
     )

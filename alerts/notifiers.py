@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import smtplib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from aggregator.mail import Mailer
 from alerts.evaluate import Alert
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -110,17 +110,15 @@ def mail_message(alerts: Sequence[Alert], sender: str, recipients: Sequence[str]
     return msg
 
 
-class SmtpNotifier:
-    def __init__(
-        self, host: str, port: int, sender: str, recipients: Sequence[str], timeout: float = 10
-    ) -> None:
+class MailNotifier:
+    """Mails transitions through the server's one SMTP configuration (`Mailer`)."""
+
+    def __init__(self, mailer: Mailer, recipients: Sequence[str]) -> None:
         if not recipients:
-            raise ValueError("SMTP notifier needs at least one recipient (AFMON_ALERT_SMTP_TO)")
-        self._host, self._port, self._timeout = host, port, timeout
-        self._sender, self._to = sender, list(recipients)
+            raise ValueError("alert mail needs at least one recipient (AFMON_ALERT_MAIL_TO)")
+        self._mailer = mailer
+        self._to = list(recipients)
 
     def notify(self, alerts: Sequence[Alert]) -> None:
-        if not alerts:
-            return
-        with smtplib.SMTP(self._host, self._port, timeout=self._timeout) as smtp:
-            smtp.send_message(mail_message(alerts, self._sender, self._to))
+        if alerts:
+            self._mailer.send(mail_message(alerts, self._mailer.sender, self._to))

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import Engine, text
 
+from aggregator.mail import Mailer
 from aggregator.query import Principal
 from aggregator.settings import ServerSettings
 from aggregator.signals import CounterWindow, Labels, compute
 from alerts.evaluate import Alert, State, evaluate, transitions
-from alerts.notifiers import Notifier, SmtpNotifier, WebhookNotifier
+from alerts.notifiers import MailNotifier, Notifier, WebhookNotifier
 from alerts.rules import Rule, RuleError, load_rules
 
 if TYPE_CHECKING:
@@ -47,15 +48,8 @@ def notifiers_from(settings: ServerSettings) -> list[Notifier]:
     out: list[Notifier] = []
     if settings.alert_webhook_url:
         out.append(WebhookNotifier(settings.alert_webhook_url))
-    if settings.alert_smtp_host:
-        out.append(
-            SmtpNotifier(
-                settings.alert_smtp_host,
-                settings.alert_smtp_port,
-                settings.alert_smtp_from,
-                settings.alert_smtp_to,
-            )
-        )
+    if settings.smtp_host and settings.alert_mail_to:
+        out.append(MailNotifier(Mailer(settings), settings.alert_mail_to))
     return out
 
 

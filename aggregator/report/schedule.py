@@ -6,12 +6,12 @@ late start, which catches up) does not repeat it. The clock is the app's (inject
 from __future__ import annotations
 
 import logging
-import smtplib
 import threading
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from aggregator.mail import Mailer
 from aggregator.report.files import ReportFile, parse_formats, write_files
 from aggregator.report.run import build_files
 from aggregator.report.week import DAY, Week, iso_utc
@@ -53,7 +53,7 @@ def run_if_due(services: Any) -> list[Path] | None:
 def send_mail(settings: ServerSettings, week: Week, files: list[ReportFile]) -> None:
     msg = EmailMessage()
     msg["Subject"] = f"afmon weekly report {week}"
-    msg["From"] = settings.report_mail_from
+    msg["From"] = settings.mail_from
     msg["To"] = ", ".join(settings.report_mail_to)
     msg.set_content(
         f"The afmon weekly accounting report for {week} "
@@ -63,14 +63,7 @@ def send_mail(settings: ServerSettings, week: Week, files: list[ReportFile]) -> 
     for f in files:
         maintype, _, subtype = f.media_type.split(";")[0].partition("/")
         msg.add_attachment(f.content, maintype=maintype, subtype=subtype, filename=f.name)
-    assert settings.smtp_host is not None
-    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=30) as smtp:
-        if settings.smtp_starttls:
-            smtp.starttls()
-        if settings.smtp_user:
-            password = settings.smtp_password.get_secret_value() if settings.smtp_password else ""
-            smtp.login(settings.smtp_user, password)
-        smtp.send_message(msg)
+    Mailer(settings).send(msg)
 
 
 def scheduled_reports(services: Any, stop: threading.Event) -> None:

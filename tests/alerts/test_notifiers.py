@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from aggregator.mail import Mailer
+from aggregator.settings import ServerSettings
 from alerts.evaluate import Alert
-from alerts.notifiers import SmtpNotifier, WebhookNotifier
+from alerts.notifiers import MailNotifier, WebhookNotifier
 from tests.conftest import free_port
 
 T0 = 1_790_000_000.0
@@ -113,9 +115,8 @@ def test_mail_reaches_a_local_smtp_server() -> None:
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        SmtpNotifier("127.0.0.1", port, "afmon@af.test", ["ops@af.test", "vo@af.test"]).notify(
-            [FIRING, RESOLVED]
-        )
+        settings = ServerSettings(smtp_host="127.0.0.1", smtp_port=port, mail_from="afmon@af.test")
+        MailNotifier(Mailer(settings), ["ops@af.test", "vo@af.test"]).notify([FIRING, RESOLVED])
         deadline = time.monotonic() + 10
         while not inbox.messages and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -131,5 +132,7 @@ def test_mail_reaches_a_local_smtp_server() -> None:
 
 
 def test_smtp_needs_a_recipient() -> None:
-    with pytest.raises(ValueError, match="AFMON_ALERT_SMTP_TO"):
-        SmtpNotifier("127.0.0.1", 25, "afmon@af.test", [])
+    with pytest.raises(ValueError, match="AFMON_ALERT_MAIL_TO"):
+        MailNotifier(Mailer(ServerSettings(smtp_host="127.0.0.1")), [])
+    with pytest.raises(ValueError, match="AFMON_SMTP_HOST"):
+        Mailer(ServerSettings())

@@ -78,7 +78,7 @@ def test_scheduled_report_fires_at_its_time_and_mails_the_files(
         report_check_seconds=0.05,
         smtp_host="127.0.0.1",
         smtp_port=port,
-        report_mail_from="afmon@af.example.org",
+        mail_from="afmon@af.example.org",
         report_mail_to=["vo-manager@example.org", "wlcg@example.org"],
     )
     assert due_time(settings, DUE - 3600) == DUE
