@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEBS   := chromium chromium-driver prometheus xrootd-server xrootd-client \
-          munge slurmctld slurmd slurm-client slurmdbd
+          munge slurmctld slurmd slurm-client slurmdbd victoria-metrics
 
 .PHONY: demo test lint bench debs clean
 
