@@ -2,9 +2,9 @@
 slurmd in a network namespace): jobs of two users through the real ingest, and the ledger's
 per-member wall, CPU and job counts equal sacct's own.
 
-A job killed by its time limit is not run: Slurm's limits are whole minutes and slurmctld
-checks them every 30 s, so it would take this test 60-90 s. A job cancelled while running
-(scancel) stands in for it: the same "killed before it finished" accounting path.
+The jobs: a completed one, a failed one (exit 3), a 3-task array, a 2-core job, a job
+cancelled while running, and a job killed by its time limit (Slurm's limits are whole
+minutes and checked every 30 s, so that one job keeps the test waiting 60-90 s).
 """
 
 from __future__ import annotations
@@ -50,13 +50,15 @@ def jobs(cluster: SlurmCluster) -> dict[str, str]:
     """Run the jobs; name -> job id (array: the array's id)."""
     a, b = cluster.users
     ids = {
+        # first the two that must be running: one waits for its time limit, one is cancelled
+        "timeout": cluster.submit(b, "sleep 300", "--time=1"),
+        "cancelled": cluster.submit(b, "sleep 300"),
         "ok": cluster.submit(a, BURN.format(s=2)),
         "failed": cluster.submit(a, "exit 3"),
         "array": cluster.submit(a, BURN.format(s=1), "--array=0-2"),
         "multicore": cluster.submit(
             b, f"{BURN.format(s=2)} &\n{BURN.format(s=2)}\nwait", "--cpus-per-task=2"
         ),
-        "cancelled": cluster.submit(b, "sleep 300"),
     }
     deadline = time.monotonic() + 60
     while cluster.states().get(ids["cancelled"]) != "RUNNING":
@@ -65,7 +67,7 @@ def jobs(cluster: SlurmCluster) -> dict[str, str]:
         time.sleep(0.3)
     time.sleep(1.2)  # let it use some wall time
     cluster.run("scancel", ids["cancelled"])
-    cluster.wait_for("done")
+    cluster.wait_for("done", timeout=240)
     return ids
 
 
@@ -162,10 +164,13 @@ def test_ledger_equals_sacct_for_two_users(
         f"{j['array']}_2",
         j["multicore"],
         j["cancelled"],
+        j["timeout"],
     }
     assert by_id[j["failed"]].attrs["state"] == "FAILED"
     assert by_id[j["failed"]].attrs["exit_code"] == 3
     assert by_id[j["cancelled"]].attrs["state"] == "CANCELLED"
+    assert by_id[j["timeout"]].attrs["state"] == "TIMEOUT"
+    assert by_id[j["timeout"]].end - by_id[j["timeout"]].start >= 60
     assert by_id[j["multicore"]].attrs["cores"] == 2
     assert by_id[j["multicore"]].user == b
     assert {e.attrs["partition"] for e in events} == {PARTITION}
@@ -180,7 +185,7 @@ def test_ledger_equals_sacct_for_two_users(
         e["wall"] += int(row["ElapsedRaw"])
         e["core"] += int(row["CPUTimeRAW"])  # Slurm's own wall x allocated cores
         e["cpu"] += parse_duration(row["TotalCPU"])
-    assert expected[a]["jobs"] == 5 and expected[b]["jobs"] == 2
+    assert expected[a]["jobs"] == 5 and expected[b]["jobs"] == 3
     assert expected[a]["cpu"] > 0 and expected[b]["cpu"] > 0  # the jobs really burnt CPU
     got = ledger(client)
     for user, member in ((a, "alice"), (b, "bob")):
@@ -202,13 +207,13 @@ def test_ledger_equals_sacct_for_two_users(
     waits = q.latency_percentiles(
         LOCAL_ADMIN, "batch_queue_wait", now - 7200, now + 3600, by=("member",)
     )
-    assert waits["count"].sum() == 7
+    assert waits["count"].sum() == 8
 
     # the same window again, and a restarted probe: nothing new, nothing counted twice
     before = ledger(client)
     assert probe.collect(time.time()).events == []
     again = probe.read(now - 3600, time.time()).jobs
-    assert len(again) == 7
+    assert len(again) == 8
     assert post(client, 3, now, events=[job.to_event() for job in again])["status"] == "applied"
     restarted = SlurmProbe(sacct=["sacct"], runner=cluster.runner, state_path=state)
     assert restarted.collect(time.time()).events == []
