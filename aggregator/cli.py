@@ -128,7 +128,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from collectors.simulator import FacilitySimulator, Poster, backfill
 
     sim = FacilitySimulator(
-        facility=args.facility, nodes=args.nodes, members_per_vo=args.members_per_vo, seed=args.seed
+        facility=args.facility,
+        nodes=args.nodes,
+        members_per_vo=args.members_per_vo,
+        seed=args.seed,
+        rich=not args.basic,
     )
     if args.identity_out:
         Path(args.identity_out).write_text(sim.identity_toml())
@@ -210,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--hours", type=float, default=24.0, help="history to simulate")
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--live", action="store_true", help="keep going in real time afterwards")
+    sim.add_argument(
+        "--basic",
+        action="store_true",
+        help="only sessions, CPU, memory and IO (default: also spawn waits, Dask, batch jobs, "
+        "GPUs and data access)",
+    )
     sim.add_argument("--identity-out", help="write the simulated members' identity map here")
     sim.set_defaults(func=cmd_simulate)
 

@@ -66,7 +66,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def run_demo(data_dir: Path, port: int = 8600, hours: float = 24.0, nodes: int = 8) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
-    sim = FacilitySimulator(facility=FACILITY, nodes=nodes)
+    sim = FacilitySimulator(facility=FACILITY, nodes=nodes, rich=True)
     identity = data_dir / "identity.toml"
     identity.write_text(sim.identity_toml(_this_user_member(getpass.getuser())))
     token = secrets.token_urlsafe(24)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from collectors import wire
+from collectors.simulator_extras import RichFacility
 
 GIB = 1024**3
 VO_GROUPS = {
@@ -94,7 +95,10 @@ class FacilitySimulator:
         hepscore23_per_core: float = 12.5,
         sessions_per_member_day: float = 3.0,
         unmapped_accounts: int = 1,
+        rich: bool = False,
     ) -> None:
+        """`rich` adds spawn waits, Dask clusters, batch jobs, GPUs and data access
+        (collectors/simulator_extras.py), as a full facility would report them."""
         if interval <= 0 or nodes <= 0:
             raise ValueError("interval and nodes must be positive")
         self.facility = facility
@@ -123,6 +127,7 @@ class FacilitySimulator:
         self._active: dict[str, SimSession] = {}
         self._state: dict[tuple[str, str], _NodeUser] = {}
         self._tick: float | None = None
+        self._rich = RichFacility(self, seed) if rich else None
 
     @property
     def simulated_until(self) -> float:
@@ -193,10 +198,15 @@ class FacilitySimulator:
         events: dict[str, list[wire.Event]],
     ) -> None:
         rng = self._rng
+        if self._rich is not None:  # events whose end has come
+            for node, event in self._rich.due(t):
+                events[node].append(event)
         # sessions that end at this tick
         for local, sess in list(self._active.items()):
             if sess.end <= t:
                 del self._active[local]
+                if self._rich is not None:
+                    self._rich.session_ended(sess)
                 events[sess.node].append(self._event(sess, ended=True))
                 self.truth.add(local, "session_seconds", sess.end - sess.start)
                 self.truth.add(local, "sessions", 1.0)
@@ -215,6 +225,10 @@ class FacilitySimulator:
                 )
                 self._active[m.local] = sess
                 events[sess.node].append(self._event(sess, ended=False))
+                if self._rich is not None:
+                    self._rich.session_started(sess, t)
+            if self._rich is not None:
+                self._rich.maybe_batch_job(m, t)
         # per node and user: counters and gauges sampled at this tick
         by_node: dict[str, dict[str, SimSession]] = defaultdict(dict)
         for sess in self._active.values():
@@ -260,6 +274,13 @@ class FacilitySimulator:
                 ("node_cpu_busy_ratio", min(1.0, busy / (NODE_CORES * self.interval))),
             ):
                 self._sample(series[node], node, None, metric, t, value)
+            if self._rich is not None:
+                self._rich.node_tick(
+                    t,
+                    node,
+                    by_node[node],
+                    lambda n, *args, **kw: self._sample(series[n], n, *args, **kw),
+                )
 
     def _sample(
         self,
@@ -270,8 +291,10 @@ class FacilitySimulator:
         t: float,
         value: float,
         created: float | None = None,
+        **extra_labels: str,
     ) -> None:
         labels = {"node": node} if local is None else {"node": node, "user": local}
+        labels.update(extra_labels)
         key = (metric, tuple(sorted(labels.items())))
         s = bucket.get(key)
         if s is None:

@@ -106,3 +106,36 @@ def test_replaying_everything_changes_nothing(
             again, Poster(server.url, server.token, client), END - HOURS * 3600, END, report=None
         )
     pd.testing.assert_frame_equal(totals(server, "member"), before)
+
+
+def test_rich_facility_every_resource_equals_the_truth(
+    database_url: str, tmp_path: Path, server_factory: Callable[..., ServerProcess]
+) -> None:
+    """The rich simulator (spawn waits, Dask, batch, GPUs, data by source) through a real
+    server: every ledger resource equals what was sent. Batch amounts are spread over the
+    hours a job ran in proportion to time, so those compare to 1e-9 relative."""
+    sim = FacilitySimulator(facility="test-af", nodes=3, members_per_vo=3, seed=5,
+                            sessions_per_member_day=6, rich=True)
+    identity = tmp_path / "identity.toml"
+    identity.write_text(sim.identity_toml())
+    server = server_factory(database_url=database_url, identity_file=identity, dashboard="false")
+    with httpx.Client(timeout=60) as client:
+        backfill(sim, Poster(server.url, server.token, client), END - HOURS * 3600, END,
+                 report=None)
+    got = {(r.member, r.resource): r.amount for r in totals(server, "member").itertuples()}
+    ids = sim.member_ids()
+    expected: dict[tuple[str, str], float] = {}
+    for (local, resource), amount in sim.truth.by_account.items():
+        key = (ids.get(local, "afmon:unmapped|test-af"), resource)
+        expected[key] = expected.get(key, 0.0) + amount
+    expected = {k: v for k, v in expected.items() if v}
+    resources = {r for _, r in expected}
+    assert {"gpu_allocated_seconds", "gpu_active_seconds", "gpu_a100_allocated_seconds",
+            "gpu_energy_joules", "data_read_cache_bytes", "dask_worker_seconds",
+            "dask_clusters", "batch_jobs", "batch_cpu_seconds"} <= resources
+    assert set(got) == set(expected)
+    for key, amount in expected.items():
+        if key[1].startswith("batch_"):
+            assert got[key] == pytest.approx(amount, rel=1e-9), key
+        else:
+            assert got[key] == amount, key
