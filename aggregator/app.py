@@ -24,6 +24,8 @@ from aggregator.auth import AuthError, TokenVerifier
 from aggregator.db import create_schema, make_engine, read_connection
 from aggregator.identity import IdentityMap, load_identity_file
 from aggregator.ingest import Ingestor
+from aggregator.ingest_producers import make_router as make_producers_router
+from aggregator.leader import leader_only
 from aggregator.login import SESSION_COOKIE, Sessions
 from aggregator.login import make_router as make_login_router
 from aggregator.metrics import IngestMetrics, make_registry, render_exposition
@@ -34,6 +36,7 @@ from aggregator.report.schedule import scheduled_reports
 from aggregator.retention import prune_samples
 from aggregator.security import SecurityHeaders
 from aggregator.settings import ServerSettings
+from aggregator.tsdb_influx import outbox_loop
 from alerts.service import alert_loop, alerts_router
 from collectors import wire
 
@@ -156,6 +159,8 @@ def create_app(
     # Periodic jobs of the server, each run in its own thread until shutdown.
     jobs: list[Callable[[Services, threading.Event], None]] = [_retention_loop, alert_loop]
     jobs.append(scheduled_reports)
+    jobs = [leader_only(j) for j in jobs]  # one worker runs these (docs/scale.md)
+    jobs.append(outbox_loop)  # raw samples into the InfluxDB-API store (docs/scale.md)
     stop = threading.Event()
 
     @asynccontextmanager
@@ -198,6 +203,7 @@ def create_app(
         )
     app.add_middleware(SecurityHeaders)
     app.include_router(build_report_router(reader_principal))
+    app.include_router(make_producers_router())  # Telegraf and OTLP (docs/scale.md)
 
     @app.post(
         "/api/v1/ingest",

@@ -56,12 +56,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     weak = weak_secrets(settings)
     if weak:
         sys.exit("afmon: refusing to start: " + "; ".join(weak))
+    workers = getattr(args, "workers", None) or 1
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        sys.exit("afmon: --workers needs PostgreSQL (AFMON_DATABASE_URL=postgresql+psycopg://...)")
     try:
-        app = create_app(settings)
+        app = create_app(settings)  # with workers: checks the identity map and schema once
     except IdentityError as exc:
         sys.exit(f"afmon: identity map: {exc}")
+    if workers > 1:  # docs/scale.md
+        for name in ("host", "port", "database_url", "identity_file"):  # workers read the env
+            if getattr(args, name, None) is not None:
+                os.environ[f"AFMON_{name.upper()}"] = str(getattr(args, name))
+        app.state.services.engine.dispose()
+        uvicorn.run(
+            "aggregator.cli:worker_app",
+            factory=True,
+            workers=workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+        )
+        return 0
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0
+
+
+def worker_app() -> object:
+    """One worker of `afmon serve --workers N` (settings from the environment)."""
+    from aggregator.app import create_app
+
+    settings = ServerSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return create_app(settings)
 
 
 MIN_TOKEN_CHARS = 24
@@ -113,6 +141,22 @@ def cmd_agent_token(args: argparse.Namespace) -> int:
     except TokenError as exc:
         print(f"afmon: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from aggregator import migrate
+
+    settings = _settings(args)
+    if args.action == "upgrade":
+        before, after = migrate.upgrade(settings.database_url, args.revision)
+        print(f"database schema: {before or 'empty'} -> {after}")
+    else:
+        from aggregator.db import make_engine
+
+        engine = make_engine(settings.database_url)
+        print(migrate.current_revision(engine) or "none (not under migrations)")
+        engine.dispose()
     return 0
 
 
@@ -185,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (AFMON_PORT, default 8600)")
     serve.add_argument("--database-url", help="SQLAlchemy URL (AFMON_DATABASE_URL)")
     serve.add_argument("--identity-file", help="identity map TOML (AFMON_IDENTITY_FILE)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes on one port (PostgreSQL only; default 1)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(
@@ -235,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     tokens_sub.add_parser("list", help="list tokens (names, facilities, states; never secrets)")
     tokens.set_defaults(func=cmd_agent_token)
+
+    db = sub.add_parser("db", help="database schema migrations (Alembic): upgrade, current")
+    db.add_argument("--database-url", help="SQLAlchemy URL (AFMON_DATABASE_URL)")
+    db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="migrate the schema (run before starting new workers)")
+    up.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
+    db_sub.add_parser("current", help="print the schema's revision")
+    db.set_defaults(func=cmd_db)
 
     ident = sub.add_parser("identity", help="identity map tools")
     ident_sub = ident.add_subparsers(dest="identity_command", required=True, metavar="ACTION")

@@ -52,6 +52,14 @@ def create_schema(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine)
 
 
+def copy_rows(conn: Connection, sql: str, rows: Any) -> None:
+    """PostgreSQL `COPY ... FROM STDIN` (psycopg 3) inside the connection's transaction: the
+    bulk path for hot inserts (docs/scale.md)."""
+    with conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
 def placeholder(engine: Engine) -> str:
     """The DBAPI parameter marker of the engine's driver, for executemany hot paths."""
     return "?" if engine.dialect.name == "sqlite" else "%s"

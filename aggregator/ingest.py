@@ -18,7 +18,7 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy import Connection, Engine
 
-from aggregator.db import placeholder
+from aggregator.db import copy_rows, placeholder
 from aggregator.identity import IdentityMap, MemberRef
 from aggregator.ledger import (
     ACCOUNTED_METRICS,
@@ -33,6 +33,7 @@ from aggregator.ledger import (
 )
 from aggregator.schema import RESOURCES, UNMAPPED_ISSUER
 from aggregator.settings import ServerSettings
+from aggregator.tsdb_influx import Outbox
 from collectors import wire
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class Ingestor:
         self._settings = settings
         self._clock = clock
         self._series_ids: dict[tuple[str, str, str], int] = {}
+        self._outbox = Outbox(engine) if settings.tsdb_url else None  # docs/scale.md
+        self._copy = engine.dialect.name == "postgresql"  # samples by COPY
         p = placeholder(engine)
         self._p = p
         self._for_update = "" if engine.dialect.name == "sqlite" else " FOR UPDATE"
@@ -156,7 +159,12 @@ class Ingestor:
                 if rule.normalised is not None:
                     inc.add(facility, members[rid], rule.normalised, h, amount * factor)
         if samples:
-            conn.exec_driver_sql(self._sql_sample, samples)
+            if self._copy:
+                copy_rows(conn, "COPY sample (series_id, time, value) FROM STDIN", samples)
+            else:
+                conn.exec_driver_sql(self._sql_sample, samples)
+            if self._outbox is not None:
+                self._outbox.stage(conn, batch, ids, samples, now)
         if new_state:
             conn.exec_driver_sql(
                 f"UPDATE series SET last_time = {self._p}, last_value = {self._p} "

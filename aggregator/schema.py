@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import BigInteger, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from collectors.wire import GPU_MODELS
@@ -154,9 +154,19 @@ class AppliedBatch(SQLModel, table=True):
 
     __tablename__ = "applied_batch"
     agent_id: str = Field(primary_key=True)
-    seq: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)  # 63-bit content ids (scale.md)
     facility: str
     received_at: float
+    samples: int
+
+
+class TsdbOutbox(SQLModel, table=True):
+    """Raw samples not yet written to the InfluxDB-API store (aggregator/tsdb_influx.py)."""
+
+    __tablename__ = "tsdb_outbox"
+    id: int | None = Field(default=None, primary_key=True)
+    created: float
+    lines: str = Field(description="Line protocol, millisecond timestamps")
     samples: int
 
 
@@ -165,7 +175,7 @@ class Agent(SQLModel, table=True):
     facility: str
     node: str
     last_seen: float
-    last_seq: int
+    last_seq: int = Field(sa_type=BigInteger)
     batches: int = 0
     samples: int = 0
 

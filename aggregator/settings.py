@@ -136,6 +136,22 @@ class ServerSettings(BaseSettings):
     report_hs06_per_hs23: float | None = Field(
         None, gt=0, description="HEPSPEC06 per HEPscore23; set to add hepspec to APEL v0.4."
     )
+    # -- InfluxDB-v2-API time-series store (aggregator/tsdb_influx.py, docs/scale.md) --
+    tsdb_url: str | None = Field(
+        None,
+        description="InfluxDB v2 API URL of a time-series store for raw samples (InfluxDB 2/3, "
+        "VictoriaMetrics); unset: raw samples stay in the database only.",
+    )
+    tsdb_org: str = Field("afmon", description="Its organisation.")
+    tsdb_bucket: str = Field("afmon", description="Its bucket.")
+    tsdb_token: SecretStr | None = Field(None, description="Its API token.")
+    tsdb_flush_seconds: float = Field(
+        1.0, gt=0, description="How often the outbox is drained into the store when idle."
+    )
+    tsdb_rows_per_write: int = Field(
+        200, gt=0, description="Outbox rows (one per ingested batch) per write to the store."
+    )
+    tsdb_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one store write.")
     # -- mail (alerts and reports) --
     smtp_host: str | None = Field(None, description="SMTP server for mail; unset: no mail.")
     smtp_port: int = Field(25, description="SMTP port.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import subprocess
@@ -29,6 +30,7 @@ import httpx
 from collectors import wire
 
 START = 1_790_000_000.0
+BENCH_TOKEN = secrets.token_urlsafe(32)  # a strong one: `afmon serve` refuses weak tokens
 
 
 def make_batches(n_batches: int, n_series: int, n_samples: int) -> list[wire.Batch]:
@@ -103,7 +105,7 @@ def through_afmon(batches: list[wire.Batch], workdir: Path) -> float:
         **os.environ,
         "AFMON_PORT": str(port),
         "AFMON_DATABASE_URL": f"sqlite:///{workdir}/afmon.sqlite",
-        "AFMON_FACILITY_TOKENS": json.dumps({"bench": "bench-token"}),
+        "AFMON_FACILITY_TOKENS": json.dumps({"bench": BENCH_TOKEN}),
         "AFMON_DASHBOARD": "false",
         "AFMON_LOG_LEVEL": "warning",
         "AFMON_MAX_FUTURE_SKEW_SECONDS": str(10 * 365 * 86400),
@@ -123,7 +125,7 @@ def through_afmon(batches: list[wire.Batch], workdir: Path) -> float:
                     raise SystemExit("bench: the afmon server did not start")
                 time.sleep(0.2)
             headers = {
-                "Authorization": "Bearer bench-token",
+                "Authorization": f"Bearer {BENCH_TOKEN}",
                 "Content-Type": wire.CONTENT_TYPE,
                 "Content-Encoding": "gzip",
             }

@@ -1,0 +1,1 @@
+"""Alembic migrations of afmon's database (`afmon db upgrade`; docs/scale.md)."""

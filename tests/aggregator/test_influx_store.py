@@ -1,0 +1,204 @@
+"""Raw samples into a real VictoriaMetrics through its InfluxDB v2 write API, via the outbox."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from collectors import wire
+from tests.conftest import free_port
+
+
+@dataclass
+class VictoriaMetrics:
+    port: int
+    data: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("victoria-metrics")
+        if binary is None:
+            pytest.fail("victoria-metrics is needed (Debian package victoria-metrics; make test)")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"-storageDataPath={self.data}",
+                    f"-httpListenAddr=127.0.0.1:{self.port}",
+                    "-dedup.minScrapeInterval=1ms",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"victoria-metrics exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        pytest.fail("victoria-metrics not healthy in 20 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def export(self) -> dict[tuple[tuple[str, str], ...], list[tuple[int, float]]]:
+        """Every afmon series: sorted labels -> [(ms timestamp, value)]."""
+        httpx.get(f"{self.url}/internal/force_flush", timeout=5)
+        r = httpx.post(
+            f"{self.url}/api/v1/export", data={"match[]": '{__name__=~"afmon_.*"}'}, timeout=10
+        )
+        r.raise_for_status()
+        out = {}
+        for line in r.text.splitlines():
+            row = json.loads(line)
+            key = tuple(sorted(row["metric"].items()))
+            out[key] = sorted(zip(row["timestamps"], row["values"], strict=True))
+        return out
+
+
+@pytest.fixture
+def vm_factory(tmp_path: Path) -> Iterator[Callable[[int | None], VictoriaMetrics]]:
+    made: list[VictoriaMetrics] = []
+
+    def make(port: int | None = None) -> VictoriaMetrics:
+        vm = VictoriaMetrics(port or free_port(), tmp_path / "vm-data", tmp_path / "vm.log")
+        made.append(vm)
+        return vm
+
+    yield make
+    for vm in made:
+        vm.stop()
+
+
+def _batch(seq: int, t0: float) -> wire.Batch:
+    return wire.Batch(
+        version=1,
+        agent_id="agent-1",
+        facility="test-af",
+        node="wn01",
+        seq=seq,
+        sent_at=t0 + 30,
+        series=[
+            wire.Series(
+                metric="user_cpu_seconds",
+                unit="seconds",
+                kind="counter",
+                labels={"user": "alice", "node": "wn01"},
+                times=[t0, t0 + 10.5],
+                values=[12.5, 20.25 + seq],
+            ),
+            wire.Series(
+                metric="node_memory_bytes",
+                unit="bytes",
+                kind="gauge",
+                labels={"node": "wn01"},
+                times=[t0 + 0.001],
+                values=[16643522560.0],
+            ),
+        ],
+    )
+
+
+def _expected(batches: list[wire.Batch]) -> dict[tuple[tuple[str, str], ...], list]:
+    out: dict[tuple[tuple[str, str], ...], list] = {}
+    for b in batches:
+        for s in b.series:
+            labels = {"__name__": f"afmon_{s.metric}", "facility": b.facility, **s.labels}
+            key = tuple(sorted(labels.items()))
+            out.setdefault(key, []).extend(
+                (round(t * 1000), v) for t, v in zip(s.times, s.values, strict=True)
+            )
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _post(server, batch: wire.Batch) -> dict:
+    r = httpx.post(
+        f"{server.url}/api/v1/ingest",
+        content=wire.encode(batch),
+        headers={"Authorization": f"Bearer {server.token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _outbox_rows(db: Path | str) -> int:
+    engine = create_engine(db if isinstance(db, str) else f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT COUNT(*) FROM tsdb_outbox")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_samples_are_read_back_exactly(server_factory, vm_factory, database_url: str) -> None:
+    """On SQLite and on PostgreSQL (where workers claim outbox rows with SKIP LOCKED)."""
+    vm = vm_factory(None)
+    vm.start()
+    server = server_factory(
+        database_url, tsdb_url=vm.url, tsdb_flush_seconds="0.2", dashboard="false"
+    )
+    t0 = float(int(time.time()) - 600)
+    batches = [_batch(0, t0), _batch(1, t0 + 20)]
+    for b in batches:
+        assert _post(server, b)["status"] == "applied"
+    assert _post(server, batches[0])["status"] == "duplicate"  # not written twice
+    expected = _expected(batches)
+    _wait_for(lambda: vm.export() == expected, "the samples in VictoriaMetrics")
+    assert _outbox_rows(database_url) == 0
+
+
+def test_store_down_ingest_acknowledges_then_outbox_drains(
+    server_factory, vm_factory, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = server_factory(
+        tsdb_url=f"http://127.0.0.1:{port}", tsdb_flush_seconds="0.2", dashboard="false"
+    )
+    t0 = float(int(time.time()) - 900)
+    batches = [_batch(i, t0 + 100 * i) for i in range(3)]
+    for b in batches:  # the store is down: ingest still acknowledges at once
+        assert _post(server, b)["status"] == "applied"
+    db = tmp_path / "server.sqlite"
+    assert _outbox_rows(db) == 3
+    with sqlite3.connect(db) as conn:  # the ledger committed meanwhile
+        assert conn.execute("SELECT COUNT(*) FROM sample").fetchone()[0] == 9
+    vm = vm_factory(port)
+    vm.start()
+    expected = _expected(batches)
+    _wait_for(lambda: _outbox_rows(db) == 0, "the outbox to drain", timeout=60)
+    _wait_for(lambda: vm.export() == expected, "the samples in VictoriaMetrics")

@@ -1,0 +1,167 @@
+"""OTLP/HTTP metrics from a real opentelemetry-sdk exporter into a real afmon server."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from tests.aggregator.test_lineprotocol import ALICE, IDENTITY, ledger
+
+T0_NS = 1767225600 * 1_000_000_000
+
+
+def _server(server_factory, tmp_path: Path):
+    identity = tmp_path / "identity.toml"
+    identity.write_text(IDENTITY)
+    return server_factory(identity_file=identity, dashboard="false")
+
+
+def test_sdk_meter_provider_reports_into_the_ledger(server_factory, tmp_path: Path) -> None:
+    server = _server(server_factory, tmp_path)
+    exporter = OTLPMetricExporter(
+        endpoint=f"{server.url}/v1/metrics",
+        headers={"Authorization": f"Bearer {server.token}"},
+        compression=Compression.Gzip,
+        timeout=10,
+    )
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    provider = MeterProvider(
+        resource=Resource.create({"host.name": "wn02", "service.name": "site-exporter"}),
+        metric_readers=[reader],
+    )
+    rss = [2_000_000.0]
+
+    def observe(_options: CallbackOptions) -> list[Observation]:
+        return [Observation(rss[0], {"user": "alice"})]
+
+    try:
+        meter = provider.get_meter("afmon-test")
+        cpu = meter.create_counter("user_cpu_seconds", unit="s")
+        meter.create_observable_gauge("user_memory_rss_bytes", [observe], unit="By")
+        cpu.add(12.5, {"user": "alice"})
+        assert provider.force_flush(10_000)
+        cpu.add(7.5, {"user": "alice"})
+        rss[0] = 3_000_000.0
+        assert provider.force_flush(10_000)
+    finally:
+        provider.shutdown()
+    db = tmp_path / "server.sqlite"
+    usage = ledger(db)
+    # the counter's start time is its `created`: the first export counts in full
+    assert usage[(ALICE, "cpu_seconds")] == 20.0
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT s.labels, p.time, p.value FROM sample p JOIN series s ON s.id = p.series_id "
+            "WHERE s.metric = 'user_memory_rss_bytes' ORDER BY p.time"
+        ).fetchall()
+    # two flushes and the final export at shutdown
+    assert {r[0] for r in rows} == {
+        json.dumps({"node": "wn02", "user": "alice"}, separators=(",", ":"))
+    }
+    assert [r[2] for r in rows] == [2_000_000.0, 3_000_000.0, 3_000_000.0]
+    expected = sum(a[2] * (b[1] - a[1]) for a, b in zip(rows, rows[1:], strict=False))
+    assert usage[(ALICE, "memory_byte_seconds")] == pytest.approx(expected, rel=1e-12)
+
+
+def _kv(key: str, value: str | int) -> dict[str, object]:
+    kind = "intValue" if isinstance(value, int) else "stringValue"
+    return {"key": key, "value": {kind: str(value) if kind == "intValue" else value}}
+
+
+# OTLP/JSON as the spec shows it: semantic-convention process metrics of one process
+SEMCONV = {
+    "resourceMetrics": [
+        {
+            "resource": {
+                "attributes": [
+                    _kv("host.name", "wn03"),
+                    _kv("process.owner", "alice"),
+                    _kv("process.pid", 777),
+                ]
+            },
+            "scopeMetrics": [
+                {
+                    "scope": {"name": "hostmetrics"},
+                    "metrics": [
+                        {
+                            "name": "process.cpu.time",
+                            "unit": "s",
+                            "sum": {
+                                "aggregationTemporality": 2,
+                                "isMonotonic": True,
+                                "dataPoints": [
+                                    {
+                                        "attributes": [_kv("cpu.mode", mode)],
+                                        "startTimeUnixNano": str(T0_NS),
+                                        "timeUnixNano": str(T0_NS + 60 * 10**9),
+                                        "asDouble": value,
+                                    }
+                                    for mode, value in (
+                                        ("user", 40.0),
+                                        ("system", 5.0),
+                                        ("wait", 100.0),
+                                    )
+                                ],
+                            },
+                        },
+                        {
+                            "name": "process.threads",
+                            "unit": "{thread}",
+                            "sum": {
+                                "aggregationTemporality": 2,
+                                "dataPoints": [{"timeUnixNano": str(T0_NS), "asInt": "4"}],
+                            },
+                        },
+                    ],
+                }
+            ],
+        }
+    ]
+}
+
+
+def test_otlp_json_semantic_conventions_and_errors(server_factory, tmp_path: Path) -> None:
+    server = _server(server_factory, tmp_path)
+    headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        r = client.post("/v1/metrics", content=json.dumps(SEMCONV), headers=headers)
+        assert r.status_code == 200 and r.json() == {}, r.text
+        r = client.post("/v1/metrics", content=json.dumps(SEMCONV), headers=headers)
+        assert r.status_code == 200  # the same body again: a duplicate, applied once
+        delta = copy.deepcopy(SEMCONV)
+        delta["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
+            "aggregationTemporality"
+        ] = 1
+        r = client.post("/v1/metrics", content=json.dumps(delta), headers=headers)
+        assert r.status_code == 400
+        assert "metrics[0] (process.cpu.time): delta temporality" in r.json()["message"]
+        wrong_unit = copy.deepcopy(SEMCONV)
+        wrong_unit["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["unit"] = "ms"
+        r = client.post("/v1/metrics", content=json.dumps(wrong_unit), headers=headers)
+        assert r.status_code == 400 and "unit must be 's'" in r.json()["message"]
+        r = client.post(
+            "/v1/metrics",
+            content=b"\x01\x02",
+            headers={**headers, "Content-Type": "application/x-protobuf"},
+        )
+        assert r.status_code == 400
+        r = client.post("/v1/metrics", content=b"{}", headers={**headers, "Authorization": "x"})
+        assert r.status_code == 401
+    # user + system (not wait), counted in full from its start time, on the process's series
+    assert ledger(tmp_path / "server.sqlite")[(ALICE, "cpu_seconds")] == 45.0
+    with sqlite3.connect(tmp_path / "server.sqlite") as conn:
+        labels = conn.execute("SELECT labels FROM series WHERE metric = 'user_cpu_seconds'")
+        assert [json.loads(x[0]) for x in labels] == [
+            {"node": "wn03", "pid": "777", "user": "alice"}
+        ]
