@@ -54,6 +54,11 @@ class AgentSettings(BaseSettings):
     jupyterhub_url: str | None = None
     jupyterhub_token: SecretStr | None = None
     jupyterhub_poll_seconds: float = Field(1.0, ge=0)
+    dask_gateway_url: str | None = None  # dask-gateway REST API (docs/interactive.md)
+    dask_gateway_token: SecretStr | None = None
+    dask_gateway_auth: Literal["jupyterhub", "token", "bearer", "basic"] = "jupyterhub"
+    dask_gateway_users: list[str] = []
+    dask_gateway_poll_seconds: float = Field(30.0, ge=0)
     slurm_enabled: bool = False
     sacct_path: str = "sacct"
     htcondor_enabled: bool = False
@@ -70,7 +75,7 @@ class AgentSettings(BaseSettings):
     xrootd_default_role: Literal["local", "cache", "remote"] = "remote"
     xrootd_max_open_files: int = Field(100_000, gt=0)
 
-    @field_validator("xrootd_servers", mode="before")
+    @field_validator("xrootd_servers", "dask_gateway_users", mode="before")
     @classmethod
     def _json_from_flag(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value  # a flag gives text
@@ -115,6 +120,16 @@ _FLAGS: list[tuple[str, str, str, str]] = [
      "the hub service's API token (prefer the env variable)"),
     ("--jupyterhub-poll", "jupyterhub_poll_seconds", "SECONDS",
      "seconds between JupyterHub polls [1]"),
+    ("--dask-gateway-url", "dask_gateway_url", "URL",
+     "dask-gateway whose clusters to report, e.g. http://gateway:8000 [off]"),
+    ("--dask-gateway-token", "dask_gateway_token", "TOKEN",
+     "the gateway credential: API token, or basic auth's password (prefer the env variable)"),
+    ("--dask-gateway-auth", "dask_gateway_auth", "SCHEME",
+     "jupyterhub, token, bearer or basic [jupyterhub]"),
+    ("--dask-gateway-users", "dask_gateway_users", "JSON",
+     'users whose clusters to list, e.g. ["alice"] (basic: any number, else one) [[]]'),
+    ("--dask-gateway-poll", "dask_gateway_poll_seconds", "SECONDS",
+     "least seconds between dask-gateway polls [30]"),
     ("--slurm", "slurm_enabled", "BOOL", "send finished Slurm jobs from sacct [false]"),
     ("--sacct", "sacct_path", "PATH", "the sacct command [sacct]"),
     ("--htcondor", "htcondor_enabled", "BOOL", "send finished HTCondor jobs [false]"),

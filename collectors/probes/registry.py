@@ -53,6 +53,15 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
         probes.append(JupyterHubProbe(settings.jupyterhub_url,
                                       token.get_secret_value() if token else None,
                                       poll_seconds=settings.jupyterhub_poll_seconds))
+    if settings.dask_gateway_url:
+        from collectors.probes.dask_gateway import DaskGatewayProbe
+
+        cred = settings.dask_gateway_token
+        probes.append(DaskGatewayProbe(settings.dask_gateway_url,
+                                       cred.get_secret_value() if cred else None,
+                                       auth=settings.dask_gateway_auth,
+                                       users=settings.dask_gateway_users,
+                                       poll_seconds=settings.dask_gateway_poll_seconds))
     if settings.xrootd_enabled:
         from collectors.probes.xrootd import Monitor, XRootDProbe
 
