@@ -387,6 +387,109 @@ class Query:
             {**params, **names},
         )
 
+    # -- one VO, and the live facility overview (dashboard VO and Facility pages) -----------
+
+    def vo_usage_over_time(
+        self, p: Principal, vo: str, resource: str, start: float, end: float,
+        by: str = "group", step: str = "hour", group: str | None = None,
+        members: tuple[str, ...] | None = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """`usage_over_time` of one VO (optionally one group, or only `members`): time, `by`,
+        amount, unit; the principal's scope still applies, so a filter only ever narrows."""
+        self._check(resource, (by,))
+        if step not in STEPS:
+            raise QueryError(f"step must be one of {', '.join(STEPS)}")
+        width, col = STEPS[step], GROUP_COLUMNS[by]
+        cond, params = _scope(p)
+        extra, more = self._vo_filter(vo, group, members)
+        df = self._frame(
+            f"SELECT (hour / {width}) * {width} AS bucket, {col} AS key, SUM(amount) AS amount "
+            f"FROM usage WHERE resource = :resource AND hour >= :start AND hour < :end "
+            f"AND {cond}{extra} GROUP BY bucket, key ORDER BY bucket, key",
+            {"resource": resource, "start": int(start), "end": int(end), **params, **more},
+        )
+        df.insert(0, "time", pd.to_datetime(df.pop("bucket").astype("int64"), unit="s", utc=True))
+        df = df.rename(columns={"key": by})
+        df["unit"] = RESOURCES[resource].unit
+        return df
+
+    def vo_totals(
+        self, p: Principal, vo: str, start: float, end: float,
+        by: tuple[str, ...] = ("facility", "group", "member"),
+        resources: tuple[str, ...] = (), group: str | None = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """`usage_totals` of one VO (optionally one group): `by`..., resource, amount, unit."""
+        self._check(None, by)
+        for r in resources:
+            self._check(r)
+        cols = "".join(f"{GROUP_COLUMNS[b]}, " for b in by)
+        cond, params = _scope(p)
+        extra, more = self._vo_filter(vo, group, None)
+        names = {f"r{i}": r for i, r in enumerate(resources)}
+        res_cond = f" AND resource IN ({', '.join(':' + k for k in names)})" if names else ""
+        df = self._frame(
+            f"SELECT {cols}resource, SUM(amount) AS amount, MIN(unit) AS unit FROM usage "
+            f"WHERE hour >= :start AND hour < :end AND {cond}{extra}{res_cond} "
+            f"GROUP BY {cols}resource ORDER BY {cols}resource",
+            {"start": int(start), "end": int(end), **params, **more, **names},
+        )
+        return df.rename(columns={GROUP_COLUMNS[b]: b for b in by})
+
+    @staticmethod
+    def _vo_filter(
+        vo: str, group: str | None, members: tuple[str, ...] | None
+    ) -> tuple[str, dict[str, Any]]:
+        extra, params = " AND vo = :f_vo", {"f_vo": vo}
+        if group:
+            extra += " AND grp = :f_grp"
+            params["f_grp"] = group
+        if members is not None:
+            ids = {f"f_m{i}": m for i, m in enumerate(members)} or {"f_m0": ""}
+            extra += f" AND member_id IN ({', '.join(':' + k for k in ids)})"
+            params.update(ids)
+        return extra, params
+
+    def has_usage(self, p: Principal) -> bool:
+        """Whether the ledger holds any usage the principal may see, at any time (cheap: one
+        row), so an empty view can say "no data yet" rather than "nothing in this range"."""
+        cond, params = _scope(p)
+        return not self._frame(f"SELECT 1 AS x FROM usage WHERE {cond} LIMIT 1", params).empty
+
+    def capacity(self, p: Principal) -> pd.DataFrame:
+        """What the facilities (the principal's one, for a bound admin) offer, as their agents
+        last reported it: facility, nodes, cpu_cores, memory_bytes, gpus. Capacity is no one's
+        personal data, so every principal sees it."""
+        cond, params = ("facility = :f", {"f": p.facility}) if p.facility else ("1 = 1", {})
+        nodes = self._frame(
+            "SELECT facility, COUNT(*) AS nodes, SUM(cpu_cores) AS cpu_cores, "
+            f"SUM(memory_bytes) AS memory_bytes FROM node WHERE {cond} GROUP BY facility",
+            params,
+        )
+        gpus = self._frame(
+            "SELECT facility, COUNT(*) AS gpus FROM series "
+            f"WHERE metric = 'gpu_info' AND {cond} GROUP BY facility",
+            params,
+        )
+        out = nodes.merge(gpus, on="facility", how="outer")
+        out = out.astype({"cpu_cores": float, "memory_bytes": float}).fillna(
+            {"nodes": 0, "gpus": 0, "cpu_cores": 0.0, "memory_bytes": 0.0}
+        )
+        return out.sort_values("facility", ignore_index=True)
+
+    def open_events(self, p: Principal, kinds: tuple[str, ...]) -> dict[str, int]:
+        """How many events of each kind are open (started, no end yet): running sessions,
+        live Dask clusters; within the principal's scope."""
+        cond, params = _scope(p, member="e.member_id", vo="m.vo", facility="e.facility")
+        names = {f"k{i}": k for i, k in enumerate(kinds)}
+        df = self._frame(
+            "SELECT e.kind, COUNT(*) AS n FROM event e JOIN member m ON m.id = e.member_id "
+            f"WHERE e.\"end\" IS NULL AND e.kind IN ({', '.join(':' + k for k in names)}) "
+            f"AND {cond} GROUP BY e.kind",
+            {**params, **names},
+        )
+        counts = dict(zip(df["kind"], df["n"], strict=True))
+        return {k: int(counts.get(k, 0)) for k in kinds}
+
     # -- GPUs (docs/gpu.md) ---------------------------------------------------------------
 
     def gpu_utilisation(

@@ -134,7 +134,12 @@ def empty_figure(axis_title: str, message: str = EMPTY_USAGE) -> go.Figure:
     fig.update_xaxes(title_text="Time (UTC)", showticklabels=False, showgrid=False)
     fig.update_yaxes(title_text=axis_title, showticklabels=False, showgrid=False)
     fig.add_annotation(
-        text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+        text=message,
+        showarrow=False,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.5,
         font={"size": 16, "color": "#52606d"},
     )
     return fig
@@ -169,9 +174,12 @@ def usage_figure(
         for key in order:
             label = (names or {}).get(key, key)
             fig.add_bar(
-                x=wide.index, y=wide[key].tolist(), name=str(label),
+                x=wide.index,
+                y=wide[key].tolist(),
+                name=str(label),
                 # each bar spans its whole bucket [start, start + step)
-                xperiod=STEP_SECONDS[step] * 1000, xperiodalignment="middle",
+                xperiod=STEP_SECONDS[step] * 1000,
+                xperiodalignment="middle",
                 hovertemplate=f"%{{y:{number}}} {du.unit}<extra>{label}</extra>",
             )
         fig.update_layout(barmode="stack", bargap=0.1, showlegend=True)
@@ -180,6 +188,25 @@ def usage_figure(
     per = "per hour" if step == "hour" else "per day (UTC)"
     fig.update_layout(title={"text": f"{title or du.title}, {per}", "x": 0, "font": {"size": 15}})
     return fig
+
+
+OTHERS = "__others__"
+
+
+def fold_top(df: pd.DataFrame, by: str, n: int) -> tuple[pd.DataFrame, int]:
+    """Keep the `n` keys with the largest total amount, and sum the rest per time into one
+    `OTHERS` key (so a stack still sums to the whole, with at most n + 1 traces). Returns the
+    frame and how many keys were folded."""
+    if df.empty:
+        return df, 0
+    totals = df.groupby(by)["amount"].sum().sort_values(ascending=False, kind="stable")
+    if len(totals) <= n:
+        return df, 0
+    top = set(totals.index[:n])
+    keep = df[df[by].isin(top)]
+    rest = df[~df[by].isin(top)].groupby("time", as_index=False)["amount"].sum()
+    rest[by] = OTHERS
+    return pd.concat([keep, rest], ignore_index=True), len(totals) - n
 
 
 def _range_end(end: float, step: str) -> pd.Timestamp:
@@ -209,22 +236,28 @@ def nodes_table(df: pd.DataFrame) -> TableData:
     """`Query.nodes` -> cores, memory in GiB, HEPscore23 per core, busy %, last update (UTC)."""
     table = TableData(
         [
-            Column("Facility"), Column("Node"), Column("CPU cores", True),
-            Column("Memory [GiB]", True), Column("HEPscore23 per core", True),
-            Column("CPU busy [%]", True), Column("Last update (UTC)"),
+            Column("Facility"),
+            Column("Node"),
+            Column("CPU cores", True),
+            Column("Memory [GiB]", True),
+            Column("HEPscore23 per core", True),
+            Column("CPU busy [%]", True),
+            Column("Last update (UTC)"),
         ],
         empty_message="No node has reported yet.",
     )
     for r in df.itertuples(index=False):
-        table.rows.append([
-            str(r.facility),
-            str(r.node),
-            _num(r.cpu_cores, "{:,.0f}"),
-            _num(r.memory_bytes, "{:,.1f}", 1 / GIB),
-            _num(r.hepscore23_per_core, "{:,.2f}"),
-            _num(r.cpu_busy_ratio, "{:,.1f}", 100.0),
-            fmt_utc(r.updated),
-        ])
+        table.rows.append(
+            [
+                str(r.facility),
+                str(r.node),
+                _num(r.cpu_cores, "{:,.0f}"),
+                _num(r.memory_bytes, "{:,.1f}", 1 / GIB),
+                _num(r.hepscore23_per_core, "{:,.2f}"),
+                _num(r.cpu_busy_ratio, "{:,.1f}", 100.0),
+                fmt_utc(r.updated),
+            ]
+        )
     return table
 
 
@@ -240,8 +273,12 @@ def sessions_table(
     """`Query.sessions` -> member, facility, node, start/end (UTC), duration in hours."""
     table = TableData(
         [
-            Column("Member"), Column("Facility"), Column("Node"), Column("Start (UTC)"),
-            Column("End (UTC)"), Column("Duration [hours]", True),
+            Column("Member"),
+            Column("Facility"),
+            Column("Node"),
+            Column("Start (UTC)"),
+            Column("End (UTC)"),
+            Column("Duration [hours]", True),
         ],
         empty_message="No interactive sessions in this range.",
     )
@@ -250,11 +287,16 @@ def sessions_table(
         stop = now if running else float(r.end)
         hours = max(0.0, stop - float(r.start)) / HOUR
         name = (names or {}).get(r.member_id) or r.display_name
-        table.rows.append([
-            str(name), str(r.facility), str(r.node), fmt_utc(r.start),
-            "still running" if running else fmt_utc(r.end),
-            f"{hours:,.2f}" + (" (so far)" if running else ""),
-        ])
+        table.rows.append(
+            [
+                str(name),
+                str(r.facility),
+                str(r.node),
+                fmt_utc(r.start),
+                "still running" if running else fmt_utc(r.end),
+                f"{hours:,.2f}" + (" (so far)" if running else ""),
+            ]
+        )
     return table
 
 
@@ -265,10 +307,15 @@ class Tile:
     key: str
     heading: str
     lines: list[tuple[str, str]]
+    tone: str = ""  # "ok", "bad" or "muted": the colour of the tile's edge
 
 
 TILE_RESOURCES: tuple[str, ...] = (
-    "cpu_seconds", "cpu_hs23_seconds", "memory_byte_seconds", "session_seconds", "sessions",
+    "cpu_seconds",
+    "cpu_hs23_seconds",
+    "memory_byte_seconds",
+    "session_seconds",
+    "sessions",
 )
 
 

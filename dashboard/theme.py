@@ -8,7 +8,14 @@ FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, s
 
 # A qualitative palette that stays readable when stacked (Okabe-Ito, colour-blind safe).
 PALETTE = [
-    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#000000",
 ]
 
 PLOT_LAYOUT: dict[str, Any] = {
@@ -20,6 +27,34 @@ PLOT_LAYOUT: dict[str, Any] = {
     "paper_bgcolor": "#ffffff",
     "legend": {"orientation": "v", "x": 1.02, "y": 1, "yanchor": "top"},
     "hovermode": "x unified",
+}
+
+# dash_table.DataTable in the same look as the plain tables (table.data below)
+TABLE_STYLE: dict[str, Any] = {
+    "style_as_list_view": True,
+    "style_header": {
+        "fontWeight": 600,
+        "backgroundColor": "#f5f7fa",
+        "whiteSpace": "normal",
+        "height": "auto",
+    },
+    "style_cell": {
+        "fontFamily": FONT,
+        "fontSize": "0.92rem",
+        "padding": "5px 8px",
+        "textAlign": "left",
+        "maxWidth": 260,
+        "overflow": "hidden",
+        "textOverflow": "ellipsis",
+    },
+    "style_cell_conditional": [
+        {
+            "if": {"column_type": "numeric"},
+            "textAlign": "right",
+            "fontVariantNumeric": "tabular-nums",
+        }
+    ],
+    "style_filter": {"backgroundColor": "#fffdf5"},
 }
 
 CSS = """
@@ -56,17 +91,36 @@ table.data th, table.data td { border-bottom: 1px solid #e4e7eb; padding: 5px 8p
 table.data td.num, table.data th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .empty { color: #52606d; font-style: italic; padding: 8px 0; }
 .notice { padding: 16px; background: #fff; border: 1px solid #d9e2ec; border-radius: 8px; }
+.filters { display: flex; gap: 16px; flex-wrap: wrap; align-items: flex-end; }
+.field { display: flex; flex-direction: column; gap: 4px; min-width: 200px; }
+.field label { font-weight: 600; font-size: 0.9rem; }
+.field input[type=text] { padding: 7px 8px; border: 1px solid #cbd2d9; border-radius: 4px; }
+.controls .dates { display: flex; align-items: center; gap: 6px; }
+.row { display: flex; gap: 12px; align-items: center; margin-bottom: 8px; }
+.hint { color: #52606d; font-size: 0.85rem; }
+.button { background: #0072B2; color: #fff; border: 0; border-radius: 4px; padding: 7px 14px;
+  font-weight: 600; cursor: pointer; }
+.button:hover { background: #005b8f; }
+.tile.ok { border-left-color: #009E73; }
+.tile.bad { border-left-color: #D55E00; }
+.tile.muted { border-left-color: #9aa5b1; }
+.tile a { color: #0072B2; font-weight: 600; }
+.gauge { height: 8px; background: #e4e7eb; border-radius: 4px; margin: 4px 0 2px; }
+.gauge div { height: 8px; background: #0072B2; border-radius: 4px; }
 footer.bottom { margin-top: 24px; color: #7b8794; font-size: 0.85rem; }
 """.replace("$FONT", FONT)
 
-INDEX_STRING = """<!DOCTYPE html>
+INDEX_STRING = (
+    """<!DOCTYPE html>
 <html lang="en">
     <head>
         {%metas%}
         <title>{%title%}</title>
         {%favicon%}
         {%css%}
-        <style>""" + CSS + """</style>
+        <style>"""
+    + CSS
+    + """</style>
     </head>
     <body>
         {%app_entry%}
@@ -77,3 +131,4 @@ INDEX_STRING = """<!DOCTYPE html>
         </footer>
     </body>
 </html>"""
+)

@@ -4,9 +4,11 @@ small components that render `figures.TableData` and `figures.Tile`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import flask
 import pandas as pd
@@ -27,6 +29,12 @@ RANGES: dict[str, tuple[str, int, str]] = {
     "30d": ("Last 30 d", 30 * 86400, "day"),
 }
 DEFAULT_RANGE = "24h"
+CUSTOM = "custom"
+# Hourly steps up to a week (168 points), UTC days beyond; a custom range is capped so that no
+# trace has more than MAX_POINTS points (two years of days), which a browser draws at ease.
+HOURLY_UP_TO_SECONDS = 7 * 86400
+MAX_POINTS = 731
+DAY = 86400
 
 
 @dataclass(frozen=True)
@@ -37,24 +45,114 @@ class Window:
     start: float
     end: float
     step: str
+    note: str = ""
+
+    @property
+    def points(self) -> int:
+        return int((self.end - self.start) // (3600 if self.step == "hour" else DAY))
 
     def describe(self) -> str:
         steps = "hourly" if self.step == "hour" else "daily (UTC days)"
-        return f"{fmt_utc(self.start)} to {fmt_utc(self.end)}, {steps} steps"
+        text = f"{fmt_utc(self.start)} to {fmt_utc(self.end)}, {steps} steps"
+        return f"{text}. {self.note}" if self.note else text
+
+
+def step_for(length: float) -> str:
+    """The resolution of a range: hours up to a week, UTC days beyond."""
+    return "hour" if length <= HOURLY_UP_TO_SECONDS else "day"
+
+
+def custom_key(first: str | None, last: str | None) -> str | None:
+    """`custom:<first day>:<last day>` (UTC dates, both included), or None when unreadable."""
+    try:
+        a, b = (datetime.strptime((d or "")[:10], "%Y-%m-%d").date() for d in (first, last))
+    except ValueError:
+        return None
+    a, b = min(a, b), max(a, b)
+    return f"{CUSTOM}:{a.isoformat()}:{b.isoformat()}"
+
+
+def parse_custom(key: str) -> tuple[str, str] | None:
+    """The (first, last) day of a custom key, or None when `key` is not a valid one."""
+    parts = key.split(":")
+    if len(parts) != 3 or parts[0] != CUSTOM:
+        return None
+    canonical = custom_key(parts[1], parts[2])
+    return (parts[1], parts[2]) if canonical == key else None
+
+
+def _custom_window(key: str) -> Window:
+    first, last = parse_custom(key) or ("", "")
+    start = datetime.strptime(first, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    end = datetime.strptime(last, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() + DAY
+    step = step_for(end - start)
+    note = ""
+    if step == "day" and (end - start) / DAY > MAX_POINTS:
+        start = end - MAX_POINTS * DAY
+        note = (
+            f"Range shortened to its last {MAX_POINTS} days: at most {MAX_POINTS} points per trace"
+        )
+    return Window(key, start, end, step, note)
 
 
 def time_window(key: str, now: float) -> Window:
-    """The window ending at the end of the current hour (or UTC day for daily steps)."""
+    """A preset window ends at the end of the current hour (or UTC day for daily steps); a
+    custom one (`custom:<first>:<last>`) spans whole UTC days, both ends included."""
+    if parse_custom(key or ""):
+        return _custom_window(key)
+    note = "" if key in RANGES or not key else f"Unknown range {key!r}: showing the last 24 h"
     _label, length, step = RANGES.get(key, RANGES[DEFAULT_RANGE])
-    width = 3600 if step == "hour" else 86400
+    width = 3600 if step == "hour" else DAY
     end = float(-(-int(now) // width) * width)
     if end == now:  # exactly on a boundary: still show the step that is starting
         end += width
-    return Window(key if key in RANGES else DEFAULT_RANGE, end - length, end, step)
+    key = key if key in RANGES else DEFAULT_RANGE
+    return Window(key, end - length, end, step, note)
 
 
-def range_options() -> list[dict[str, str]]:
-    return [{"label": label, "value": key} for key, (label, _l, _s) in RANGES.items()]
+def range_options(custom: str | None = None) -> list[dict[str, str]]:
+    """The presets and, when a custom range is set, a "Custom" option that stands for it."""
+    options = [{"label": label, "value": key} for key, (label, _l, _s) in RANGES.items()]
+    if custom:
+        options.append({"label": "Custom (below)", "value": custom})
+    return options
+
+
+# -- state in the URL ------------------------------------------------------------------------
+
+
+def parse_search(search: str | None) -> dict[str, str]:
+    """`?a=1&b=2` -> {"a": "1", "b": "2"} (the first value of each name)."""
+    return {k: v[0] for k, v in parse_qs((search or "").lstrip("?")).items() if v}
+
+
+def make_search(params: Mapping[str, str | None]) -> str:
+    """The inverse of `parse_search`; empty values are left out."""
+    kept = {k: v for k, v in params.items() if v not in (None, "")}
+    return f"?{urlencode(kept)}" if kept else ""
+
+
+def range_params(key: str | None) -> dict[str, str | None]:
+    """The URL parameters that stand for a range key."""
+    custom = parse_custom(key or "")
+    if custom:
+        return {"range": CUSTOM, "from": custom[0], "to": custom[1]}
+    return {"range": key or DEFAULT_RANGE, "from": None, "to": None}
+
+
+def range_from_params(params: Mapping[str, str]) -> str | None:
+    """The range key that URL parameters name, or None when they name none (or a bad one)."""
+    name = params.get("range")
+    if name == CUSTOM:
+        return custom_key(params.get("from"), params.get("to"))
+    return name if name in RANGES else None
+
+
+def with_params(search: str | None, **updates: str | None) -> str:
+    """`search` with some parameters set (None removes one), in a stable order."""
+    params: dict[str, str | None] = dict(parse_search(search))
+    params.update(updates)
+    return make_search(params)
 
 
 # -- principal -----------------------------------------------------------------------------
@@ -120,6 +218,9 @@ class Context:
     def window(self, key: str | None) -> Window:
         return time_window(key or DEFAULT_RANGE, self.clock())
 
+    def slo_seconds(self, kind: str) -> float | None:
+        return self.settings.latency_slo_seconds.get(kind)
+
 
 SIGN_IN_MESSAGE = (
     "Sign-in is not configured on this server, so no data is shown. An operator configures "
@@ -152,10 +253,12 @@ def render_table(data: TableData, id_: str) -> html.Div | html.Table:
         return html.Div(data.empty_message, id=id_, className="empty")
     head = html.Tr([html.Th(c.name, className="num" if c.numeric else None) for c in data.columns])
     body: list[Any] = [
-        html.Tr([
-            html.Td(v, className="num" if c.numeric else None)
-            for c, v in zip(data.columns, row, strict=True)
-        ])
+        html.Tr(
+            [
+                html.Td(v, className="num" if c.numeric else None)
+                for c, v in zip(data.columns, row, strict=True)
+            ]
+        )
         for row in data.rows
     ]
     return html.Table([html.Thead(head), html.Tbody(body)], id=id_, className="data")
@@ -168,12 +271,16 @@ def render_tiles(tiles: list[Tile], empty: str) -> list[Any]:
         html.Div(
             [
                 html.H4(t.heading),
-                html.Table(html.Tbody([
-                    html.Tr([html.Td(label), html.Td(value, className="num")])
-                    for label, value in t.lines
-                ])),
+                html.Table(
+                    html.Tbody(
+                        [
+                            html.Tr([html.Td(label), html.Td(value, className="num")])
+                            for label, value in t.lines
+                        ]
+                    )
+                ),
             ],
-            className="tile",
+            className=f"tile {t.tone}".strip(),
             **{"data-key": t.key},
         )
         for t in tiles

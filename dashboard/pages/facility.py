@@ -1,13 +1,18 @@
-"""The facility page (`/`): usage per VO over time, totals per VO, active members, nodes."""
+"""The facility page (`/`): live use against capacity, open sessions and Dask clusters, SLO
+tiles, firing alerts and top VOs; then usage per VO over time, totals per VO, nodes. The
+resource shown over time lives in the URL (`?resource=memory_byte_seconds`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import plotly.graph_objects as go
-from dash import Dash, Input, Output, dcc, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
+from aggregator.schema import RESOURCES
 from dashboard import figures
+from dashboard.facility_live import live_view
 from dashboard.pages.common import (
     PICK_MESSAGE,
     Context,
@@ -15,18 +20,26 @@ from dashboard.pages.common import (
     render_table,
     render_tiles,
     role_caption,
+    with_params,
 )
 
 PATH = "/"
 TITLE = "Facility"
 DEFAULT_RESOURCE = "cpu_seconds"
+URL_STATE = True
 
 
-def layout() -> html.Div:
+def layout(params: Mapping[str, str] | None = None) -> html.Div:
+    resource = (params or {}).get("resource")
+    resource = resource if resource in RESOURCES else DEFAULT_RESOURCE
     return html.Div(
         [
             html.H2("Facility usage"),
             html.Div(id="fac-summary", className="card summary"),
+            html.H3("Now"),
+            dcc.Loading(html.Div(id="fac-live", className="tiles"), delay_show=300, type="dot"),
+            html.H3("Top VOs in this range"),
+            html.Div(id="fac-top-vos", className="card"),
             html.H3("Totals per VO in this range"),
             html.Div(id="fac-tiles", className="tiles"),
             html.Div(
@@ -35,7 +48,7 @@ def layout() -> html.Div:
                     dcc.Dropdown(
                         id="fac-resource",
                         options=figures.resource_options(),
-                        value=DEFAULT_RESOURCE,
+                        value=resource,
                         clearable=False,
                         className="picker",
                     ),
@@ -67,33 +80,70 @@ def register(app: Dash, ctx: Context) -> None:
             return notice(PICK_MESSAGE), [], []
         w = ctx.window(range_key)
         active = ctx.query.active_members(p, w.start, w.end)
-        totals = ctx.query.usage_totals(p, w.start, w.end, by=("vo",),
-                                        resources=figures.TILE_RESOURCES)
+        totals = ctx.query.usage_totals(
+            p, w.start, w.end, by=("vo",), resources=figures.TILE_RESOURCES
+        )
         tiles = figures.totals_tiles(totals, "vo")
         summary = [
-            html.Div([
-                html.Div("Viewing as"), html.Div(p.name, className="big", id="fac-viewer"),
-                html.Div(role_caption(p)),
-            ]),
-            html.Div([
-                html.Div("Active members"),
-                html.Div(f"{active}", className="big", id="fac-active"),
-                html.Div("members with any usage in this range" + (
-                    " (unmapped accounts count as one per facility)"
-                    if p.role == "facility_admin" else ""
-                )),
-            ]),
+            html.Div(
+                [
+                    html.Div("Viewing as"),
+                    html.Div(p.name, className="big", id="fac-viewer"),
+                    html.Div(role_caption(p)),
+                ]
+            ),
+            html.Div(
+                [
+                    html.Div("Active members"),
+                    html.Div(f"{active}", className="big", id="fac-active"),
+                    html.Div(
+                        "members with any usage in this range"
+                        + (
+                            " (unmapped accounts count as one per facility)"
+                            if p.role == "facility_admin"
+                            else ""
+                        )
+                    ),
+                ]
+            ),
         ]
         if p.role == "facility_admin":
             nodes = render_table(figures.nodes_table(ctx.query.nodes(p)), "fac-nodes-table")
         else:
-            nodes = html.Div("Node details are visible to facility admins only.",
-                             className="empty", id="fac-nodes-table")
+            nodes = html.Div(
+                "Node details are visible to facility admins only.",
+                className="empty",
+                id="fac-nodes-table",
+            )
         return (
             summary,
             render_tiles(tiles, figures.EMPTY_USAGE),
             nodes,
         )
+
+    @app.callback(
+        Output("fac-live", "children"),
+        Output("fac-top-vos", "children"),
+        Input("principal-picker", "value"),
+        Input("range", "value"),
+    )
+    def _live(principal_key: str | None, range_key: str | None) -> tuple[Any, Any]:
+        p = ctx.principal(principal_key)
+        if p is None:
+            return notice(PICK_MESSAGE, "fac-live-notice"), []
+        w = ctx.window(range_key)
+        view = live_view(ctx.query, p, w, ctx.clock(), ctx.settings.latency_slo_seconds)
+        return view.tiles(), render_table(view.top_vos, "fac-top-vos-table")
+
+    @app.callback(
+        Output("url", "search", allow_duplicate=True),
+        Input("fac-resource", "value"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def _to_url(resource: str | None, search: str | None) -> Any:
+        new = with_params(search, resource=None if resource == DEFAULT_RESOURCE else resource)
+        return no_update if new == (search or "") else new
 
     @app.callback(
         Output("fac-usage", "figure"),
@@ -108,5 +158,12 @@ def register(app: Dash, ctx: Context) -> None:
             return figures.empty_figure(figures.display_unit(resource).axis, PICK_MESSAGE)
         w = ctx.window(range_key)
         df = ctx.query.usage_over_time(p, resource, w.start, w.end, by="vo", step=w.step)
-        return figures.usage_figure(df, resource, "vo", w.start, w.end, w.step,
-                                    title=f"{figures.display_unit(resource).title} by VO")
+        return figures.usage_figure(
+            df,
+            resource,
+            "vo",
+            w.start,
+            w.end,
+            w.step,
+            title=f"{figures.display_unit(resource).title} by VO",
+        )

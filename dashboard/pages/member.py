@@ -22,6 +22,8 @@ from dashboard.pages.common import (
 
 PATH = "/member"
 TITLE = "My usage"
+MAX_SESSIONS = 200  # the newest sessions listed; a page of thousands helps nobody
+TOP_MEMBERS = 10  # a manager or admin sees the largest members one by one, the rest as one
 # (graph id, resource) shown over time
 GRAPHS: tuple[tuple[str, str], ...] = (
     ("mem-cpu", "cpu_seconds"),
@@ -60,8 +62,9 @@ def register(app: Dash, ctx: Context) -> None:
     def _member(principal_key: str | None, range_key: str | None) -> tuple[Any, ...]:
         p = ctx.principal(principal_key)
         if p is None:
-            empty = [figures.empty_figure(figures.display_unit(r).axis, PICK_MESSAGE)
-                     for _g, r in GRAPHS]
+            empty = [
+                figures.empty_figure(figures.display_unit(r).axis, PICK_MESSAGE) for _g, r in GRAPHS
+            ]
             return (TITLE, notice(PICK_MESSAGE), [], *empty, [])
         w = ctx.window(range_key)
         names = figures.member_names(ctx.query.members(p))
@@ -70,18 +73,35 @@ def register(app: Dash, ctx: Context) -> None:
         else:
             heading = "Usage per member"
             intro = f"You are not a member: showing every member you may see ({role_caption(p)})."
-        totals = ctx.query.usage_totals(p, w.start, w.end, by=("member",),
-                                        resources=figures.TILE_RESOURCES)
+        totals = ctx.query.usage_totals(
+            p, w.start, w.end, by=("member",), resources=figures.TILE_RESOURCES
+        )
         tiles = figures.totals_tiles(totals, "member", names=names)
-        figs = [
-            figures.usage_figure(
-                ctx.query.usage_over_time(p, r, w.start, w.end, by="member", step=w.step),
-                r, "member", w.start, w.end, w.step, names=names,
+        more = len(tiles) - TOP_MEMBERS
+        if more > 0:
+            tiles = tiles[:TOP_MEMBERS]
+        figs = []
+        for _g, r in GRAPHS:
+            df = ctx.query.usage_over_time(p, r, w.start, w.end, by="member", step=w.step)
+            df, folded = figures.fold_top(df, "member", TOP_MEMBERS)
+            labels = {**names, figures.OTHERS: f"Other members ({folded})"}
+            figs.append(figures.usage_figure(df, r, "member", w.start, w.end, w.step, names=labels))
+        if more > 0:
+            intro += (
+                f" The {TOP_MEMBERS} largest CPU users are shown one by one, {more:,} more "
+                "as one; the VO page lists every member."
             )
-            for _g, r in GRAPHS
-        ]
-        sessions = figures.sessions_table(ctx.query.sessions(p, w.start, w.end), ctx.clock(),
-                                          names)
+        found = ctx.query.sessions(p, w.start, w.end)
+        shown = found.sort_values("start", ascending=False).head(MAX_SESSIONS)
+        sessions = figures.sessions_table(shown, ctx.clock(), names)
+        if len(found) > MAX_SESSIONS:
+            sessions.rows.append(
+                [
+                    f"... and {len(found) - MAX_SESSIONS:,} older sessions in "
+                    "this range (narrow the range to see them)",
+                    *[""] * 5,
+                ]
+            )
         return (
             heading,
             html.Div(intro, id="mem-viewer"),

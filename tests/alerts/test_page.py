@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from dash import Dash
 from sqlalchemy import Engine
 
 from aggregator.db import create_schema, make_engine
@@ -17,6 +15,7 @@ from aggregator.settings import ServerSettings
 from alerts.evaluate import Alert
 from alerts.service import AlertService
 from dashboard.app import create_dash
+from tests.dash_callbacks import post_callback as _call
 
 NOW = 1_790_000_000.0
 
@@ -38,26 +37,6 @@ def engine(tmp_path: Path) -> Engine:
         )
     })  # fmt: skip
     return engine
-
-
-def _call(app: Dash, output_ids: list[str], inputs: dict[str, Any]) -> dict[str, Any]:
-    """POST one callback the way the browser does (as tests/dashboard/test_app.py)."""
-    key = next(k for k in app.callback_map if all(o in k for o in output_ids))
-    outputs: Any = [
-        {"id": part.rsplit(".", 1)[0], "property": part.rsplit(".", 1)[1]}
-        for part in key.strip(".").split("...")
-    ]
-    if not key.startswith(".."):
-        outputs = outputs[0]
-    ins = [
-        {"id": cid.split(".")[0], "property": cid.split(".")[1], "value": value}
-        for cid, value in inputs.items()
-    ]
-    body = {"output": key, "outputs": outputs, "inputs": ins, "state": [],
-            "changedPropIds": list(inputs)}  # fmt: skip
-    response = app.server.test_client().post("/_dash-update-component", json=body)
-    assert response.status_code == 200, response.data[:500]
-    return response.get_json()["response"]
 
 
 def test_alerts_page_lists_firing_then_resolved(engine: Engine) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dash import Dash
@@ -16,6 +15,7 @@ from aggregator.identity import load_identity_file
 from aggregator.query import Query
 from aggregator.settings import ServerSettings
 from dashboard.app import create_dash
+from tests.dash_callbacks import post_callback as _call
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
 NOW = T0 + 10 * 3600 + 60.0
@@ -55,26 +55,6 @@ def engine(tmp_path: Path) -> Engine:
 
 def _app(engine: Engine, local_mode: bool) -> Dash:
     return create_dash(Query(engine), ServerSettings(local_mode=local_mode), clock=lambda: NOW)
-
-
-def _call(app: Dash, output_ids: list[str], inputs: dict[str, Any]) -> dict[str, Any]:
-    """POST one callback the way the browser does; returns {component id: {prop: value}}."""
-    key = next(k for k in app.callback_map if all(o in k for o in output_ids))
-    outputs: Any = [
-        {"id": part.rsplit(".", 1)[0], "property": part.rsplit(".", 1)[1]}
-        for part in key.strip(".").split("...")
-    ]
-    if not key.startswith(".."):  # a single output travels as an object, not a list
-        outputs = outputs[0]
-    ins = [
-        {"id": cid.split(".")[0], "property": cid.split(".")[1], "value": value}
-        for cid, value in inputs.items()
-    ]
-    body = {"output": key, "outputs": outputs, "inputs": ins, "state": [],
-            "changedPropIds": list(inputs)}
-    response = app.server.test_client().post("/_dash-update-component", json=body)
-    assert response.status_code == 200, response.data[:500]
-    return response.get_json()["response"]
 
 
 def test_not_local_mode_shows_sign_in_and_has_no_data_path(engine: Engine) -> None:

@@ -3,26 +3,27 @@ one interactive spawn posted as wire batches; what an admin and a member see."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
 
-from aggregator.app import create_app
-from aggregator.settings import ServerSettings
 from collectors import wire
-from tests.dashboard.conftest import BOB_ID, FACILITY, IDENTITY_TOML, TOKEN, LiveApp, _free_port
+from tests.dashboard.conftest import (
+    BOB_ID,
+    FACILITY,
+    LiveApp,
+    app_settings,
+    ingest,
+    open_fresh,
+    pick_principal,
+    serve,
+    wait_text,
+)
 
 pytestmark = pytest.mark.browser
-TIMEOUT = 20
 
 
 def _jobs(now: float) -> list[wire.Event]:
@@ -45,52 +46,22 @@ def _jobs(now: float) -> list[wire.Event]:
 
 @pytest.fixture(scope="module")
 def batch_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
-    tmp: Path = tmp_path_factory.mktemp("afmon-batch-dash")
-    (tmp / "identity.toml").write_text(IDENTITY_TOML)
-    settings = ServerSettings(
-        database_url=f"sqlite:///{tmp}/afmon.sqlite",
-        facility_tokens={FACILITY: TOKEN},
-        identity_file=tmp / "identity.toml",
-        local_mode=True,
-        log_level="warning",
-    )
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn-batch-page", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail("uvicorn did not start the afmon app")
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+    settings = app_settings(tmp_path_factory.mktemp("afmon-batch-dash"))
+    with serve(settings, "uvicorn-batch-page") as url:
         now = time.time()
-        batch = wire.Batch(version=wire.WIRE_VERSION, agent_id="slurm-ctl", facility=FACILITY,
-                           node="slurm-ctl", seq=1, sent_at=now, events=_jobs(now))  # fmt: skip
-        r = httpx.post(f"{url}/api/v1/ingest", content=wire.encode(batch), timeout=10,
-                       headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
-        assert r.status_code == 200 and r.json()["status"] == "applied", r.text
+        ingest(
+            url,
+            wire.Batch(
+                version=wire.WIRE_VERSION,
+                agent_id="slurm-ctl",
+                facility=FACILITY,
+                node="slurm-ctl",
+                seq=1,
+                sent_at=now,
+                events=_jobs(now),
+            ),
+        )
         yield LiveApp(url, now)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "uvicorn did not stop"
-
-
-def _open(driver: Any, app: LiveApp, path: str) -> None:
-    driver.get(f"{app.url}/healthz")
-    driver.execute_script("window.sessionStorage.clear(); window.localStorage.clear();")
-    driver.get(f"{app.url}{path}")
-
-
-def _wait_text(driver: Any, css: str, text: str) -> None:
-    WebDriverWait(driver, TIMEOUT).until(
-        EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text),
-        f"{text!r} never appeared in {css}",
-    )
 
 
 def _rows(driver: Any, table_id: str) -> list[list[str]]:
@@ -102,8 +73,8 @@ def _rows(driver: Any, table_id: str) -> list[list[str]]:
 
 def test_batch_page_as_facility_admin(batch_app: LiveApp, browser: Any) -> None:
     d = browser
-    _open(d, batch_app, "/batch")
-    _wait_text(d, "#bat-members-table", "Alice Archer")
+    open_fresh(d, batch_app.url, "/batch")
+    wait_text(d, "#bat-members-table", "Alice Archer")
     assert d.find_element(By.ID, "nav-batch").text == "Batch"
     # jobs, wall core-hours, CPU hours, CPU efficiency, GPU hours, HS23-hours (default 10)
     assert _rows(d, "bat-vos-table") == [
@@ -132,15 +103,11 @@ def test_batch_page_as_facility_admin(batch_app: LiveApp, browser: Any) -> None:
 
 def test_a_member_sees_only_their_own_batch_jobs(batch_app: LiveApp, browser: Any) -> None:
     d = browser
-    _open(d, batch_app, "/batch")
-    _wait_text(d, "#bat-members-table", "Alice Archer")
-    d.find_element(By.ID, "principal-picker").click()
-    WebDriverWait(d, TIMEOUT).until(EC.element_to_be_clickable((
-        By.XPATH,
-        f"//*[@role='listbox']//input[@value='member:{BOB_ID}']/ancestor::*[@role='option']",
-    ))).click()  # fmt: skip
-    _wait_text(d, "#bat-viewer", "Bob Brown")
-    _wait_text(d, "#bat-members-table", "Bob Brown")
+    open_fresh(d, batch_app.url, "/batch")
+    wait_text(d, "#bat-members-table", "Alice Archer")
+    pick_principal(d, f"member:{BOB_ID}")
+    wait_text(d, "#bat-viewer", "Bob Brown")
+    wait_text(d, "#bat-members-table", "Bob Brown")
     assert _rows(d, "bat-members-table") == [
         ["Bob Brown", "cms", "1", "0.50", "0.45", "90%", "0", "4.50"]
     ]

@@ -10,24 +10,26 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.dashboard.conftest import BOB_ID, NODE, LiveApp
+from tests.dashboard.conftest import (
+    BOB_ID,
+    NODE,
+    TIMEOUT,
+    LiveApp,
+    console_errors,
+    open_fresh,
+    trace_sums,
+    wait_text,
+)
 
 pytestmark = pytest.mark.browser
-TIMEOUT = 20
 
 
 def _open(driver: Any, app: LiveApp, path: str) -> None:
     """Open `path` as a first-time visitor (no remembered principal or range)."""
-    driver.get(f"{app.url}/healthz")
-    driver.execute_script("window.sessionStorage.clear(); window.localStorage.clear();")
-    driver.get(f"{app.url}{path}")
+    open_fresh(driver, app.url, path)
 
 
-def _wait_text(driver: Any, css: str, text: str) -> None:
-    WebDriverWait(driver, TIMEOUT).until(
-        EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text),
-        f"{text!r} never appeared in {css}",
-    )
+_wait_text = wait_text
 
 
 def _wait_traces(driver: Any, graph_id: str, n: int) -> None:
@@ -39,16 +41,11 @@ def _wait_traces(driver: Any, graph_id: str, n: int) -> None:
 
 
 def _trace_sums(driver: Any, graph_id: str) -> dict[str, float]:
-    """What the browser plots: trace name -> sum of its y values."""
-    return driver.execute_script(
-        "const gd = document.querySelector(arguments[0] + ' .js-plotly-plot');"
-        "return Object.fromEntries(gd.data.map(t => [t.name, t.y.reduce((a, b) => a + b, 0)]));",
-        f"#{graph_id}",
-    )
+    return trace_sums(driver, f"#{graph_id}")
 
 
 def _no_console_errors(driver: Any) -> None:
-    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    severe = console_errors(driver)
     assert severe == [], f"browser console errors: {severe}"
 
 

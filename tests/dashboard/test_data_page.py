@@ -4,33 +4,31 @@ facility admin and a member see."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from aggregator.app import create_app
-from aggregator.settings import ServerSettings
 from collectors import wire
 from tests.dashboard.conftest import (
     ALICE_ID,
     FACILITY,
-    IDENTITY_TOML,
     NODE,
-    TOKEN,
+    TIMEOUT,
     LiveApp,
-    _free_port,
+    app_settings,
+    ingest,
+    open_fresh,
+    pick_principal,
+    serve,
+    trace_sums,
+    wait_text,
 )
 
 pytestmark = pytest.mark.browser
-TIMEOUT = 20
 # (user, metric, source, bytes): alice reads from a cache and local storage, bob remotely,
 # carol only through POSIX on the node (the host probe), which the page counts as local
 XROOTD = [
@@ -109,56 +107,22 @@ def _series(now: float) -> list[wire.Series]:
 
 @pytest.fixture(scope="module")
 def data_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
-    tmp = tmp_path_factory.mktemp("afmon-data-page")
-    (tmp / "identity.toml").write_text(IDENTITY_TOML)
-    settings = ServerSettings(
-        database_url=f"sqlite:///{tmp}/afmon.sqlite",
-        facility_tokens={FACILITY: TOKEN},
-        identity_file=tmp / "identity.toml",
-        local_mode=True,
-        log_level="warning",
-    )
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn-data-page", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start the afmon app")
-        time.sleep(0.05)
-    url, now = f"http://127.0.0.1:{port}", time.time()
-    try:
-        batch = wire.Batch(
-            version=wire.WIRE_VERSION,
-            agent_id="agent-data",
-            facility=FACILITY,
-            node=NODE,
-            seq=1,
-            sent_at=now,
-            series=_series(now),
+    settings = app_settings(tmp_path_factory.mktemp("afmon-data-page"))
+    with serve(settings, "uvicorn-data-page") as url:
+        now = time.time()
+        ingest(
+            url,
+            wire.Batch(
+                version=wire.WIRE_VERSION,
+                agent_id="agent-data",
+                facility=FACILITY,
+                node=NODE,
+                seq=1,
+                sent_at=now,
+                series=_series(now),
+            ),
         )
-        r = httpx.post(
-            f"{url}/api/v1/ingest",
-            content=wire.encode(batch),
-            timeout=10,
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
-        assert r.status_code == 200 and r.json()["status"] == "applied", r.text
         yield LiveApp(url, now)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "uvicorn did not stop"
-
-
-def _wait_text(d: Any, css: str, text: str) -> None:
-    WebDriverWait(d, TIMEOUT).until(
-        EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text),
-        f"{text!r} never appeared in {css}",
-    )
 
 
 def _trace_sums(d: Any, graph_id: str) -> dict[str, float]:
@@ -166,11 +130,7 @@ def _trace_sums(d: Any, graph_id: str) -> dict[str, float]:
         lambda d: d.find_elements(By.CSS_SELECTOR, f"#{graph_id} g.trace.bars"),
         f"graph {graph_id} drew no bars",
     )
-    return d.execute_script(
-        "const gd = document.querySelector(arguments[0] + ' .js-plotly-plot');"
-        "return Object.fromEntries(gd.data.map(t => [t.name, t.y.reduce((a, b) => a + b, 0)]));",
-        f"#{graph_id}",
-    )
+    return trace_sums(d, f"#{graph_id}")
 
 
 def _rows(d: Any, table_id: str) -> list[list[str]]:
@@ -182,10 +142,8 @@ def _rows(d: Any, table_id: str) -> list[list[str]]:
 
 def test_data_page_as_facility_admin(data_app: LiveApp, browser: Any) -> None:
     d = browser
-    d.get(f"{data_app.url}/healthz")
-    d.execute_script("window.sessionStorage.clear(); window.localStorage.clear();")
-    d.get(f"{data_app.url}/data")
-    _wait_text(d, "#data-tiles", "Cache share of reads")
+    open_fresh(d, data_app.url, "/data")
+    wait_text(d, "#data-tiles", "Cache share of reads")
     tile = d.find_element(By.CSS_SELECTOR, "#data-tiles .tile").text
     assert "Read, local 1.50 GB" in tile  # alice's XRootD local 1 GB + carol's POSIX 0.5 GB
     assert "Read, cache 2.00 GB" in tile and "Read, remote 3.00 GB" in tile
@@ -225,21 +183,11 @@ def test_data_page_as_facility_admin(data_app: LiveApp, browser: Any) -> None:
 
 def test_data_page_as_a_member_shows_only_their_bytes(data_app: LiveApp, browser: Any) -> None:
     d = browser
-    d.get(f"{data_app.url}/healthz")
-    d.execute_script("window.sessionStorage.clear(); window.localStorage.clear();")
-    d.get(f"{data_app.url}/data")
-    _wait_text(d, "#data-tiles", "Cache share of reads")
-    d.find_element(By.ID, "principal-picker").click()
-    WebDriverWait(d, TIMEOUT).until(
-        EC.element_to_be_clickable(
-            (
-                By.XPATH,
-                f"//*[@role='listbox']//input[@value='member:{ALICE_ID}']/ancestor::*[@role='option']",
-            )
-        )
-    ).click()
-    _wait_text(d, "#data-servers-note", "facility admins only")
-    _wait_text(d, "#data-tiles", "Read, remote 0 GB")
+    open_fresh(d, data_app.url, "/data")
+    wait_text(d, "#data-tiles", "Cache share of reads")
+    pick_principal(d, f"member:{ALICE_ID}")
+    wait_text(d, "#data-servers-note", "facility admins only")
+    wait_text(d, "#data-tiles", "Read, remote 0 GB")
     assert _rows(d, "data-members-table") == [
         ["Alice Archer", "atlas", "1.00", "2.00", "0", "0.25", "4", "66.7 %"]
     ]

@@ -1,0 +1,251 @@
+"""What the VO page shows, computed from the query layer: one VO's usage per group and per
+member over time, its shares, its member table and the same VO across facilities.
+
+Pure functions of (query, principal, window, filters), so the page callbacks, the CSV download
+and the tests share them. Every figure is principal-scoped by the query layer: the filters
+(VO, group, name) only ever narrow what the principal may see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from aggregator.query import Principal, Query
+from aggregator.schema import UNMAPPED
+from dashboard import figures
+from dashboard.pages.common import Window
+from dashboard.theme import PLOT_LAYOUT
+
+TABLE_RESOURCES: tuple[str, ...] = (
+    "cpu_seconds",
+    "cpu_hs23_seconds",
+    "memory_byte_seconds",
+    "session_seconds",
+    "sessions",
+)
+TOP_MEMBERS = 10  # members drawn one by one; the rest are one "other members" trace
+OTHERS = "__others__"
+NO_DATA_YET = "No data yet: no agent has reported any usage you may see."
+NO_MEMBERS = "No members are known yet: an operator loads them from the identity file."
+
+
+def not_allowed(vo: str) -> str:
+    return f"Not allowed: you may not see the VO {vo!r}. Pick one of yours above."
+
+
+@dataclass
+class VoView:
+    """Everything the page renders; `message` (with nothing else) when there is nothing."""
+
+    vos: list[str]
+    vo: str | None
+    groups: list[str] = field(default_factory=list)
+    message: str = ""
+    by_group: go.Figure | None = None
+    by_member: go.Figure | None = None
+    shares: go.Figure | None = None
+    members: pd.DataFrame = field(default_factory=pd.DataFrame)
+    facilities: pd.DataFrame = field(default_factory=pd.DataFrame)
+    total: float = 0.0
+    share_of_visible: float | None = None
+    active: int = 0
+
+
+def visible_vos(members: pd.DataFrame) -> list[str]:
+    return sorted(set(members.loc[members["vo"] != UNMAPPED, "vo"]))
+
+
+def member_columns(resource: str) -> list[tuple[str, str]]:
+    """(column id, header with unit) of the member table and its CSV."""
+    cols = [
+        ("member", "Member"),
+        ("member_id", "Member ID"),
+        ("group", "Group"),
+        ("facilities", "Facilities"),
+    ]
+    cols += [
+        (r, f"{figures.display_unit(r).title} [{figures.display_unit(r).unit}]")
+        for r in TABLE_RESOURCES
+    ]
+    du = figures.display_unit(resource)
+    cols.append(("share", f"Share of the VO's {du.title.lower()} [%]"))
+    return cols
+
+
+def member_table(
+    totals: pd.DataFrame, names: Mapping[str, str], resource: str, text: str = ""
+) -> pd.DataFrame:
+    """`Query.vo_totals(by=(facility, group, member))` -> one row per member, amounts in the
+    units the headers name (2 decimals), the share of `resource`, largest first; `text`
+    keeps the members whose name or ID contains it (case-insensitive)."""
+    ids = [c for c, _h in member_columns(resource)]
+    if totals.empty:
+        return pd.DataFrame(columns=ids)
+    wide = totals.pivot_table(
+        index=["member", "group"], columns="resource", values="amount", aggfunc="sum"
+    )
+    wide = wide.reindex(columns=list(dict.fromkeys([*TABLE_RESOURCES, resource]))).fillna(0.0)
+    # a member's group is the same at every facility; the sum over groups keeps it exact
+    wide = (
+        wide.groupby(level="member")
+        .sum()
+        .join(wide.reset_index("group")["group"].groupby(level="member").first())
+    )
+    facs = totals.groupby("member")["facility"].agg(lambda s: ", ".join(sorted(set(s))))
+    all_total = float(wide[resource].sum())
+    out = pd.DataFrame(
+        {
+            "member": [names.get(m, m) for m in wide.index],
+            "member_id": list(wide.index),
+            "group": wide["group"].tolist(),
+            "facilities": [facs.get(m, "") for m in wide.index],
+        }
+    )
+    for r in TABLE_RESOURCES:
+        out[r] = (wide[r].to_numpy() * figures.display_unit(r).factor).round(2)
+    out["share"] = (100 * wide[resource].to_numpy() / all_total).round(2) if all_total else 0.0
+    out["_sort"] = wide[resource].to_numpy()
+    if text:
+        needle = text.lower()
+        keep = out["member"].str.lower().str.contains(needle, regex=False) | out[
+            "member_id"
+        ].str.lower().str.contains(needle, regex=False)
+        out = out[keep]
+    out = out.sort_values(["_sort", "member"], ascending=[False, True], kind="stable")
+    return out.drop(columns="_sort").reset_index(drop=True)[ids]
+
+
+def facilities_table(totals: pd.DataFrame, resource: str) -> pd.DataFrame:
+    """Per facility: the VO's amount of `resource` (display unit), its share, active members."""
+    du = figures.display_unit(resource)
+    cols = ["facility", "amount", "share", "members"]
+    rows = totals[totals["resource"] == resource] if not totals.empty else totals
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    per = rows.groupby("facility").agg(amount=("amount", "sum"), members=("member", "nunique"))
+    total = float(per["amount"].sum())
+    per["share"] = 100 * per["amount"] / total if total else 0.0
+    per["amount"] = per["amount"] * du.factor
+    per = per.sort_values("amount", ascending=False).reset_index()
+    return per[cols]
+
+
+def shares_figure(totals: pd.DataFrame, resource: str, vo: str) -> go.Figure:
+    """Each group's share of the VO's `resource` in the window, as horizontal bars in %."""
+    du = figures.display_unit(resource)
+    rows = totals[totals["resource"] == resource] if not totals.empty else totals
+    per = rows.groupby("group")["amount"].sum() if not rows.empty else pd.Series(dtype=float)
+    if per.empty or per.sum() == 0:
+        return figures.empty_figure("Share [%]")
+    share = (100 * per / per.sum()).sort_values()
+    fig = go.Figure(
+        go.Bar(
+            x=share.tolist(),
+            y=[str(g) for g in share.index],
+            orientation="h",
+            text=[f"{v:.1f} %" for v in share],
+            textposition="auto",
+            customdata=[du.format(per[g]) for g in share.index],
+            hovertemplate="%{y}: %{x:.1f} % (%{customdata})<extra></extra>",
+            name="share",
+        )
+    )
+    fig.update_layout(**PLOT_LAYOUT)
+    fig.update_layout(
+        title={"text": f"Share of {vo}'s {du.title.lower()} by group", "x": 0},
+        showlegend=False,
+        height=max(200, 80 + 36 * len(share)),
+    )
+    fig.update_xaxes(title_text="Share [%]", range=[0, 100])
+    fig.update_yaxes(title_text="Group", automargin=True)
+    return fig
+
+
+def _member_series(
+    q: Query,
+    p: Principal,
+    vo: str,
+    resource: str,
+    w: Window,
+    group: str | None,
+    top: list[str],
+    by_group: pd.DataFrame,
+) -> pd.DataFrame:
+    """The top members one by one plus one "other members" series (the VO total minus them,
+    so the stack still sums to the VO's total)."""
+    df = q.vo_usage_over_time(
+        p, vo, resource, w.start, w.end, by="member", step=w.step, group=group, members=tuple(top)
+    )
+    total = by_group.groupby("time")["amount"].sum()
+    mine = df.groupby("time")["amount"].sum().reindex(total.index, fill_value=0.0)
+    rest = (total - mine).clip(lower=0.0)
+    if (rest > 1e-9).any():
+        df = pd.concat(
+            [df, pd.DataFrame({"time": rest.index, "member": OTHERS, "amount": rest.to_numpy()})],
+            ignore_index=True,
+        )
+    return df
+
+
+def vo_view(
+    q: Query,
+    p: Principal,
+    w: Window,
+    vo: str | None,
+    group: str | None = None,
+    resource: str = "cpu_seconds",
+    text: str = "",
+) -> VoView:
+    """The VO page for principal `p`; `vo=None` picks the first VO it may see."""
+    members = q.members(p)
+    vos = visible_vos(members)
+    if not vos:
+        return VoView([], None, message=NO_MEMBERS)
+    vo = vo or vos[0]
+    if vo not in vos:
+        return VoView(vos, vo, message=not_allowed(vo))
+    in_vo = members[members["vo"] == vo]
+    groups = sorted(set(in_vo["group"]))
+    group = group if group in groups else None
+    names = figures.member_names(in_vo)
+    resources = tuple(dict.fromkeys([*TABLE_RESOURCES, resource]))
+    totals = q.vo_totals(p, vo, w.start, w.end, resources=resources, group=group)
+    view = VoView(vos, vo, groups)
+    if totals.empty or not (totals["amount"] != 0).any():
+        view.message = figures.EMPTY_USAGE if q.has_usage(p) else NO_DATA_YET
+    title = figures.display_unit(resource).title
+    by_group = q.vo_usage_over_time(
+        p, vo, resource, w.start, w.end, by="group", step=w.step, group=group
+    )
+    view.by_group = figures.usage_figure(
+        by_group, resource, "group", w.start, w.end, w.step, title=f"{title} of {vo} by group"
+    )
+    view.members = member_table(totals, names, resource, text)
+    ranked = member_table(totals, names, resource)
+    top = [m for m in ranked["member_id"].head(TOP_MEMBERS)]
+    series = _member_series(q, p, vo, resource, w, group, top, by_group)
+    others = f"Other members ({max(0, len(ranked) - len(top))})"
+    view.by_member = figures.usage_figure(
+        series,
+        resource,
+        "member",
+        w.start,
+        w.end,
+        w.step,
+        names={**names, OTHERS: others},
+        title=f"{title} of {vo} by member (top {TOP_MEMBERS})",
+    )
+    view.shares = shares_figure(totals, resource, vo)
+    view.facilities = facilities_table(totals, resource)
+    mine = totals[totals["resource"] == resource]
+    view.total = float(mine["amount"].sum())
+    view.active = int(mine.loc[mine["amount"] > 0, "member"].nunique())
+    if p.role == "facility_admin":  # what share of everything the admin sees is this VO's
+        every = q.usage_totals(p, w.start, w.end, by=("vo",), resources=(resource,))
+        whole = float(every["amount"].sum())
+        view.share_of_visible = 100 * view.total / whole if whole else None
+    return view
