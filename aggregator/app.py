@@ -156,11 +156,12 @@ def create_app(
     with_dashboard: bool | None = None,
 ) -> FastAPI:
     services = build_services(settings, engine, clock)
-    # Periodic jobs of the server, each run in its own thread until shutdown.
-    jobs: list[Callable[[Services, threading.Event], None]] = [_retention_loop, alert_loop]
-    jobs.append(scheduled_reports)
-    jobs = [leader_only(j) for j in jobs]  # one worker runs these (docs/scale.md)
-    jobs.append(outbox_loop)  # raw samples into the InfluxDB-API store (docs/scale.md)
+    # Periodic jobs of the server, each run in its own thread until shutdown; with several
+    # workers one of them runs the first three (docs/scale.md), every one drains the outbox.
+    jobs: list[Callable[[Services, threading.Event], None]] = [
+        *(leader_only(j) for j in (_retention_loop, alert_loop, scheduled_reports)),
+        outbox_loop,  # raw samples into the InfluxDB-API store
+    ]
     stop = threading.Event()
 
     @asynccontextmanager
