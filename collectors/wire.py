@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import operator
 import zlib
 from typing import Annotated, Literal
 
@@ -200,7 +201,7 @@ def check_batch(
             )
         if not all(map(math.isfinite, s.values)):
             raise WireError(f"{where}.values", f"non-finite value in series {s.metric}")
-        if any(b <= a for a, b in zip(s.times, s.times[1:], strict=False)):
+        if not all(map(operator.lt, s.times, s.times[1:])):  # C speed: this runs per sample
             raise WireError(f"{where}.times", f"times of series {s.metric} must strictly increase")
         expected = KNOWN_METRICS.get(s.metric)
         if expected is not None:
@@ -211,7 +212,7 @@ def check_batch(
                 )
             if s.kind != kind:
                 raise WireError(f"{where}.kind", f"metric {s.metric} is a {kind}, not a {s.kind}")
-        if s.kind == "counter" and any(v < 0 for v in s.values):
+        if s.kind == "counter" and s.values and min(s.values) < 0:
             raise WireError(f"{where}.values", f"counter {s.metric} has a negative value")
     for i, e in enumerate(batch.events):
         if e.end is not None and e.end < e.start:
