@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from aggregator.ledger import (
     Increments,
     MetricRule,
     counter_increases,
+    counter_increases_per_hour,
     fresh_count,
     gauge_integral,
 )
@@ -140,11 +141,17 @@ class Ingestor:
             resource = self._resource(rule, s, i)
             node = s.labels.get("node", batch.node)
             gap = self._settings.gauge_max_gap_seconds
-            pieces = (
-                counter_increases(s.times, s.values, last_t, last_v, s.created)
-                if rule.how == "counter"
-                else gauge_integral(s.times, s.values, last_t, last_v, gap)
-            )
+            pieces: Iterable[tuple[float, float]] | None = None
+            if rule.how == "counter":
+                # per hour when the whole series maps to one member, else per sample
+                if self._one_member(facility, user, s.times[start], s.times[-1]):
+                    pieces = counter_increases_per_hour(
+                        s.times, s.values, last_t, last_v, s.created
+                    )
+                if pieces is None:
+                    pieces = counter_increases(s.times, s.values, last_t, last_v, s.created)
+            else:
+                pieces = gauge_integral(s.times, s.values, last_t, last_v, gap)
             per_hour: dict[tuple[int, str], float] = defaultdict(float)
             rid, lo, hi = "", 0.0, -1.0
             for t, amount in pieces:
@@ -188,6 +195,11 @@ class Ingestor:
             )
         self._touch_agent(conn, batch, now, len(samples))
         return IngestResult("applied", batch.seq, len(samples), stale, events, len(inc))
+
+    def _one_member(self, facility: str, user: str, first: float, last: float) -> bool:
+        """Whether `user` maps to the same member from `first` to `last` (inclusive)."""
+        _ref, lo, hi = self._identity.resolve_span(facility, user, first)
+        return lo <= first and last < hi
 
     @staticmethod
     def _resource(rule: MetricRule, s: wire.Series, i: int) -> str:
