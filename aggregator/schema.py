@@ -32,8 +32,10 @@ RESOURCES: dict[str, Resource] = {
         Resource("io_write_bytes", "B", "Bytes written (local IO)"),
         # XRootD data access by source (docs/data.md); io_* above is local POSIX IO
         *(Resource(f"data_read_{s}_bytes", "B", f"Bytes read via XRootD, {s}") for s in _SOURCES),
-        *(Resource(f"data_written_{s}_bytes", "B", f"Bytes written via XRootD, {s}")
-          for s in _SOURCES),
+        *(
+            Resource(f"data_written_{s}_bytes", "B", f"Bytes written via XRootD, {s}")
+            for s in _SOURCES
+        ),
         Resource("data_files_opened", "1", "Files opened via XRootD"),
         Resource("session_seconds", "s", "Interactive session time"),
         Resource("sessions", "1", "Interactive sessions started"),
@@ -45,14 +47,20 @@ RESOURCES: dict[str, Resource] = {
         Resource("gpu_active_seconds", "s", "GPU time busy (held x busy ratio)"),
         Resource("gpu_energy_joules", "J", "Energy of the GPUs held"),
         Resource("gpu_idle_seconds", "s", "GPU time held while idle"),
-        *(Resource(f"gpu_{m}_{k}_seconds", "s", f"GPU time {k} ({m.upper()})")
-          for m in GPU_MODELS for k in ("allocated", "active")),
+        *(
+            Resource(f"gpu_{m}_{k}_seconds", "s", f"GPU time {k} ({m.upper()})")
+            for m in GPU_MODELS
+            for k in ("allocated", "active")
+        ),
         Resource("batch_wall_core_seconds", "s", "Batch wall time x allocated cores"),
         Resource("batch_cpu_seconds", "s", "Batch CPU time (user + system)"),
         Resource("batch_gpu_seconds", "s", "Batch wall time x allocated GPUs"),
         Resource("batch_cpu_hs23_seconds", "HS23·s", "Batch CPU time normalised by HEPscore23"),
-        Resource("batch_wall_core_hs23_seconds", "HS23·s",
-                 "Batch wall core time normalised by HEPscore23"),
+        Resource(
+            "batch_wall_core_hs23_seconds",
+            "HS23·s",
+            "Batch wall core time normalised by HEPscore23",
+        ),
         Resource("spawn_failures", "1", "Server starts that failed, timed out or were stopped"),
         Resource("dask_worker_seconds", "s", "Dask worker lifetime"),
         Resource("dask_worker_core_seconds", "core·s", "Dask worker threads x lifetime"),
@@ -101,6 +109,17 @@ class Usage(SQLModel, table=True):
     __table_args__ = (
         Index("ix_usage_hour_vo", "hour", "vo"),
         Index("ix_usage_member_hour", "member_id", "hour"),
+        # covering index of the dashboard's and report's range queries (migration 0002)
+        Index(
+            "ix_usage_resource_hour_cover",
+            "resource",
+            "hour",
+            "vo",
+            "grp",
+            "member_id",
+            "facility",
+            "amount",
+        ),
     )
 
 
