@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -30,7 +31,7 @@ import httpx
 from collectors import wire
 
 START = 1_790_000_000.0
-BENCH_TOKEN = secrets.token_urlsafe(32)  # a strong one: `afmon serve` refuses weak tokens
+TOKEN = secrets.token_urlsafe(32)  # a strong one: `afmon serve` refuses weak tokens
 
 
 def make_batches(n_batches: int, n_series: int, n_samples: int) -> list[wire.Batch]:
@@ -98,22 +99,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def through_afmon(batches: list[wire.Batch], workdir: Path) -> float:
-    """Samples/s of the same batches POSTed to a real `afmon serve` process."""
+def serve_and_post(
+    batches: list[wire.Batch],
+    extra_env: dict[str, str],
+    until: Callable[[], bool] | None = None,
+) -> float:
+    """Samples/s of the batches POSTed to a real `afmon serve` (timed until `until()` is
+    true, when given: e.g. until the time-series outbox is drained)."""
     port = free_port()
     env = {
         **os.environ,
         "AFMON_PORT": str(port),
-        "AFMON_DATABASE_URL": f"sqlite:///{workdir}/afmon.sqlite",
-        "AFMON_FACILITY_TOKENS": json.dumps({"bench": BENCH_TOKEN}),
+        "AFMON_FACILITY_TOKENS": json.dumps({"bench": TOKEN}),
         "AFMON_DASHBOARD": "false",
         "AFMON_LOG_LEVEL": "warning",
         "AFMON_MAX_FUTURE_SKEW_SECONDS": str(10 * 365 * 86400),
+        "AFMON_INGEST_RATE_PER_AGENT": "100000",
+        **extra_env,
     }
     server = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "serve"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=120) as client:
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -125,7 +132,7 @@ def through_afmon(batches: list[wire.Batch], workdir: Path) -> float:
                     raise SystemExit("bench: the afmon server did not start")
                 time.sleep(0.2)
             headers = {
-                "Authorization": f"Bearer {BENCH_TOKEN}",
+                "Authorization": f"Bearer {TOKEN}",
                 "Content-Type": wire.CONTENT_TYPE,
                 "Content-Encoding": "gzip",
             }
@@ -135,11 +142,18 @@ def through_afmon(batches: list[wire.Batch], workdir: Path) -> float:
                 r = client.post(f"{url}/api/v1/ingest", content=body, headers=headers)
                 if r.status_code != 200 or r.json()["status"] != "applied":
                     raise SystemExit(f"bench: batch refused: {r.status_code} {r.text}")
+            while until is not None and not until():
+                time.sleep(0.05)
             elapsed = time.perf_counter() - started
     finally:
         server.terminate()
         server.wait(timeout=30)
     return sum(b.sample_count for b in batches) / elapsed
+
+
+def through_afmon(batches: list[wire.Batch], workdir: Path) -> float:
+    """Samples/s of the same batches POSTed to a real `afmon serve` process on SQLite."""
+    return serve_and_post(batches, {"AFMON_DATABASE_URL": f"sqlite:///{workdir}/afmon.sqlite"})
 
 
 def main() -> None:

@@ -13,77 +13,19 @@ Prints samples per second for both and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ingest import free_port, make_batches  # noqa: E402
+from ingest import make_batches, serve_and_post  # noqa: E402
 
 from collectors import wire  # noqa: E402
 
-TOKEN = "bench-0123456789abcdefghijklmnopqrstuv"  # strong enough for serve
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def serve_and_post(
-    batches: list[wire.Batch],
-    extra_env: dict[str, str],
-    until: Callable[[], bool] | None = None,
-) -> float:
-    """Samples/s of the batches POSTed to a real `afmon serve` (timed until `until()` is
-    true, when given: e.g. until the time-series outbox is drained)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "AFMON_PORT": str(port),
-        "AFMON_FACILITY_TOKENS": json.dumps({"bench": TOKEN}),
-        "AFMON_DASHBOARD": "false",
-        "AFMON_LOG_LEVEL": "warning",
-        "AFMON_MAX_FUTURE_SKEW_SECONDS": str(10 * 365 * 86400),
-        "AFMON_INGEST_RATE_PER_AGENT": "100000",
-        **extra_env,
-    }
-    server = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "serve"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(timeout=120) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get(f"{url}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("bench: the afmon server did not start")
-                time.sleep(0.2)
-            headers = {
-                "Authorization": f"Bearer {TOKEN}",
-                "Content-Type": wire.CONTENT_TYPE,
-                "Content-Encoding": "gzip",
-            }
-            bodies = [wire.encode(b, compress=True) for b in batches]  # the agent's work
-            started = time.perf_counter()
-            for body in bodies:
-                r = client.post(f"{url}/api/v1/ingest", content=body, headers=headers)
-                if r.status_code != 200 or r.json()["status"] != "applied":
-                    raise SystemExit(f"bench: batch refused: {r.status_code} {r.text}")
-            while until is not None and not until():
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - started
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    return sum(b.sample_count for b in batches) / elapsed
 
 
 def floor(batches: list[wire.Batch], url: str) -> float:

@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ingest  # noqa: E402
-from ingest_pg import serve_and_post  # noqa: E402
+from ingest import serve_and_post  # noqa: E402
 
 from aggregator.tsdb_influx import batch_lines  # noqa: E402
 from collectors import wire  # noqa: E402

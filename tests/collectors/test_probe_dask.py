@@ -13,6 +13,7 @@ import pytest
 
 from aggregator.db import make_engine
 from aggregator.query import LOCAL_ADMIN, Query
+from tests.collectors.dask_fixture import tracked_cluster, wait_workers
 from tests.conftest import ServerProcess
 
 TOL = 0.05  # seconds
@@ -23,53 +24,19 @@ def _slow(x: int) -> int:
     return x + 1
 
 
-def _wait_workers(cluster: object, n: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(cluster.scheduler.workers) != n:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, f"cluster did not reach {n} workers"
-        time.sleep(0.02)
-
-
 def test_dask_cluster_waits_workers_and_computation(
     tmp_path: Path, server_factory: Callable[..., ServerProcess]
 ) -> None:
-    try:
-        import dask
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        pytest.fail(f"dask and distributed are needed (the [dask] extra): {exc}")
-    from collectors.probes.dask_plugin import AfmonSchedulerPlugin, track_cluster
+    import dask
 
     server = server_factory(dashboard="false")
-    settings = {
-        "server_url": server.url,
-        "token": server.token,
-        "facility": server.facility,
-        "node": "dask-sched",
-        "spool_dir": str(tmp_path / "spool"),
-    }
-    with (
-        LocalCluster(
-            n_workers=0,
-            processes=True,
-            threads_per_worker=1,
-            memory_limit="400MiB",
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.register_plugin(
-            AfmonSchedulerPlugin(owner="alice", profile="small", settings=settings, interval=0.5)
-        )
+    with tracked_cluster(server, tmp_path, "small") as (cluster, client, plugin):
         sched = cluster.scheduler
-        plugin = sched.plugins["afmon"]
-        track_cluster(cluster, plugin)
         requested: dict[int, float] = {}
         for n in (4, 1, 3):
             requested[n] = time.time()
             cluster.scale(n)
-            _wait_workers(cluster, n)
+            wait_workers(sched, n)
         graph = dask.delayed(sum)([dask.delayed(_slow)(i) for i in range(6)])
         t0 = time.time()
         assert client.compute(graph).result() == sum(range(1, 7))

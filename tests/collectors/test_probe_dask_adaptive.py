@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from aggregator.db import make_engine
 from aggregator.query import LOCAL_ADMIN, Query
+from tests.collectors.dask_fixture import tracked_cluster, wait_workers
 from tests.conftest import ServerProcess
 
 TOL = 0.05  # seconds
@@ -28,51 +29,17 @@ def _slow(x: int, seconds: float = 0.5) -> int:
     return x * 2
 
 
-def _wait_workers(scheduler: object, n: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(scheduler.workers) < n:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, f"Adaptive did not reach {n} workers"
-        time.sleep(0.02)
-
-
 def test_adaptive_scale_up_agrees_with_the_scheduler(
     tmp_path: Path, server_factory: Callable[..., ServerProcess]
 ) -> None:
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        pytest.fail(f"dask and distributed are needed (the [dask] extra): {exc}")
-    from collectors.probes.dask_plugin import AfmonSchedulerPlugin, track_cluster
-
     server = server_factory(dashboard="false")
-    settings = {
-        "server_url": server.url,
-        "token": server.token,
-        "facility": server.facility,
-        "node": "dask-sched",
-        "spool_dir": str(tmp_path / "spool"),
-    }
-    with (
-        LocalCluster(
-            n_workers=0,
-            processes=True,
-            threads_per_worker=1,
-            memory_limit="400MiB",
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.register_plugin(
-            AfmonSchedulerPlugin(owner="alice", profile="adaptive", settings=settings, interval=0.5)
-        )
+    with tracked_cluster(server, tmp_path, "adaptive") as (cluster, client, _plugin):
         sched = cluster.scheduler
-        track_cluster(cluster, sched.plugins["afmon"])
         adaptive = cluster.adapt(minimum=0, maximum=MAXIMUM, interval="100ms", target_duration="1s")
         # one long task: Adaptive asks for 1 worker; while it runs, 24 half-second tasks:
         # ceil(24 x 0.5 s / 1 s) capped at 3, so it scales 0 -> 1 -> 3
         long = client.submit(_slow, -1, 2.0)
-        _wait_workers(sched, 1)
+        wait_workers(sched, 1, exact=False)
         results = client.gather(client.map(_slow, range(24)))
         assert results == [2 * i for i in range(24)] and long.result() == -2
         decisions = [(t, dict(rec)) for t, rec in adaptive.log]
