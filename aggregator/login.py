@@ -32,7 +32,7 @@ LOGIN_MAX_AGE = 600  # seconds a user may take at the issuer's login page
 class Sessions:
     """Signs and reads the session cookie; `secret` comes from settings."""
 
-    def __init__(self, secret: str, clock: Any = None) -> None:
+    def __init__(self, secret: str) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="afmon-session")
         self._login = URLSafeTimedSerializer(secret, salt="afmon-login")
 
