@@ -49,7 +49,12 @@ def make_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
+    """Create missing tables; a ledger from before the daily rollup gets its days filled."""
+    from aggregator.rollup import backfill_daily
+
     SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        backfill_daily(conn)
 
 
 def copy_rows(conn: Connection, sql: str, rows: Any) -> None:

@@ -32,6 +32,7 @@ from aggregator.ledger import (
     fresh_count,
     gauge_integral,
 )
+from aggregator.rollup import DAY
 from aggregator.schema import RESOURCES, UNMAPPED_ISSUER
 from aggregator.settings import ServerSettings
 from aggregator.tsdb_influx import Outbox
@@ -81,6 +82,12 @@ class Ingestor:
             f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
             "ON CONFLICT (facility, vo, grp, member_id, resource, hour) "
             "DO UPDATE SET amount = usage.amount + excluded.amount"
+        )
+        self._sql_ledger_day = (
+            "INSERT INTO usage_day (facility, vo, grp, member_id, resource, day, amount, unit) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (facility, vo, grp, member_id, resource, day) "
+            "DO UPDATE SET amount = usage_day.amount + excluded.amount"
         )
         self._sql_latency = (
             "INSERT INTO latency (facility, vo, grp, member_id, kind, profile, hour, le, count, "
@@ -188,6 +195,13 @@ class Ingestor:
                     (*key, amount, RESOURCES[key[4]].unit)
                     for key, amount in sorted(inc.amounts.items())
                 ],
+            )
+            daily: dict[tuple[str, str, str, str, str, int], float] = defaultdict(float)
+            for (f, vo, grp, mid, resource, hour), amount in inc.amounts.items():
+                daily[(f, vo, grp, mid, resource, hour // DAY * DAY)] += amount
+            conn.exec_driver_sql(
+                self._sql_ledger_day,
+                [(*key, amount, RESOURCES[key[4]].unit) for key, amount in sorted(daily.items())],
             )
         if inc.latencies:
             conn.exec_driver_sql(

@@ -107,8 +107,8 @@ def render_families(families: Iterable[Family], openmetrics: bool = False) -> st
     return "".join(out)
 
 
-_USAGE_SQL = (
-    "SELECT facility, vo, resource, SUM(amount) FROM usage "
+_USAGE_SQL = (  # all-time totals: the daily rollup holds the same sums in 24x fewer rows
+    "SELECT facility, vo, resource, SUM(amount) FROM usage_day "
     "GROUP BY facility, vo, resource ORDER BY facility, vo, resource"
 )
 _NODE_SQL = (

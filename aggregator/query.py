@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from aggregator import latency
 from aggregator.db import read_connection
 from aggregator.ledger import HOUR, counter_increases
+from aggregator.rollup import DAY
 from aggregator.schema import RESOURCES
 
 Role = Literal["member", "vo_manager", "facility_admin"]
@@ -25,14 +26,17 @@ GROUP_COLUMNS = {"facility": "facility", "vo": "vo", "group": "grp", "member": "
 STEPS = {"hour": HOUR, "day": 24 * HOUR}
 # data access (docs/data.md): resource -> (direction, source, via); host IO is local
 DATA_RESOURCES = {
-    "io_read_bytes": ("read", "local", "posix"), "io_write_bytes": ("written", "local", "posix"),
+    "io_read_bytes": ("read", "local", "posix"),
+    "io_write_bytes": ("written", "local", "posix"),
     **{f"data_read_{s}_bytes": ("read", s, "xrootd") for s in ("local", "cache", "remote")},
     **{f"data_written_{s}_bytes": ("written", s, "xrootd") for s in ("local", "cache", "remote")},
 }
 SERVER_METRICS = {  # XRootD server series -> data_servers column
-    "xrootd_server_read_bytes": "read_bytes", "xrootd_server_written_bytes": "written_bytes",
-    "xrootd_server_files_opened": "files_opened", "xrootd_server_link_out_bytes":
-    "link_out_bytes", "xrootd_server_link_in_bytes": "link_in_bytes",
+    "xrootd_server_read_bytes": "read_bytes",
+    "xrootd_server_written_bytes": "written_bytes",
+    "xrootd_server_files_opened": "files_opened",
+    "xrootd_server_link_out_bytes": "link_out_bytes",
+    "xrootd_server_link_in_bytes": "link_in_bytes",
     "xrootd_server_restarts": "restarts",
 }
 BATCH_RESOURCES = (
@@ -84,6 +88,27 @@ def _scope(
     return (" AND ".join(conds) or "1 = 1"), params
 
 
+def _ledger(start: float, end: float, daily: bool, where: str = "") -> tuple[str, dict[str, Any]]:
+    """The ledger's rows in [start, end) as a derived table: with `daily`, the whole UTC days
+    inside come from the daily rollup (24 times fewer rows) and only the edges from the hours.
+    Daily rows carry their day's start as `hour`, so it suits totals and day steps only.
+    `where` (" AND ...") is applied in each part, so the parts can use their indexes."""
+    s, e = int(start), int(end)
+    cols = "facility, vo, grp, member_id, resource, {h} AS hour, amount, unit"
+    hourly = (
+        f"SELECT {cols.format(h='hour')} FROM usage WHERE hour >= {{a}} AND hour < {{b}}{where}"
+    )
+    d1, d2 = -(-s // DAY) * DAY, e // DAY * DAY
+    if not daily or d1 >= d2:
+        return f"({hourly.format(a=':l_s', b=':l_e')})", {"l_s": s, "l_e": e}
+    days = f"SELECT {cols.format(h='day')} FROM usage_day WHERE day >= :l_d1 AND day < :l_d2{where}"
+    sql = (
+        f"({hourly.format(a=':l_s', b=':l_d1')} UNION ALL {days} "
+        f"UNION ALL {hourly.format(a=':l_d2', b=':l_e')})"
+    )
+    return sql, {"l_s": s, "l_d1": d1, "l_d2": d2, "l_e": e}
+
+
 class Query:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -117,11 +142,12 @@ class Query:
         width = STEPS[step]
         col = GROUP_COLUMNS[by]
         cond, params = _scope(p)
+        src, span = _ledger(start, end, width % DAY == 0, " AND resource = :resource")
         df = self._frame(
             f"SELECT (hour / {width}) * {width} AS bucket, {col} AS key, SUM(amount) AS amount "
-            f"FROM usage WHERE resource = :resource AND hour >= :start AND hour < :end AND {cond} "
+            f"FROM {src} AS u WHERE {cond} "
             "GROUP BY bucket, key ORDER BY bucket, key",
-            {"resource": resource, "start": int(start), "end": int(end), **params},
+            {"resource": resource, **span, **params},
         )
         df.insert(0, "time", pd.to_datetime(df.pop("bucket").astype("int64"), unit="s", utc=True))
         df = df.rename(columns={"key": by})
@@ -148,11 +174,12 @@ class Query:
             res_cond = f" AND resource IN ({', '.join(':' + k for k in names)})"
             params.update(names)
         select_cols = "".join(f"{c}, " for c in cols)
+        src, span = _ledger(start, end, True, res_cond)
         df = self._frame(
-            f"SELECT {select_cols}resource, SUM(amount) AS amount, MIN(unit) AS unit FROM usage "
-            f"WHERE hour >= :start AND hour < :end AND {cond}{res_cond} "
+            f"SELECT {select_cols}resource, SUM(amount) AS amount, MIN(unit) AS unit "
+            f"FROM {src} AS u WHERE {cond} "
             f"GROUP BY {select_cols}resource ORDER BY {select_cols}resource",
-            {"start": int(start), "end": int(end), **params},
+            {**span, **params},
         )
         return df.rename(columns={GROUP_COLUMNS[b]: b for b in by})
 
@@ -250,8 +277,11 @@ class Query:
         Host IO is source "local"; each byte is in exactly one ledger resource."""
         frames = []
         for resource, (direction, source, via) in DATA_RESOURCES.items():
-            df = (self.usage_totals(p, start, end, by=(by,), resources=(resource,)) if not step
-                  else self.usage_over_time(p, resource, start, end, by=by, step=step))
+            df = (
+                self.usage_totals(p, start, end, by=(by,), resources=(resource,))
+                if not step
+                else self.usage_over_time(p, resource, start, end, by=by, step=step)
+            )
             frames.append(df.assign(source=source, via=via, direction=direction))
         cols = [*(["time"] if step else []), by, "source", "via", "direction", "amount"]
         return pd.concat(frames, ignore_index=True)[cols]
@@ -264,9 +294,11 @@ class Query:
             return pd.DataFrame(columns=cols)
         names = {f"m{i}": m for i, m in enumerate(SERVER_METRICS)}
         cond = "s.facility = :f AND " if p.facility else ""
-        sel = f"SELECT s.id, s.facility, s.metric, s.labels, x.time, x.value FROM series s " \
-              f"JOIN sample x ON x.series_id = s.id WHERE {cond}s.metric IN " \
-              f"({', '.join(':' + k for k in names)}) AND "
+        sel = (
+            f"SELECT s.id, s.facility, s.metric, s.labels, x.time, x.value FROM series s "
+            f"JOIN sample x ON x.series_id = s.id WHERE {cond}s.metric IN "
+            f"({', '.join(':' + k for k in names)}) AND "
+        )
         raw = self._frame(  # each series' samples in the window, after its last one before
             f"{sel}x.time >= :start AND x.time < :end UNION ALL {sel}x.time = (SELECT MAX(time) "
             "FROM sample WHERE series_id = s.id AND time < :start) ORDER BY 1, 5",
@@ -278,15 +310,20 @@ class Query:
             before = g[g["time"] < start]["value"]
             inside = g[g["time"] >= start]
             prev = float(before.iloc[-1]) if len(before) else 0.0  # counters start at zero
-            rise = sum(inc for _t, inc in counter_increases(
-                inside["time"].tolist(), inside["value"].tolist(), start - 1, prev, None))
+            rise = sum(
+                inc
+                for _t, inc in counter_increases(
+                    inside["time"].tolist(), inside["value"].tolist(), start - 1, prev, None
+                )
+            )
             key = (fac, lab.get("server", "?"), lab.get("source", "?"))
             rows.setdefault(key, dict.fromkeys(SERVER_METRICS.values(), 0.0))
             rows[key][SERVER_METRICS[metric]] += rise
-        out = pd.DataFrame([{"facility": f, "server": s, "source": src, **v}
-                            for (f, s, src), v in rows.items()], columns=cols)
-        return out.sort_values(["read_bytes", "server"], ascending=[False, True],
-                               ignore_index=True)
+        out = pd.DataFrame(
+            [{"facility": f, "server": s, "source": src, **v} for (f, s, src), v in rows.items()],
+            columns=cols,
+        )
+        return out.sort_values(["read_bytes", "server"], ascending=[False, True], ignore_index=True)
 
     def batch_usage(
         self, p: Principal, start: float, end: float, by: str = "member"
@@ -317,7 +354,7 @@ class Query:
         bad = [b for b in by if b not in cols]
         if bad or (step is not None and step not in STEPS):
             raise QueryError(f"group latencies by {', '.join(cols)} and step by {', '.join(STEPS)}")
-        keys = [f"{cols[b]} AS \"{b}\"" for b in by]
+        keys = [f'{cols[b]} AS "{b}"' for b in by]
         if step is not None:
             keys.insert(0, f"(hour / {STEPS[step]}) * {STEPS[step]} AS step_start")
         group = "".join(n + ", " for n in (["step_start"] if step else []) + [f'"{b}"' for b in by])
@@ -330,8 +367,9 @@ class Query:
             {"kind": kind, "start": int(start), "end": int(end), **params},
         )
         if step is not None:
-            df.insert(0, "time", pd.to_datetime(df.pop("step_start").astype("int64"), unit="s",
-                                                utc=True))
+            df.insert(
+                0, "time", pd.to_datetime(df.pop("step_start").astype("int64"), unit="s", utc=True)
+            )
         return df.astype({"le": float, "count": "int64", "sum_seconds": float})
 
     def latency_percentiles(
@@ -402,11 +440,12 @@ class Query:
         width, col = STEPS[step], GROUP_COLUMNS[by]
         cond, params = _scope(p)
         extra, more = self._vo_filter(vo, group, members)
+        src, span = _ledger(start, end, width % DAY == 0, " AND resource = :resource")
         df = self._frame(
             f"SELECT (hour / {width}) * {width} AS bucket, {col} AS key, SUM(amount) AS amount "
-            f"FROM usage WHERE resource = :resource AND hour >= :start AND hour < :end "
+            f"FROM {src} AS u WHERE 1 = 1 "
             f"AND {cond}{extra} GROUP BY bucket, key ORDER BY bucket, key",
-            {"resource": resource, "start": int(start), "end": int(end), **params, **more},
+            {"resource": resource, **span, **params, **more},
         )
         df.insert(0, "time", pd.to_datetime(df.pop("bucket").astype("int64"), unit="s", utc=True))
         df = df.rename(columns={"key": by})
@@ -427,11 +466,12 @@ class Query:
         extra, more = self._vo_filter(vo, group, None)
         names = {f"r{i}": r for i, r in enumerate(resources)}
         res_cond = f" AND resource IN ({', '.join(':' + k for k in names)})" if names else ""
+        src, span = _ledger(start, end, True, res_cond)
         df = self._frame(
-            f"SELECT {cols}resource, SUM(amount) AS amount, MIN(unit) AS unit FROM usage "
-            f"WHERE hour >= :start AND hour < :end AND {cond}{extra}{res_cond} "
+            f"SELECT {cols}resource, SUM(amount) AS amount, MIN(unit) AS unit "
+            f"FROM {src} AS u WHERE {cond}{extra} "
             f"GROUP BY {cols}resource ORDER BY {cols}resource",
-            {"start": int(start), "end": int(end), **params, **more, **names},
+            {**span, **params, **more, **names},
         )
         return df.rename(columns={GROUP_COLUMNS[b]: b for b in by})
 
@@ -483,7 +523,7 @@ class Query:
         names = {f"k{i}": k for i, k in enumerate(kinds)}
         df = self._frame(
             "SELECT e.kind, COUNT(*) AS n FROM event e JOIN member m ON m.id = e.member_id "
-            f"WHERE e.\"end\" IS NULL AND e.kind IN ({', '.join(':' + k for k in names)}) "
+            f'WHERE e."end" IS NULL AND e.kind IN ({", ".join(":" + k for k in names)}) '
             f"AND {cond} GROUP BY e.kind",
             {**params, **names},
         )

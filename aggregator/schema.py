@@ -123,6 +123,27 @@ class Usage(SQLModel, table=True):
     )
 
 
+class UsageDay(SQLModel, table=True):
+    """The ledger summed per UTC day, kept with it in the same transaction: readers of whole
+    days (totals, daily steps) read 24 times fewer rows. Same key, `day` for `hour`."""
+
+    __tablename__ = "usage_day"
+    facility: str = Field(primary_key=True)
+    vo: str = Field(primary_key=True)
+    grp: str = Field(primary_key=True)
+    member_id: str = Field(primary_key=True)
+    resource: str = Field(primary_key=True)
+    day: int = Field(primary_key=True, description="Start of the UTC day, epoch seconds")
+    amount: float = 0.0
+    unit: str
+
+    __table_args__ = (
+        Index(
+            "ix_usage_day_cover", "resource", "day", "vo", "grp", "member_id", "facility", "amount"
+        ),
+    )
+
+
 class LatencyBucket(SQLModel, table=True):
     """Latency histograms: per hour, observations counted in fixed buckets (`le` seconds,
     upper bound inclusive, inf for the last) with their sum, so any window merges exactly."""

@@ -21,7 +21,7 @@ def _afmon(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-HEAD = "0002"  # the newest migration
+HEAD = "0003"  # the newest migration
 
 
 def _drift(url: str) -> list:
