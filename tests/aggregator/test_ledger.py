@@ -38,9 +38,11 @@ def fed_server(
     return server, sim
 
 
-def totals(server: ServerProcess, by: str) -> pd.DataFrame:
+def totals(
+    server: ServerProcess, by: str, start: float = 0, end: float = END + 86400
+) -> pd.DataFrame:
     r = httpx.get(
-        f"{server.url}/api/v1/usage", params={"start": 0, "end": END + 86400, "by": by}, timeout=30
+        f"{server.url}/api/v1/usage", params={"start": start, "end": end, "by": by}, timeout=30
     )
     assert r.status_code == 200, r.text
     return pd.DataFrame(r.json())
@@ -92,6 +94,17 @@ def test_members_sum_to_groups_to_vos_to_facility(
     assert set(vo["vo"]) == {"atlas", "cms", "lhcb", "unmapped"}
 
 
+def test_the_daily_rollup_equals_the_hours(
+    fed_server: tuple[ServerProcess, FacilitySimulator],
+) -> None:
+    """Whole days are read from the daily rollup, partial ones from the hours: a range that
+    holds all the data in partial days and one made of whole days give the same totals."""
+    server, _ = fed_server
+    hours_only = totals(server, "member", start=END - HOURS * 3600 - 1800, end=END + 1800)
+    days_only = totals(server, "member", start=0, end=END + 86400)
+    pd.testing.assert_frame_equal(hours_only, days_only)
+
+
 def test_replaying_everything_changes_nothing(
     fed_server: tuple[ServerProcess, FacilitySimulator],
 ) -> None:
@@ -114,14 +127,16 @@ def test_rich_facility_every_resource_equals_the_truth(
     """The rich simulator (spawn waits, Dask, batch, GPUs, data by source) through a real
     server: every ledger resource equals what was sent. Batch amounts are spread over the
     hours a job ran in proportion to time, so those compare to 1e-9 relative."""
-    sim = FacilitySimulator(facility="test-af", nodes=3, members_per_vo=3, seed=5,
-                            sessions_per_member_day=6, rich=True)
+    sim = FacilitySimulator(
+        facility="test-af", nodes=3, members_per_vo=3, seed=5, sessions_per_member_day=6, rich=True
+    )
     identity = tmp_path / "identity.toml"
     identity.write_text(sim.identity_toml())
     server = server_factory(database_url=database_url, identity_file=identity, dashboard="false")
     with httpx.Client(timeout=60) as client:
-        backfill(sim, Poster(server.url, server.token, client), END - HOURS * 3600, END,
-                 report=None)
+        backfill(
+            sim, Poster(server.url, server.token, client), END - HOURS * 3600, END, report=None
+        )
     got = {(r.member, r.resource): r.amount for r in totals(server, "member").itertuples()}
     ids = sim.member_ids()
     expected: dict[tuple[str, str], float] = {}
@@ -130,9 +145,17 @@ def test_rich_facility_every_resource_equals_the_truth(
         expected[key] = expected.get(key, 0.0) + amount
     expected = {k: v for k, v in expected.items() if v}
     resources = {r for _, r in expected}
-    assert {"gpu_allocated_seconds", "gpu_active_seconds", "gpu_a100_allocated_seconds",
-            "gpu_energy_joules", "data_read_cache_bytes", "dask_worker_seconds",
-            "dask_clusters", "batch_jobs", "batch_cpu_seconds"} <= resources
+    assert {
+        "gpu_allocated_seconds",
+        "gpu_active_seconds",
+        "gpu_a100_allocated_seconds",
+        "gpu_energy_joules",
+        "data_read_cache_bytes",
+        "dask_worker_seconds",
+        "dask_clusters",
+        "batch_jobs",
+        "batch_cpu_seconds",
+    } <= resources
     assert set(got) == set(expected)
     for key, amount in expected.items():
         if key[1].startswith("batch_"):

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from aggregator.app import create_app
 from aggregator.query import LOCAL_ADMIN, Principal, Query, QueryError
 from aggregator.settings import ServerSettings
+from collectors import wire
 from collectors.simulator import FacilitySimulator, Poster, backfill
 
 END = 1_790_006_400.0
@@ -113,3 +114,46 @@ def test_read_api_refuses_without_local_mode(tmp_path: Path) -> None:
     r = TestClient(app).get("/api/v1/usage", params={"start": 0, "end": 1})
     assert r.status_code == 401 and "send a bearer token" in r.json()["detail"]
     assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_ranges_mix_whole_days_from_the_rollup_with_partial_days(tmp_path: Path) -> None:
+    """A 50 h session from 03:00 on day 0: totals over a ragged range (partial day 0, whole
+    day 1, partial day 2) and day steps both add up exactly."""
+    day0 = 1_789_948_800.0  # a UTC midnight
+    settings = ServerSettings(
+        database_url=f"sqlite:///{tmp_path}/r.sqlite", facility_tokens={"af": "t"}
+    )
+    client = TestClient(create_app(settings, with_dashboard=False, clock=lambda: day0 + 4 * 86400))
+    session = wire.Event(
+        kind="session", id="s", user="alice", start=day0 + 3 * 3600, end=day0 + 2 * 86400 + 5 * 3600
+    )
+    batch = wire.Batch(
+        version=1, agent_id="a", facility="af", node="n", seq=1, sent_at=day0, events=[session]
+    )
+    assert (
+        client.post(
+            "/api/v1/ingest", content=wire.encode(batch), headers={"Authorization": "Bearer t"}
+        ).json()["status"]
+        == "applied"
+    )
+    query: Query = client.app.state.services.query
+    ragged = query.usage_totals(
+        LOCAL_ADMIN,
+        day0 + 2 * 3600,
+        day0 + 2 * 86400 + 6 * 3600,
+        by=(),
+        resources=("session_seconds",),
+    )
+    assert ragged["amount"].tolist() == [50 * 3600.0]
+    clipped = query.usage_totals(
+        LOCAL_ADMIN,
+        day0 + 4 * 3600,
+        day0 + 2 * 86400 + 4 * 3600,
+        by=(),
+        resources=("session_seconds",),
+    )
+    assert clipped["amount"].tolist() == [48 * 3600.0]  # one hour less at each end
+    daily = query.usage_over_time(
+        LOCAL_ADMIN, "session_seconds", day0, day0 + 3 * 86400, by="member", step="day"
+    )
+    assert daily["amount"].tolist() == [21 * 3600.0, 24 * 3600.0, 5 * 3600.0]
