@@ -159,18 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--print", action="store_true", help="collect once and print the batch JSON; send nothing"
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default=None,
+        choices=LOG_LEVELS,
+        help="log level [$AFMON_LOG_LEVEL, else INFO]",
     )
     return parser
+
+
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     once, print_only = args.pop("once"), args.pop("print")
+    level = args.pop("log_level") or os.environ.get("AFMON_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        parser.error(f"AFMON_LOG_LEVEL={level!r} is not one of {', '.join(LOG_LEVELS)}")
     logging.basicConfig(
         stream=sys.stderr,
-        level=args.pop("log_level"),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if logging.getLogger().level > logging.DEBUG:

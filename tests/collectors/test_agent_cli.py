@@ -120,6 +120,9 @@ def test_bad_settings_exit_2_naming_the_field(tmp_path: Path) -> None:
     assert "interval_seconds" in result.stderr and "AFMON_INTERVAL_SECONDS" in result.stderr
     bad_env = agent("--print", env={"AFMON_FACILITY": "has spaces"})
     assert bad_env.returncode == 2 and "facility" in bad_env.stderr
+    bad_level = agent("--print", env={"AFMON_LOG_LEVEL": "loud"})
+    assert bad_level.returncode == 2
+    assert "AFMON_LOG_LEVEL='LOUD' is not one of DEBUG, INFO, WARNING, ERROR" in bad_level.stderr
 
 
 def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
