@@ -4,7 +4,6 @@ posted over HTTP as wire batches, and headless Chromium driven by selenium 4."""
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -21,6 +20,7 @@ import uvicorn
 from aggregator.app import create_app
 from aggregator.settings import ServerSettings
 from collectors import wire
+from tests.conftest import free_port
 
 TIMEOUT = 20  # seconds a browser test waits for something to show
 FACILITY = "af-test"
@@ -85,12 +85,6 @@ BOB_ID = "https://cms-auth.example.org/|bob-sub"
 class LiveApp:
     url: str
     now: float
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batches(now: float) -> list[wire.Batch]:
@@ -158,7 +152,7 @@ def app_settings(
 def serve(settings: ServerSettings, name: str = "uvicorn-dashboard-test") -> Iterator[str]:
     """`create_app(settings)` under uvicorn in a thread on a free port; yields its URL and
     stops it (also when the body fails)."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -16,6 +16,7 @@ from tests.dashboard.conftest import (
     FACILITY,
     LiveApp,
     app_settings,
+    console_errors,
     ingest,
     open_fresh,
     pick_principal,
@@ -97,7 +98,7 @@ def test_batch_page_as_facility_admin(batch_app: LiveApp, browser: Any) -> None:
     assert d.find_element(By.CSS_SELECTOR, "#bat-core-hours .ytitle").text == (
         "Batch wall time x allocated cores [core-hours]"
     )
-    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    severe = console_errors(d)
     assert severe == [], f"browser console errors: {severe}"
 
 

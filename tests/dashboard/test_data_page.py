@@ -20,6 +20,7 @@ from tests.dashboard.conftest import (
     TIMEOUT,
     LiveApp,
     app_settings,
+    console_errors,
     ingest,
     open_fresh,
     pick_principal,
@@ -177,7 +178,7 @@ def test_data_page_as_facility_admin(data_app: LiveApp, browser: Any) -> None:
         ["10.0.0.5:1094", "local", "1.00"],
     ]
     assert [r[5] for r in servers] == ["3", "3"]
-    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    severe = console_errors(d)
     assert severe == [], f"browser console errors: {severe}"
 
 

@@ -16,6 +16,7 @@ from tests.collectors.fake_nvml import CYCLES, STEP, Scenario
 from tests.dashboard.conftest import (
     LiveApp,
     app_settings,
+    console_errors,
     open_fresh,
     pick_principal,
     serve,
@@ -78,7 +79,7 @@ def test_gpus_page_as_facility_admin(gpu_app: LiveApp, browser: Any) -> None:
         "return gd.data[0].type + ':' + gd.data[0].y.length;"
     )
     assert rows == "heatmap:4"  # four whole GPUs; the MIG instances have no GPM here
-    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    severe = console_errors(d)
     assert severe == [], severe
 
 

@@ -16,6 +16,7 @@ from tests.dashboard.conftest import (
     ALICE_ID,
     FACILITY,
     app_settings,
+    console_errors,
     ingest,
     open_fresh,
     pick_principal,
@@ -86,7 +87,7 @@ def test_interactive_page_admin_and_member(app_url: str, browser: Any) -> None:
         "return gd.data[0].y.reduce((a, b) => a + b, 0);"
     )
     assert bars == 4
-    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    severe = console_errors(d)
     assert severe == [], severe
 
     # a member sees only their own waits

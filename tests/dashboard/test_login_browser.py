@@ -11,6 +11,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from dashboard.app import PAGES
+from tests.dashboard.conftest import console_errors
 
 TIMEOUT = 20
 
@@ -48,7 +49,7 @@ def test_signed_in_member_sees_only_self_on_every_page(signed_server, browser: A
         )
         text = d.find_element(By.TAG_NAME, "body").text
         assert "Alice" not in text and "alice" not in text, path
-    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    severe = console_errors(d)
     assert severe == [], severe
     d.get(f"{server.url}/member")
     WebDriverWait(d, TIMEOUT).until(
