@@ -191,7 +191,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             for batch in sim.batches(now, time.time(), ticks_per_batch=1):
                 poster.post(batch)
     except (httpx.HTTPError, RuntimeError) as exc:
-        sys.exit(f"afmon simulate: {exc}")
+        sys.exit(f"afmon simulate: cannot post to {args.url}: {exc}")
     except KeyboardInterrupt:
         return 0
     return 0
