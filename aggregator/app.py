@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import secrets
@@ -177,6 +178,11 @@ def create_app(
         ]
         for t in threads:
             t.start()
+        # What start-up built (the app, the dashboard, their libraries) lives as long as the
+        # process: moved out of the collector's sight, a full collection no longer walks it
+        # (it cost ~100 ms pauses in dashboard callbacks, docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
         yield
         stop.set()
         for t in threads:

@@ -18,6 +18,9 @@ def read_connection(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{READONLY: True})
 
 
+SQLITE_CACHE_KIB = 65536  # per connection, an upper bound: pages are only cached when read
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine; for SQLite: WAL, FULL sync, and write transactions
     that take the write lock at BEGIN (no lock upgrades, no deadlocks)."""
@@ -35,6 +38,9 @@ def make_engine(url: str) -> Engine:
             # FULL: a batch is acknowledged only once its commit is on disk (WAL fsync)
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # 64 MiB of page cache (default 2 MiB): a month of the ledger's index pages stays
+            # in memory for the dashboard's range reads (~20 % faster, docs/benchmarks.md)
+            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             cur.close()
 
         @event.listens_for(engine, "begin")

@@ -9,6 +9,7 @@ rollups from the ledger; raw samples are never read to answer a question.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,10 +40,16 @@ SERVER_METRICS = {  # XRootD server series -> data_servers column
     "xrootd_server_link_in_bytes": "link_in_bytes",
     "xrootd_server_restarts": "restarts",
 }
+OTHERS = "__others__"  # the key of everything a folded query did not keep one by one
 BATCH_RESOURCES = (
     "batch_jobs", "batch_job_seconds", "batch_wall_core_seconds", "batch_cpu_seconds",
     "batch_gpu_seconds", "batch_cpu_hs23_seconds", "batch_wall_core_hs23_seconds",
 )  # fmt: skip
+
+
+_SESSIONS_IN_RANGE = (
+    'e.kind = \'session\' AND e.start < :end AND (e."end" IS NULL OR e."end" >= :start)'
+)
 
 
 class QueryError(ValueError):
@@ -88,25 +95,53 @@ def _scope(
     return (" AND ".join(conds) or "1 = 1"), params
 
 
-def _ledger(start: float, end: float, daily: bool, where: str = "") -> tuple[str, dict[str, Any]]:
-    """The ledger's rows in [start, end) as a derived table: with `daily`, the whole UTC days
-    inside come from the daily rollup (24 times fewer rows) and only the edges from the hours.
-    Daily rows carry their day's start as `hour`, so it suits totals and day steps only.
-    `where` (" AND ...") is applied in each part, so the parts can use their indexes."""
+def _ledger_sums(
+    keys: Sequence[str], start: float, end: float, daily: bool, where: str = ""
+) -> tuple[str, dict[str, Any]]:
+    """SQL of SUM(amount) of the ledger's rows in [start, end) per `keys`, ordered
+    by them. `keys` are SQL expressions over the ledger's columns, `{t}` standing for the time
+    column; they come out as `k0, k1, ...`. With `daily`, the whole UTC days inside are read from
+    the daily rollup (24 times fewer rows) and only the edges from the hours, so a `{t}` key
+    must not split a day. `where` (" AND ...") applies to every part. Each part is summed on its
+    own, on its index, and the parts' sums are added: summing a UNION of raw rows would make
+    SQLite materialise every row first (several times slower on a month of members). The
+    unit is not read (it is the resource's, in RESOURCES): reading it would leave the covering
+    indexes for the table, four times slower."""
     s, e = int(start), int(end)
-    cols = "facility, vo, grp, member_id, resource, {h} AS hour, amount, unit"
-    hourly = (
-        f"SELECT {cols.format(h='hour')} FROM usage WHERE hour >= {{a}} AND hour < {{b}}{where}"
-    )
+    aliases = [f"k{i}" for i in range(len(keys))]
+    listed = ", ".join(aliases)
+    group = f" GROUP BY {listed}" if keys else ""
+    order = f" ORDER BY {listed}" if keys else ""
+
+    def part(table: str, t: str, lo: str, hi: str) -> str:
+        cols = "".join(f"{k.format(t=t)} AS {a}, " for k, a in zip(keys, aliases, strict=True))
+        return (
+            f"SELECT {cols}SUM(amount) AS amount FROM {table} "
+            f"WHERE {t} >= :{lo} AND {t} < :{hi}{where}{group}"
+        )
+
     d1, d2 = -(-s // DAY) * DAY, e // DAY * DAY
     if not daily or d1 >= d2:
-        return f"({hourly.format(a=':l_s', b=':l_e')})", {"l_s": s, "l_e": e}
-    days = f"SELECT {cols.format(h='day')} FROM usage_day WHERE day >= :l_d1 AND day < :l_d2{where}"
-    sql = (
-        f"({hourly.format(a=':l_s', b=':l_d1')} UNION ALL {days} "
-        f"UNION ALL {hourly.format(a=':l_d2', b=':l_e')})"
+        return part("usage", "hour", "l_s", "l_e") + order, {"l_s": s, "l_e": e}
+    parts = " UNION ALL ".join(
+        [
+            part("usage", "hour", "l_s", "l_d1"),
+            part("usage_day", "day", "l_d1", "l_d2"),
+            part("usage", "hour", "l_d2", "l_e"),
+        ]
     )
+    cols = "".join(f"{a}, " for a in aliases)
+    sql = f"SELECT {cols}SUM(amount) AS amount FROM ({parts}) AS u{group}{order}"
     return sql, {"l_s": s, "l_d1": d1, "l_d2": d2, "l_e": e}
+
+
+def _fold(column: str, keep: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
+    """A key expression: `column`, or with `keep` the kept values and OTHERS for the rest."""
+    if keep is None:
+        return column, {}
+    names = {f"keep{i}": k for i, k in enumerate(keep)} or {"keep0": ""}
+    marks = ", ".join(":" + k for k in names)
+    return f"CASE WHEN {column} IN ({marks}) THEN {column} ELSE '{OTHERS}' END", names
 
 
 class Query:
@@ -116,7 +151,8 @@ class Query:
     def _frame(self, sql: str, params: dict[str, Any]) -> pd.DataFrame:
         with read_connection(self._engine) as conn:
             result = conn.execute(text(sql), params)
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            # plain tuples: pandas probes each SQLAlchemy Row for attributes, ~6x slower
+            return pd.DataFrame(list(map(tuple, result)), columns=list(result.keys()))
 
     @staticmethod
     def _check(resource: str | None, by: tuple[str, ...] = ()) -> None:
@@ -134,23 +170,30 @@ class Query:
         end: float,
         by: str = "vo",
         step: str = "hour",
+        keep: tuple[str, ...] | None = None,
     ) -> pd.DataFrame:
-        """Columns: time (UTC), `by`, amount, unit; one row per step and key."""
+        """Columns: time (UTC), `by`, amount, unit; one row per step and key. With `keep`,
+        keys not in it are summed per step as one key, OTHERS (a stack still sums to all)."""
         self._check(resource, (by,))
         if step not in STEPS:
             raise QueryError(f"step must be one of {', '.join(STEPS)}")
-        width = STEPS[step]
-        col = GROUP_COLUMNS[by]
         cond, params = _scope(p)
-        src, span = _ledger(start, end, width % DAY == 0, " AND resource = :resource")
-        df = self._frame(
-            f"SELECT (hour / {width}) * {width} AS bucket, {col} AS key, SUM(amount) AS amount "
-            f"FROM {src} AS u WHERE {cond} "
-            "GROUP BY bucket, key ORDER BY bucket, key",
-            {"resource": resource, **span, **params},
-        )
-        df.insert(0, "time", pd.to_datetime(df.pop("bucket").astype("int64"), unit="s", utc=True))
-        df = df.rename(columns={"key": by})
+        key, more = _fold(GROUP_COLUMNS[by], keep)
+        return self._over_time(
+            resource, start, end, step, by, key, f" AND resource = :resource AND {cond}",
+            {"resource": resource, **params, **more},
+        )  # fmt: skip
+
+    def _over_time(
+        self, resource: str, start: float, end: float, step: str, by: str, key: str,
+        where: str, params: dict[str, Any],
+    ) -> pd.DataFrame:  # fmt: skip
+        width = STEPS[step]
+        sql, span = _ledger_sums([f"({{t}} / {width}) * {width}", key], start, end,
+                                 width % DAY == 0, where)  # fmt: skip
+        df = self._frame(sql, {**span, **params})
+        df.insert(0, "time", pd.to_datetime(df.pop("k0").astype("int64"), unit="s", utc=True))
+        df = df.rename(columns={"k1": by})
         df["unit"] = RESOURCES[resource].unit
         return df
 
@@ -166,22 +209,23 @@ class Query:
         self._check(None, by)
         for r in resources or ():
             self._check(r)
-        cols = [GROUP_COLUMNS[b] for b in by]
         cond, params = _scope(p)
         res_cond = ""
         if resources:
             names = {f"r{i}": r for i, r in enumerate(resources)}
             res_cond = f" AND resource IN ({', '.join(':' + k for k in names)})"
             params.update(names)
-        select_cols = "".join(f"{c}, " for c in cols)
-        src, span = _ledger(start, end, True, res_cond)
-        df = self._frame(
-            f"SELECT {select_cols}resource, SUM(amount) AS amount, MIN(unit) AS unit "
-            f"FROM {src} AS u WHERE {cond} "
-            f"GROUP BY {select_cols}resource ORDER BY {select_cols}resource",
-            {**span, **params},
-        )
-        return df.rename(columns={GROUP_COLUMNS[b]: b for b in by})
+        return self._totals(by, start, end, f"{res_cond} AND {cond}", params)
+
+    def _totals(
+        self, by: tuple[str, ...], start: float, end: float, where: str, params: dict[str, Any]
+    ) -> pd.DataFrame:
+        keys = [*(GROUP_COLUMNS[b] for b in by), "resource"]
+        sql, span = _ledger_sums(keys, start, end, True, where)
+        df = self._frame(sql, {**span, **params})
+        df = df.rename(columns={f"k{i}": name for i, name in enumerate([*by, "resource"])})
+        df["unit"] = [RESOURCES[r].unit for r in df["resource"]]
+        return df
 
     def members(self, p: Principal) -> pd.DataFrame:
         """Members visible to `p`: member_id, display_name, vo, group."""
@@ -195,15 +239,16 @@ class Query:
         )
 
     def active_members(self, p: Principal, start: float, end: float) -> int:
+        """Members with any usage in [start, end) (ledger amounts are never negative)."""
         cond, params = _scope(p)
+        names = {f"r{i}": r for i, r in enumerate(RESOURCES)}  # lets each part use its index
+        res_cond = f" AND resource IN ({', '.join(':' + k for k in names)})"
+        sql, span = _ledger_sums(["member_id"], start, end, True, f"{res_cond} AND {cond}")
         with read_connection(self._engine) as conn:
             return int(
                 conn.execute(
-                    text(
-                        "SELECT COUNT(DISTINCT member_id) FROM usage "
-                        f"WHERE hour >= :start AND hour < :end AND amount > 0 AND {cond}"
-                    ),
-                    {"start": int(start), "end": int(end), **params},
+                    text(f"SELECT COUNT(*) FROM ({sql}) AS m WHERE amount > 0"),
+                    {**span, **params, **names},
                 ).scalar_one()
             )
 
@@ -258,16 +303,33 @@ class Query:
             {"start": start, "end": end, **params},
         )
 
-    def sessions(self, p: Principal, start: float, end: float) -> pd.DataFrame:
-        """Interactive sessions that overlap [start, end): member, times, attributes."""
+    def sessions(
+        self, p: Principal, start: float, end: float, newest: int | None = None
+    ) -> pd.DataFrame:
+        """Interactive sessions that overlap [start, end): member, times, attributes; oldest
+        first, or with `newest` only that many, newest first."""
         cond, params = _scope(p, member="e.member_id", vo="m.vo", facility="e.facility")
+        order = "e.start" if newest is None else f"e.start DESC, e.id LIMIT {int(newest)}"
         return self._frame(
             "SELECT e.facility, e.id, e.member_id, m.display_name, e.local_user, e.node, "
             'e.start, e."end" FROM event e JOIN member m ON m.id = e.member_id '
-            "WHERE e.kind = 'session' AND e.start < :end "
-            f'AND (e."end" IS NULL OR e."end" >= :start) AND {cond} ORDER BY e.start',
+            f"WHERE {_SESSIONS_IN_RANGE} AND {cond} ORDER BY {order}",
             {"start": start, "end": end, **params},
         )
+
+    def session_count(self, p: Principal, start: float, end: float) -> int:
+        """How many sessions `sessions` would return."""
+        cond, params = _scope(p, member="e.member_id", vo="m.vo", facility="e.facility")
+        with read_connection(self._engine) as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT COUNT(*) FROM event e JOIN member m ON m.id = e.member_id "
+                        f"WHERE {_SESSIONS_IN_RANGE} AND {cond}"
+                    ),
+                    {"start": start, "end": end, **params},
+                ).scalar_one()
+            )
 
     def data_usage(
         self, p: Principal, start: float, end: float, by: str = "member", step: str | None = None
@@ -275,16 +337,28 @@ class Query:
         """Bytes moved in [start, end) by source (docs/data.md): columns [time], `by`, source
         (local/cache/remote), via (posix: the host probe's IO; xrootd), direction, amount (B).
         Host IO is source "local"; each byte is in exactly one ledger resource."""
-        frames = []
-        for resource, (direction, source, via) in DATA_RESOURCES.items():
-            df = (
-                self.usage_totals(p, start, end, by=(by,), resources=(resource,))
-                if not step
-                else self.usage_over_time(p, resource, start, end, by=by, step=step)
-            )
-            frames.append(df.assign(source=source, via=via, direction=direction))
+        self._check(None, (by,))
+        cond, params = _scope(p)
+        names = {f"r{i}": r for i, r in enumerate(DATA_RESOURCES)}
+        where = f" AND resource IN ({', '.join(':' + k for k in names)}) AND {cond}"
+        keys, daily = [GROUP_COLUMNS[by], "resource"], True
+        if step:
+            if step not in STEPS:
+                raise QueryError(f"step must be one of {', '.join(STEPS)}")
+            width = STEPS[step]
+            keys.insert(0, f"({{t}} / {width}) * {width}")
+            daily = width % DAY == 0
+        sql, span = _ledger_sums(keys, start, end, daily, where)
+        df = self._frame(sql, {**span, **params, **names})
+        df.columns = [*(["time"] if step else []), by, "resource", "amount"]
+        if step:
+            df["time"] = pd.to_datetime(df["time"].astype("int64"), unit="s", utc=True)
+        where_from = [DATA_RESOURCES[r] for r in df["resource"]]
+        df["direction"] = [d for d, _s, _v in where_from]
+        df["source"] = [s for _d, s, _v in where_from]
+        df["via"] = [v for _d, _s, v in where_from]
         cols = [*(["time"] if step else []), by, "source", "via", "direction", "amount"]
-        return pd.concat(frames, ignore_index=True)[cols]
+        return df[cols]
 
     def data_servers(self, p: Principal, start: float, end: float) -> pd.DataFrame:
         """Per XRootD server (node-level series, no user): what its counters rose by in
@@ -437,20 +511,13 @@ class Query:
         self._check(resource, (by,))
         if step not in STEPS:
             raise QueryError(f"step must be one of {', '.join(STEPS)}")
-        width, col = STEPS[step], GROUP_COLUMNS[by]
         cond, params = _scope(p)
         extra, more = self._vo_filter(vo, group, members)
-        src, span = _ledger(start, end, width % DAY == 0, " AND resource = :resource")
-        df = self._frame(
-            f"SELECT (hour / {width}) * {width} AS bucket, {col} AS key, SUM(amount) AS amount "
-            f"FROM {src} AS u WHERE 1 = 1 "
-            f"AND {cond}{extra} GROUP BY bucket, key ORDER BY bucket, key",
-            {"resource": resource, **span, **params, **more},
-        )
-        df.insert(0, "time", pd.to_datetime(df.pop("bucket").astype("int64"), unit="s", utc=True))
-        df = df.rename(columns={"key": by})
-        df["unit"] = RESOURCES[resource].unit
-        return df
+        return self._over_time(
+            resource, start, end, step, by, GROUP_COLUMNS[by],
+            f" AND resource = :resource AND {cond}{extra}",
+            {"resource": resource, **params, **more},
+        )  # fmt: skip
 
     def vo_totals(
         self, p: Principal, vo: str, start: float, end: float,
@@ -461,19 +528,12 @@ class Query:
         self._check(None, by)
         for r in resources:
             self._check(r)
-        cols = "".join(f"{GROUP_COLUMNS[b]}, " for b in by)
         cond, params = _scope(p)
         extra, more = self._vo_filter(vo, group, None)
         names = {f"r{i}": r for i, r in enumerate(resources)}
         res_cond = f" AND resource IN ({', '.join(':' + k for k in names)})" if names else ""
-        src, span = _ledger(start, end, True, res_cond)
-        df = self._frame(
-            f"SELECT {cols}resource, SUM(amount) AS amount, MIN(unit) AS unit "
-            f"FROM {src} AS u WHERE {cond}{extra} "
-            f"GROUP BY {cols}resource ORDER BY {cols}resource",
-            {**span, **params, **more, **names},
-        )
-        return df.rename(columns={GROUP_COLUMNS[b]: b for b in by})
+        return self._totals(by, start, end, f"{res_cond} AND {cond}{extra}",
+                            {**params, **more, **names})  # fmt: skip
 
     @staticmethod
     def _vo_filter(

@@ -6,8 +6,10 @@ memory_byte_seconds, session_seconds; plus sessions, latency histograms, nodes a
 The rows are written directly with executemany: this is a benchmark fixture, not the ingest
 path. Then every page's callbacks are POSTed to Dash's `/_dash-update-component` endpoint (the
 WSGI app in process, as a browser's request would reach it) with the payloads the browser sends
-on page load: the layout's own control values, the principal and the time range. Prints a
-table of p50/p95 per callback and range; the goal is p95 < 200 ms.
+on page load: the layout's own control values, the principal and the time range. Like the
+server once started, the process's start-up heap is frozen out of the garbage collector. Prints
+per callback and range the first (cold) call and p50/p95 over `--rounds` more; the goal is
+p95 < 200 ms.
 
     python bench/dashboard.py [--members 1000] [--days 365] [--active-hours 4] [--rounds 15]
 """
@@ -15,6 +17,7 @@ table of p50/p95 per callback and range; the goal is p95 < 200 ms.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import statistics
 import sys
@@ -31,6 +34,7 @@ from sqlalchemy import text  # noqa: E402
 
 from aggregator.db import create_schema, make_engine, placeholder  # noqa: E402
 from aggregator.query import Query  # noqa: E402
+from aggregator.rollup import backfill_daily  # noqa: E402
 from aggregator.settings import ServerSettings  # noqa: E402
 from dashboard import app as dash_app  # noqa: E402
 from dashboard.app import create_dash  # noqa: E402
@@ -127,6 +131,7 @@ def fill(url: str, members: int, days: int, active_hours: int, seed: int = 1) ->
             ],
         )
     with engine.begin() as conn:
+        backfill_daily(conn)  # the daily rollup that ingest keeps beside the hourly rows
         conn.execute(text("ANALYZE"))
     return rows
 
@@ -196,12 +201,17 @@ def page_callbacks(app: Any, page: Any, principal: str, range_key: str) -> list[
     return out
 
 
-def measure(app: Any, rounds: int, principal: str) -> list[tuple[str, str, str, float, float]]:
+def measure(
+    app: Any, rounds: int, principal: str
+) -> list[tuple[str, str, str, float, float, float]]:
     client = app.server.test_client()
     rows = []
     for path, page in dash_app.PAGES.items():
         for range_key in RANGES:
             for key, body in page_callbacks(app, page, principal, range_key):
+                t0 = time.perf_counter()
+                r = client.post("/_dash-update-component", json=body)  # the first, cold call
+                first = (time.perf_counter() - t0) * 1000
                 times = []
                 for _ in range(rounds):
                     t0 = time.perf_counter()
@@ -210,7 +220,7 @@ def measure(app: Any, rounds: int, principal: str) -> list[tuple[str, str, str, 
                     assert r.status_code in (200, 204), (key, r.status_code, r.data[:300])
                 p95 = statistics.quantiles(times, n=20)[-1] if len(times) > 1 else times[0]
                 name = ", ".join(o.split(".")[0] for o in key.strip(".").split("...")[:3])
-                rows.append((path, name, range_key, statistics.median(times), p95))
+                rows.append((path, name, range_key, first, statistics.median(times), p95))
     return rows
 
 
@@ -235,15 +245,17 @@ def main() -> None:
             f"{time.perf_counter() - t0:.0f} s"
         )
     app = create_dash(Query(make_engine(url)), ServerSettings(local_mode=True), clock=lambda: NOW)
+    gc.collect()
+    gc.freeze()  # as the server does once started (aggregator/app.py, lifespan)
     rows = measure(app, args.rounds, args.principal)
     print(f"\nprincipal {args.principal}, {args.rounds} rounds per callback\n")
-    print("| page | callback (first outputs) | range | p50 ms | p95 ms |")
-    print("|---|---|---|---|---|")
-    for path, name, range_key, p50, p95 in rows:
+    print("| page | callback (first outputs) | range | first call ms | p50 ms | p95 ms |")
+    print("|---|---|---|---|---|---|")
+    for path, name, range_key, first, p50, p95 in rows:
         flag = "" if p95 < 200 else " (over goal)"
-        print(f"| {path} | {name} | {range_key} | {p50:.0f} | {p95:.0f}{flag} |")
-    worst = max(rows, key=lambda r: r[4])
-    print(f"\nslowest p95: {worst[4]:.0f} ms ({worst[0]} {worst[1]}, {worst[2]})")
+        print(f"| {path} | {name} | {range_key} | {first:.0f} | {p50:.0f} | {p95:.0f}{flag} |")
+    worst = max(rows, key=lambda r: r[5])
+    print(f"\nslowest p95: {worst[5]:.0f} ms ({worst[0]} {worst[1]}, {worst[2]})")
     tmp.cleanup()
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import plotly.graph_objects as go
 
-from aggregator.query import Principal, Query
+from aggregator.query import OTHERS, Principal, Query
 from aggregator.schema import UNMAPPED
 from dashboard import figures
 from dashboard.pages.common import Window
@@ -28,7 +28,6 @@ TABLE_RESOURCES: tuple[str, ...] = (
     "sessions",
 )
 TOP_MEMBERS = 10  # members drawn one by one; the rest are one "other members" trace
-OTHERS = "__others__"
 NO_DATA_YET = "No data yet: no agent has reported any usage you may see."
 NO_MEMBERS = "No members are known yet: an operator loads them from the identity file."
 
@@ -76,47 +75,49 @@ def member_columns(resource: str) -> list[tuple[str, str]]:
     return cols
 
 
-def member_table(
-    totals: pd.DataFrame, names: Mapping[str, str], resource: str, text: str = ""
-) -> pd.DataFrame:
+def member_table(totals: pd.DataFrame, names: Mapping[str, str], resource: str) -> pd.DataFrame:
     """`Query.vo_totals(by=(facility, group, member))` -> one row per member, amounts in the
-    units the headers name (2 decimals), the share of `resource`, largest first; `text`
-    keeps the members whose name or ID contains it (case-insensitive)."""
+    units the headers name (2 decimals), the share of `resource`, largest first."""
     ids = [c for c, _h in member_columns(resource)]
     if totals.empty:
         return pd.DataFrame(columns=ids)
-    wide = totals.pivot_table(
-        index=["member", "group"], columns="resource", values="amount", aggfunc="sum"
-    )
+    # a member's group is the same at every facility; the sum over both keeps it exact
+    wide = totals.groupby(["member", "resource"])["amount"].sum().unstack("resource")
     wide = wide.reindex(columns=list(dict.fromkeys([*TABLE_RESOURCES, resource]))).fillna(0.0)
-    # a member's group is the same at every facility; the sum over groups keeps it exact
-    wide = (
-        wide.groupby(level="member")
-        .sum()
-        .join(wide.reset_index("group")["group"].groupby(level="member").first())
+    groups = totals.groupby("member")["group"].first()
+    facs = (
+        totals[["member", "facility"]]
+        .drop_duplicates()
+        .sort_values(["member", "facility"])
+        .groupby("member")["facility"]
+        .agg(", ".join)
     )
-    facs = totals.groupby("member")["facility"].agg(lambda s: ", ".join(sorted(set(s))))
     all_total = float(wide[resource].sum())
     out = pd.DataFrame(
         {
             "member": [names.get(m, m) for m in wide.index],
             "member_id": list(wide.index),
-            "group": wide["group"].tolist(),
-            "facilities": [facs.get(m, "") for m in wide.index],
+            "group": groups.reindex(wide.index).tolist(),
+            "facilities": facs.reindex(wide.index, fill_value="").tolist(),
         }
     )
     for r in TABLE_RESOURCES:
         out[r] = (wide[r].to_numpy() * figures.display_unit(r).factor).round(2)
     out["share"] = (100 * wide[resource].to_numpy() / all_total).round(2) if all_total else 0.0
     out["_sort"] = wide[resource].to_numpy()
-    if text:
-        needle = text.lower()
-        keep = out["member"].str.lower().str.contains(needle, regex=False) | out[
-            "member_id"
-        ].str.lower().str.contains(needle, regex=False)
-        out = out[keep]
     out = out.sort_values(["_sort", "member"], ascending=[False, True], kind="stable")
     return out.drop(columns="_sort").reset_index(drop=True)[ids]
+
+
+def filter_members(table: pd.DataFrame, text: str) -> pd.DataFrame:
+    """The rows of a `member_table` whose name or ID contains `text` (case-insensitive)."""
+    if not text or table.empty:
+        return table
+    needle = text.lower()
+    keep = table["member"].str.lower().str.contains(needle, regex=False) | table[
+        "member_id"
+    ].str.lower().str.contains(needle, regex=False)
+    return table[keep].reset_index(drop=True)
 
 
 def facilities_table(totals: pd.DataFrame, resource: str) -> pd.DataFrame:
@@ -142,27 +143,26 @@ def shares_figure(totals: pd.DataFrame, resource: str, vo: str) -> go.Figure:
     if per.empty or per.sum() == 0:
         return figures.empty_figure("Share [%]")
     share = (100 * per / per.sum()).sort_values()
-    fig = go.Figure(
-        go.Bar(
-            x=share.tolist(),
-            y=[str(g) for g in share.index],
-            orientation="h",
-            text=[f"{v:.1f} %" for v in share],
-            textposition="auto",
-            customdata=[du.format(per[g]) for g in share.index],
-            hovertemplate="%{y}: %{x:.1f} % (%{customdata})<extra></extra>",
-            name="share",
-        )
-    )
-    fig.update_layout(**PLOT_LAYOUT)
-    fig.update_layout(
-        title={"text": f"Share of {vo}'s {du.title.lower()} by group", "x": 0},
-        showlegend=False,
-        height=max(200, 80 + 36 * len(share)),
-    )
-    fig.update_xaxes(title_text="Share [%]", range=[0, 100])
-    fig.update_yaxes(title_text="Group", automargin=True)
-    return fig
+    bar = {
+        "type": "bar",
+        "x": share.tolist(),
+        "y": [str(g) for g in share.index],
+        "orientation": "h",
+        "text": [f"{v:.1f} %" for v in share],
+        "textposition": "auto",
+        "customdata": [du.format(per[g]) for g in share.index],
+        "hovertemplate": "%{y}: %{x:.1f} % (%{customdata})<extra></extra>",
+        "name": "share",
+    }
+    layout = {
+        **PLOT_LAYOUT,
+        "title": {"text": f"Share of {vo}'s {du.title.lower()} by group", "x": 0},
+        "showlegend": False,
+        "height": max(200, 80 + 36 * len(share)),
+        "xaxis": {"title": {"text": "Share [%]"}, "range": [0, 100]},
+        "yaxis": {"title": {"text": "Group"}, "automargin": True},
+    }
+    return go.Figure(data=[bar], layout=layout, _validate=False)  # plain values: see usage_figure
 
 
 def _member_series(
@@ -191,6 +191,56 @@ def _member_series(
     return df
 
 
+@dataclass(frozen=True)
+class _Chosen:
+    """The VO (and group) a request shows, after the principal's scope is applied."""
+
+    vos: list[str]
+    vo: str | None
+    groups: list[str]
+    group: str | None
+    names: dict[str, str]
+    message: str = ""
+
+
+def _choose(q: Query, p: Principal, vo: str | None, group: str | None) -> _Chosen:
+    members = q.members(p)
+    vos = visible_vos(members)
+    if not vos:
+        return _Chosen([], None, [], None, {}, NO_MEMBERS)
+    vo = vo or vos[0]
+    if vo not in vos:
+        return _Chosen(vos, vo, [], None, {}, not_allowed(vo))
+    in_vo = members[members["vo"] == vo]
+    groups = sorted(set(in_vo["group"]))
+    group = group if group in groups else None
+    return _Chosen(vos, vo, groups, group, figures.member_names(in_vo))
+
+
+def _resources(resource: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*TABLE_RESOURCES, resource]))
+
+
+def vo_members(
+    q: Query,
+    p: Principal,
+    w: Window,
+    vo: str | None,
+    group: str | None = None,
+    resource: str = "cpu_seconds",
+    text: str = "",
+) -> tuple[str, pd.DataFrame] | None:
+    """Only the member table of `vo_view` (the CSV download): (VO, rows), or None when the
+    principal may see no VO or not this one."""
+    chosen = _choose(q, p, vo, group)
+    if chosen.message or chosen.vo is None:
+        return None
+    totals = q.vo_totals(
+        p, chosen.vo, w.start, w.end, resources=_resources(resource), group=chosen.group
+    )
+    return chosen.vo, filter_members(member_table(totals, chosen.names, resource), text)
+
+
 def vo_view(
     q: Query,
     p: Principal,
@@ -201,20 +251,12 @@ def vo_view(
     text: str = "",
 ) -> VoView:
     """The VO page for principal `p`; `vo=None` picks the first VO it may see."""
-    members = q.members(p)
-    vos = visible_vos(members)
-    if not vos:
-        return VoView([], None, message=NO_MEMBERS)
-    vo = vo or vos[0]
-    if vo not in vos:
-        return VoView(vos, vo, message=not_allowed(vo))
-    in_vo = members[members["vo"] == vo]
-    groups = sorted(set(in_vo["group"]))
-    group = group if group in groups else None
-    names = figures.member_names(in_vo)
-    resources = tuple(dict.fromkeys([*TABLE_RESOURCES, resource]))
-    totals = q.vo_totals(p, vo, w.start, w.end, resources=resources, group=group)
-    view = VoView(vos, vo, groups)
+    chosen = _choose(q, p, vo, group)
+    if chosen.message or chosen.vo is None:
+        return VoView(chosen.vos, chosen.vo, message=chosen.message)
+    vo, group, names = chosen.vo, chosen.group, chosen.names
+    totals = q.vo_totals(p, vo, w.start, w.end, resources=_resources(resource), group=group)
+    view = VoView(chosen.vos, vo, chosen.groups)
     if totals.empty or not (totals["amount"] != 0).any():
         view.message = figures.EMPTY_USAGE if q.has_usage(p) else NO_DATA_YET
     title = figures.display_unit(resource).title
@@ -224,8 +266,8 @@ def vo_view(
     view.by_group = figures.usage_figure(
         by_group, resource, "group", w.start, w.end, w.step, title=f"{title} of {vo} by group"
     )
-    view.members = member_table(totals, names, resource, text)
     ranked = member_table(totals, names, resource)
+    view.members = filter_members(ranked, text)
     top = [m for m in ranked["member_id"].head(TOP_MEMBERS)]
     series = _member_series(q, p, vo, resource, w, group, top, by_group)
     others = f"Other members ({max(0, len(ranked) - len(top))})"

@@ -80,7 +80,7 @@ def rate_figure(
     for k, g in reads.groupby(key, sort=True):
         per = g.groupby("time")["amount"].sum().reindex(index, fill_value=0.0) / width / MB
         label = (names or {}).get(str(k), str(k))
-        fig.add_bar(x=per.index, y=per.to_numpy(), name=label, marker_color=COLOURS.get(str(k)))
+        fig.add_bar(x=per.index, y=per.tolist(), name=label, marker_color=COLOURS.get(str(k)))
     fig.update_layout(**PLOT_LAYOUT, barmode="stack")
     fig.update_xaxes(title_text="Time (UTC)")
     fig.update_yaxes(title_text=RATE_AXIS)

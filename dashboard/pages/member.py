@@ -10,6 +10,7 @@ from typing import Any
 
 from dash import Dash, Input, Output, dcc, html
 
+from aggregator.query import OTHERS
 from dashboard import figures
 from dashboard.pages.common import (
     PICK_MESSAGE,
@@ -76,28 +77,33 @@ def register(app: Dash, ctx: Context) -> None:
         totals = ctx.query.usage_totals(
             p, w.start, w.end, by=("member",), resources=figures.TILE_RESOURCES
         )
-        tiles = figures.totals_tiles(totals, "member", names=names)
-        more = len(tiles) - TOP_MEMBERS
-        if more > 0:
-            tiles = tiles[:TOP_MEMBERS]
+        tiles = figures.totals_tiles(totals, "member", names=names, limit=TOP_MEMBERS)
+        more = totals["member"].nunique() - TOP_MEMBERS if not totals.empty else 0
         figs = []
         for _g, r in GRAPHS:
-            df = ctx.query.usage_over_time(p, r, w.start, w.end, by="member", step=w.step)
-            df, folded = figures.fold_top(df, "member", TOP_MEMBERS)
-            labels = {**names, figures.OTHERS: f"Other members ({folded})"}
+            # the largest members of this resource one by one, the rest summed by the query
+            ranked = totals[totals["resource"] == r].sort_values(
+                ["amount", "member"], ascending=[False, True], kind="stable"
+            )
+            folded = max(0, len(ranked) - TOP_MEMBERS)
+            keep = tuple(ranked["member"].head(TOP_MEMBERS)) if folded else None
+            df = ctx.query.usage_over_time(
+                p, r, w.start, w.end, by="member", step=w.step, keep=keep
+            )
+            labels = {**names, OTHERS: f"Other members ({folded})"}
             figs.append(figures.usage_figure(df, r, "member", w.start, w.end, w.step, names=labels))
         if more > 0:
             intro += (
                 f" The {TOP_MEMBERS} largest CPU users are shown one by one, {more:,} more "
                 "as one; the VO page lists every member."
             )
-        found = ctx.query.sessions(p, w.start, w.end)
-        shown = found.sort_values("start", ascending=False).head(MAX_SESSIONS)
+        shown = ctx.query.sessions(p, w.start, w.end, newest=MAX_SESSIONS)
         sessions = figures.sessions_table(shown, ctx.clock(), names)
-        if len(found) > MAX_SESSIONS:
+        found = ctx.query.session_count(p, w.start, w.end) if len(shown) == MAX_SESSIONS else 0
+        if found > MAX_SESSIONS:
             sessions.rows.append(
                 [
-                    f"... and {len(found) - MAX_SESSIONS:,} older sessions in "
+                    f"... and {found - MAX_SESSIONS:,} older sessions in "
                     "this range (narrow the range to see them)",
                     *[""] * 5,
                 ]

@@ -21,7 +21,7 @@ from dashboard.pages.common import (
     role_caption,
     with_params,
 )
-from dashboard.vo_view import VoView, member_columns, vo_view
+from dashboard.vo_view import VoView, member_columns, vo_members, vo_view
 
 PATH = "/vo"
 TITLE = "VO"
@@ -309,12 +309,13 @@ def register(app: Dash, ctx: Context) -> None:
             return no_update
         resource = resource or DEFAULT_RESOURCE
         w = ctx.window(range_key)
-        view = vo_view(ctx.query, p, w, vo, group, resource, text or "")
-        if view.by_group is None:
+        found = vo_members(ctx.query, p, w, vo, group, resource, text or "")
+        if found is None:
             return no_update
-        frame = view.members.rename(columns=dict(member_columns(resource)))
+        shown_vo, members = found
+        frame = members.rename(columns=dict(member_columns(resource)))
         day = figures.fmt_utc(w.start)[:10]
-        name = f"afmon-{view.vo}-members-{day}-{w.key.split(':')[0]}.csv"
+        name = f"afmon-{shown_vo}-members-{day}-{w.key.split(':')[0]}.csv"
         return {
             "content": frame.to_csv(index=False),
             "filename": name,

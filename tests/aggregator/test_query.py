@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aggregator.app import create_app
-from aggregator.query import LOCAL_ADMIN, Principal, Query, QueryError
+from aggregator.query import LOCAL_ADMIN, OTHERS, Principal, Query, QueryError
 from aggregator.settings import ServerSettings
 from collectors import wire
 from collectors.simulator import FacilitySimulator, Poster, backfill
@@ -97,6 +97,46 @@ def test_usage_over_time_is_hourly_and_sums_to_the_totals(
     assert daily["amount"].sum() == df["amount"].sum()
 
 
+def test_folding_keeps_the_named_members_and_sums_the_rest_per_step(
+    fed: tuple[Query, FacilitySimulator],
+) -> None:
+    query, _ = fed
+    args = (LOCAL_ADMIN, "cpu_seconds", END - 6 * 3600, END)
+    every = query.usage_over_time(*args, by="member")
+    kept = tuple(sorted(set(every["member"]))[:2])
+    folded = query.usage_over_time(*args, by="member", keep=kept)
+    assert set(folded["member"]) == {*kept, OTHERS}
+    mine = folded[folded["member"] != OTHERS].reset_index(drop=True)
+    assert mine.equals(every[every["member"].isin(kept)].reset_index(drop=True))
+    per_step = every.groupby("time")["amount"].sum()
+    assert folded.groupby("time")["amount"].sum().to_dict() == pytest.approx(per_step.to_dict())
+    # keeping nobody folds everything into one key, per step
+    nobody = query.usage_over_time(*args, by="member", keep=())
+    assert set(nobody["member"]) == {OTHERS}
+    assert nobody.set_index("time")["amount"].to_dict() == pytest.approx(per_step.to_dict())
+
+
+def test_newest_sessions_and_their_count(fed: tuple[Query, FacilitySimulator]) -> None:
+    query, _ = fed
+    every = query.sessions(LOCAL_ADMIN, END - 6 * 3600, END)
+    assert len(every) > 3
+    assert query.session_count(LOCAL_ADMIN, END - 6 * 3600, END) == len(every)
+    newest = query.sessions(LOCAL_ADMIN, END - 6 * 3600, END, newest=3)
+    assert newest["start"].tolist() == sorted(every["start"], reverse=True)[:3]
+
+
+def test_active_members_are_those_with_usage_in_whole_and_partial_days(
+    fed: tuple[Query, FacilitySimulator],
+) -> None:
+    query, _ = fed
+    # the second window reads the data's day from the daily rollup
+    for start, end in ((END - 6 * 3600, END), (0.0, END + 2 * 86400), (END - 3600, END)):
+        totals = query.usage_totals(LOCAL_ADMIN, start, end, by=("member",))
+        with_usage = totals.groupby("member")["amount"].sum()
+        assert query.active_members(LOCAL_ADMIN, start, end) == int((with_usage > 0).sum()) > 0
+    assert query.active_members(LOCAL_ADMIN, END + 86400, END + 2 * 86400) == 0
+
+
 def test_bad_arguments_are_named(fed: tuple[Query, FacilitySimulator]) -> None:
     query, _ = fed
     with pytest.raises(QueryError, match="unknown resource 'gpu_hours'"):
@@ -116,13 +156,11 @@ def test_read_api_refuses_without_local_mode(tmp_path: Path) -> None:
     assert r.headers["www-authenticate"] == "Bearer"
 
 
-def test_ranges_mix_whole_days_from_the_rollup_with_partial_days(tmp_path: Path) -> None:
+def test_ranges_mix_whole_days_from_the_rollup_with_partial_days(database_url: str) -> None:
     """A 50 h session from 03:00 on day 0: totals over a ragged range (partial day 0, whole
-    day 1, partial day 2) and day steps both add up exactly."""
+    day 1, partial day 2) and day steps both add up exactly, on SQLite and PostgreSQL."""
     day0 = 1_789_948_800.0  # a UTC midnight
-    settings = ServerSettings(
-        database_url=f"sqlite:///{tmp_path}/r.sqlite", facility_tokens={"af": "t"}
-    )
+    settings = ServerSettings(database_url=database_url, facility_tokens={"af": "t"})
     client = TestClient(create_app(settings, with_dashboard=False, clock=lambda: day0 + 4 * 86400))
     session = wire.Event(
         kind="session", id="s", user="alice", start=day0 + 3 * 3600, end=day0 + 2 * 86400 + 5 * 3600
@@ -157,3 +195,10 @@ def test_ranges_mix_whole_days_from_the_rollup_with_partial_days(tmp_path: Path)
         LOCAL_ADMIN, "session_seconds", day0, day0 + 3 * 86400, by="member", step="day"
     )
     assert daily["amount"].tolist() == [21 * 3600.0, 24 * 3600.0, 5 * 3600.0]
+    folded = query.usage_over_time(
+        LOCAL_ADMIN, "session_seconds", day0, day0 + 3 * 86400, by="member", step="day", keep=()
+    )
+    assert folded["member"].tolist() == [OTHERS] * 3
+    assert folded["amount"].tolist() == daily["amount"].tolist()
+    assert query.active_members(LOCAL_ADMIN, day0 + 2 * 3600, day0 + 2 * 86400 + 6 * 3600) == 1
+    assert query.active_members(LOCAL_ADMIN, day0 + 3 * 86400, day0 + 4 * 86400) == 0
