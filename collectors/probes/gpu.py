@@ -24,12 +24,12 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from collectors import wire
 from collectors.probes.base import READY, ProbeOutput, sample
+from collectors.probes.gpu_users import Gpu, GpuUsers, Unit
 
 log = logging.getLogger(__name__)
 
@@ -61,50 +61,6 @@ def _pwd_name(uid: int) -> str:
         return str(uid)
 
 
-@dataclass
-class _Unit:
-    """A whole GPU or one MIG instance."""
-
-    uuid: str
-    handle: Any
-    fraction: float  # of its GPU
-    gi_id: int | None = None
-    slices: int = 0
-    busy: float | None = None
-    gpm_prev: Any = None
-    shares: dict[str, float] = field(default_factory=dict)  # user -> share of the unit
-    weights: dict[str, float] = field(default_factory=dict)  # user -> share of its activity
-    memory: dict[str, float] = field(default_factory=dict)  # user -> bytes (last poll)
-    sm: dict[str, float] = field(default_factory=dict)  # user -> SM utilisation (last poll)
-
-
-@dataclass
-class _Gpu:
-    index: int
-    handle: Any
-    uuid: str
-    name: str
-    model: str
-    mig: bool
-    gpm: bool
-    units: list[_Unit] = field(default_factory=list)
-    accounting: bool = False
-    processes_visible: bool = True
-    util_ts: int = 0
-    energy_mj: float | None = None
-    prev_alloc: dict[str, float] = field(default_factory=dict)  # user -> GPU share last cycle
-    pids: dict[int, str] = field(default_factory=dict)  # pid -> user at the last poll
-    held: set[tuple[str, str]] = field(default_factory=set)  # (unit uuid, user) last cycle
-
-
-@dataclass
-class _Idle:
-    start: float
-    share: float
-    model: str
-    emitted: bool = False
-
-
 class GpuProbe:
     name = "gpu"
     reports_state = True  # collected even when not ready: it reports its own state
@@ -126,21 +82,15 @@ class GpuProbe:
         self.proc_root = Path(proc_root)
         self._user_name = user_name
         self.process_interval = process_interval
-        self.idle_threshold = idle_threshold_ratio
-        self.idle_min_seconds = idle_min_seconds
         self.retry_seconds = retry_seconds
         self._state: str | None = None
         self.reason = ""
         self._initialised = False  # nvmlInit succeeded: never called again
         self._tried_at = 0.0
-        self._gpus: list[_Gpu] = []
+        self._gpus: list[Gpu] = []
         self._last_poll: float | None = None
         self._names: dict[int, str] = {}
-        self._energy: dict[str, tuple[float, float]] = {}  # user -> (joules, created)
-        self._acct: dict[str, tuple[float, float, float]] = {}  # user -> (s, busy s, created)
-        self._acct_changed: set[str] = set()
-        self._live: set[tuple[str, str]] = set()  # (user, model) reported non-zero last cycle
-        self._idle: dict[tuple[str, str], _Idle] = {}
+        self._users = GpuUsers(self.node, idle_threshold_ratio, idle_min_seconds)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -181,7 +131,7 @@ class GpuProbe:
             return
         self._set(READY if self._gpus else "no_devices")
 
-    def _discover(self, index: int) -> _Gpu:
+    def _discover(self, index: int) -> Gpu:
         nv = self._nvml
         h = nv.nvmlDeviceGetHandleByIndex(index)
         name = _text(nv.nvmlDeviceGetName(h))
@@ -196,9 +146,9 @@ class GpuProbe:
             except (nv.NVMLError, AttributeError):
                 gpm = False
         uuid = _text(nv.nvmlDeviceGetUUID(h))
-        gpu = _Gpu(index, h, uuid, name, model_class(name), mig, gpm)
+        gpu = Gpu(index, h, uuid, name, model_class(name), mig, gpm)
         if not mig:
-            gpu.units = [_Unit(uuid, h, 1.0)]
+            gpu.units = [Unit(uuid, h, 1.0)]
         return gpu
 
     # -- collecting -----------------------------------------------------------------------
@@ -224,8 +174,8 @@ class GpuProbe:
                     )
                     for unit in gpu.units:
                         unit.shares, unit.weights, unit.busy = {}, {}, None
-            out.series.extend(self._user_series(now))
-            out.events.extend(self._idle_events(now))
+            out.series.extend(self._users.series(self._gpus, now))
+            out.events.extend(self._users.idle_events(self._gpus, now))
         labels = {"node": self.node}
         for s in STATES:
             out.series.append(
@@ -233,7 +183,7 @@ class GpuProbe:
             )
         return out
 
-    def _poll(self, gpu: _Gpu) -> None:
+    def _poll(self, gpu: Gpu) -> None:
         """The slow part: MIG layout, processes and their owners, accounting stats."""
         nv = self._nvml
         if gpu.mig:
@@ -278,11 +228,11 @@ class GpuProbe:
             self._accounting(gpu, [p for p in gpu.pids if p not in pids])
         gpu.pids = pids
 
-    def _mig_units(self, gpu: _Gpu) -> list[_Unit]:
+    def _mig_units(self, gpu: Gpu) -> list[Unit]:
         nv = self._nvml
         old = {u.uuid: u for u in gpu.units}
         full = nv.nvmlDeviceGetMaxMigDeviceCount(gpu.handle)
-        units: list[_Unit] = []
+        units: list[Unit] = []
         for i in range(full):
             try:
                 h = nv.nvmlDeviceGetMigDeviceHandleByIndex(gpu.handle, i)
@@ -290,13 +240,13 @@ class GpuProbe:
                 continue
             uuid = _text(nv.nvmlDeviceGetUUID(h))
             slices = nv.nvmlDeviceGetAttributes(h).gpuInstanceSliceCount
-            unit = _Unit(uuid, h, slices / full, nv.nvmlDeviceGetGpuInstanceId(h), slices)
+            unit = Unit(uuid, h, slices / full, nv.nvmlDeviceGetGpuInstanceId(h), slices)
             if uuid in old:
                 unit.gpm_prev, unit.busy = old[uuid].gpm_prev, old[uuid].busy
             units.append(unit)
         return units
 
-    def _process_util(self, gpu: _Gpu, unit: _Unit) -> dict[int, float]:
+    def _process_util(self, gpu: Gpu, unit: Unit) -> dict[int, float]:
         """pid -> SM utilisation (percent) since the last poll; idle (NotFound) is none."""
         nv = self._nvml
         if gpu.mig:
@@ -325,7 +275,7 @@ class GpuProbe:
                 return name
         return None
 
-    def _accounting(self, gpu: _Gpu, gone: list[int]) -> None:
+    def _accounting(self, gpu: Gpu, gone: list[int]) -> None:
         nv = self._nvml
         for pid in gone:
             try:
@@ -334,13 +284,12 @@ class GpuProbe:
                 continue
             if st.isRunning or not st.time:
                 continue
-            user = gpu.pids[pid]
-            secs, busy, created = self._acct.get(user, (0.0, 0.0, self._last_poll or 0.0))
             t = st.time / 1000.0
-            self._acct[user] = (secs + t, busy + t * st.gpuUtilization / 100.0, created)
-            self._acct_changed.add(user)
+            self._users.add_accounting(
+                gpu.pids[pid], t, t * st.gpuUtilization / 100.0, self._last_poll or 0.0
+            )
 
-    def _device_series(self, gpu: _Gpu, now: float) -> list[wire.Series]:
+    def _device_series(self, gpu: Gpu, now: float) -> list[wire.Series]:
         nv = self._nvml
         h = gpu.handle
         lab = {"node": self.node, "gpu": gpu.uuid}
@@ -366,9 +315,7 @@ class GpuProbe:
         out.append(sample("gpu_energy_joules", lab, now, energy / 1000.0))
         delta = 0.0 if gpu.energy_mj is None else max(0.0, energy - gpu.energy_mj) / 1000.0
         gpu.energy_mj = energy
-        for user, share in gpu.prev_alloc.items():
-            joules, created = self._energy[user]
-            self._energy[user] = (joules + delta * share, created)
+        self._users.add_energy(gpu.prev_alloc, delta)
         if not gpu.mig:
             gpu.units[0].busy = nv.nvmlDeviceGetUtilizationRates(h).gpu / 100.0
             out.append(sample("gpu_utilization_ratio", lab, now, gpu.units[0].busy))
@@ -401,12 +348,11 @@ class GpuProbe:
             out.append(sample("gpu_allocated_ratio", ulab, now, float(bool(unit.shares))))
             for user, share in unit.shares.items():
                 alloc[user] = alloc.get(user, 0.0) + share * unit.fraction
-        for user in alloc:
-            self._energy.setdefault(user, (0.0, now))
+        self._users.start_energy(alloc, now)
         gpu.prev_alloc = alloc
         return out
 
-    def _gpm_busy(self, gpu: _Gpu, unit: _Unit) -> float | None:
+    def _gpm_busy(self, gpu: Gpu, unit: Unit) -> float | None:
         """GPM graphics activity of a MIG instance between this cycle and the last one."""
         if not gpu.gpm or unit.gi_id is None:
             return None
@@ -424,92 +370,3 @@ class GpuProbe:
         if get.metrics[0].nvmlReturn != 0:
             return None
         return min(1.0, max(0.0, get.metrics[0].value / 100.0))
-
-    # -- per-user series and idle intervals -----------------------------------------------
-
-    def _user_series(self, now: float) -> list[wire.Series]:
-        held: dict[tuple[str, str], float] = {}
-        busy: dict[tuple[str, str], float] = {}
-        for gpu in self._gpus:
-            for unit in gpu.units:
-                for user, share in unit.shares.items():
-                    key = (user, gpu.model)
-                    held[key] = held.get(key, 0.0) + share * unit.fraction
-                    if unit.busy is not None:
-                        active = unit.busy * unit.weights.get(user, 0.0) * unit.fraction
-                        busy[key] = busy.get(key, 0.0) + active
-        keys = sorted(set(held) | self._live)
-        self._live = set(held)
-        out: list[wire.Series] = []
-        totals: dict[str, list[float]] = {}
-        for user, model in keys:
-            lab = {"user": user, "node": self.node, "model": model}
-            h, b = held.get((user, model), 0.0), busy.get((user, model), 0.0)
-            out.append(sample("user_model_gpus_held", lab, now, h))
-            out.append(sample("user_model_gpu_busy", lab, now, b))
-            acc = totals.setdefault(user, [0.0, 0.0])
-            acc[0] += h
-            acc[1] += b
-        for user, (h, b) in totals.items():
-            lab = {"user": user, "node": self.node}
-            out.append(sample("user_gpus_held", lab, now, h))
-            out.append(sample("user_gpu_busy", lab, now, b))
-            joules, created = self._energy[user]
-            out.append(sample("user_gpu_energy_joules", lab, now, joules, created=created))
-        for user in sorted(self._acct_changed):
-            secs, bsecs, created = self._acct[user]
-            lab = {"user": user, "node": self.node}
-            out.append(sample("user_gpu_accounting_seconds", lab, now, secs, created=created))
-            out.append(sample("user_gpu_accounting_busy_seconds", lab, now, bsecs, created=created))
-        self._acct_changed.clear()
-        for gpu in self._gpus:
-            out.extend(self._process_series(gpu, now))
-        return out
-
-    def _process_series(self, gpu: _Gpu, now: float) -> list[wire.Series]:
-        """Per user and unit: `gpu_held` (1, then 0 once released), the GPU memory of their
-        processes and their SM utilisation (as of the last poll)."""
-        out: list[wire.Series] = []
-        held = {(unit.uuid, user) for unit in gpu.units for user in unit.shares}
-        for uuid, user in sorted(gpu.held - held):
-            out.append(sample("gpu_held", {"user": user, "node": self.node, "gpu": uuid}, now, 0))
-        gpu.held = held
-        for unit in gpu.units:
-            for user in unit.shares:
-                lab = {"user": user, "node": self.node, "gpu": unit.uuid}
-                out.append(sample("gpu_held", lab, now, 1))
-                out.append(sample("user_gpu_memory_bytes", lab, now, unit.memory.get(user, 0)))
-                if not gpu.mig:
-                    out.append(sample("user_gpu_sm_ratio", lab, now, unit.sm.get(user, 0.0)))
-        return out
-
-    def _idle_events(self, now: float) -> list[wire.Event]:
-        idle_now: dict[tuple[str, str], tuple[float, str]] = {}
-        for gpu in self._gpus:
-            for unit in gpu.units:
-                if unit.busy is not None and unit.busy < self.idle_threshold:
-                    for user, share in unit.shares.items():
-                        idle_now[(unit.uuid, user)] = (share * unit.fraction, gpu.model)
-        events: list[wire.Event] = []
-        for key in list(self._idle):
-            if key not in idle_now:
-                rec = self._idle.pop(key)
-                if rec.emitted:
-                    events.append(self._event(key, rec, now))
-        for key, (share, model) in idle_now.items():
-            rec = self._idle.setdefault(key, _Idle(now, share, model))
-            if not rec.emitted and now - rec.start >= self.idle_min_seconds:
-                rec.emitted = True
-                events.append(self._event(key, rec, None))
-        return events
-
-    def _event(self, key: tuple[str, str], rec: _Idle, end: float | None) -> wire.Event:
-        unit, user = key
-        return wire.Event(
-            kind="gpu_idle",
-            id=f"{self.node}/{unit}/{user}/{rec.start:.0f}",
-            user=user,
-            start=rec.start,
-            end=end,
-            attrs={"gpu": unit, "model": rec.model, "node": self.node, "share": rec.share},
-        )
