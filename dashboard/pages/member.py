@@ -23,7 +23,7 @@ from dashboard.pages.common import (
 
 PATH = "/member"
 TITLE = "My usage"
-MAX_SESSIONS = 200  # the newest sessions listed; a page of thousands helps nobody
+MAX_SESSIONS = 100  # the newest sessions listed; a page of thousands helps nobody
 TOP_MEMBERS = 10  # a manager or admin sees the largest members one by one, the rest as one
 # (graph id, resource) shown over time
 GRAPHS: tuple[tuple[str, str], ...] = (

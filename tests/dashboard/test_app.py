@@ -77,8 +77,13 @@ def test_local_mode_banner_lists_principals(engine: Engine) -> None:
     app = _app(engine, local_mode=True)
     layout = json.dumps(app.server.test_client().get("/_dash-layout").get_json())
     assert "Local demo mode: no login; pick who you are" in layout
-    for label in ("Facility admin", "VO manager of atlas", "VO manager of cms",
-                  "Member: Alice Archer (atlas)", "Member: Bob Brown (cms)"):
+    for label in (
+        "Facility admin",
+        "VO manager of atlas",
+        "VO manager of cms",
+        "Member: Alice Archer (atlas)",
+        "Member: Bob Brown (cms)",
+    ):
         assert label in layout
 
 
@@ -107,11 +112,17 @@ def test_a_member_sees_only_themself(engine: Engine) -> None:
     assert "Node details are visible to facility admins only." in overview
     mine = json.dumps(_call(app, ["mem-tiles.children"], inputs))
     assert "Bob Brown" in mine and "Alice" not in mine
-    admin = json.dumps(_call(app, ["fac-tiles.children"], {**inputs, "principal-picker.value":
-                                                          "admin"}))
+    admin = json.dumps(
+        _call(app, ["fac-tiles.children"], {**inputs, "principal-picker.value": "admin"})
+    )
     assert "2.00 core-hours" in admin and "1.50 core-hours" in admin
-    nobody = json.dumps(_call(app, ["fac-tiles.children"], {**inputs, "principal-picker.value":
-                                                           "member:iss-c|mallory"}))
+    nobody = json.dumps(
+        _call(
+            app,
+            ["fac-tiles.children"],
+            {**inputs, "principal-picker.value": "member:iss-c|mallory"},
+        )
+    )
     assert "Pick who you are" in nobody and "core-hours" not in nobody
 
 
@@ -121,3 +132,29 @@ def test_two_apps_in_one_process(engine: Engine) -> None:
     for app in (first, second):
         assert app.server.test_client().get("/").status_code == 200
         assert app.server.test_client().get("/_dash-dependencies").status_code == 200
+
+
+def test_member_page_lists_the_newest_sessions_and_counts_the_rest(engine: Engine) -> None:
+    from dashboard.pages.member import MAX_SESSIONS
+
+    n = MAX_SESSIONS + 3
+    with engine.begin() as conn:
+        for i in range(n):
+            conn.execute(
+                text(
+                    "INSERT INTO event (facility, kind, id, node, local_user, member_id, start, "
+                    "\"end\", attrs) VALUES ('af', 'session', :id, 'n1', 'bob', 'iss-c|bob', "
+                    ":start, :end, '{}')"
+                ),
+                {"id": f"s-{i:03d}", "start": T0 + 60 * i, "end": T0 + 60 * i + 30},
+            )
+    out = _call(
+        _app(engine, local_mode=True),
+        ["mem-sessions.children"],
+        {"principal-picker.value": "admin", "range.value": "24h"},
+    )
+    rows = out["mem-sessions"]["children"]["props"]["children"][1]["props"]["children"]
+    cells = [[td["props"]["children"] for td in r["props"]["children"]] for r in rows]
+    assert len(cells) == MAX_SESSIONS + 1
+    assert "2026-01-01 01:42:00 UTC" in cells[0]  # the newest (i = 102) first
+    assert cells[-1][0] == "... and 3 older sessions in this range (narrow the range to see them)"
