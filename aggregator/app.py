@@ -98,7 +98,8 @@ def build_services(
     )
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
+    # async: FastAPI runs a plain-def dependency in its thread pool, a hop per request
     return request.app.state.services
 
 

@@ -37,8 +37,9 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
         return ServerSettings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "AFMON_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
-        sys.exit(f"afmon: bad setting {name}: {first['msg']}")
+        if not first["loc"]:  # a rule across settings: its message names them
+            sys.exit(f"afmon: bad settings: {first['msg'].removeprefix('Value error, ')}")
+        sys.exit(f"afmon: bad setting AFMON_{str(first['loc'][0]).upper()}: {first['msg']}")
     except SettingsError as exc:  # e.g. a JSON setting that is not JSON
         sys.exit(f"afmon: bad setting: {exc}")
 

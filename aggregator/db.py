@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, LargeBinary, create_engine, event, inspect
 from sqlmodel import SQLModel
 
 from aggregator import schema  # noqa: F401  (registers the tables)
@@ -55,20 +56,35 @@ def make_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables; a ledger from before the daily rollup gets its days filled."""
+    """Create missing tables, and bring a database that an older afmon made forward where a
+    migration would: the daily rollup gets its days (0003), the outbox its `points` (0004)."""
     from aggregator.rollup import backfill_daily
 
     SQLModel.metadata.create_all(engine)
     with engine.begin() as conn:
         backfill_daily(conn)
+        if "points" not in {c["name"] for c in inspect(conn).get_columns("tsdb_outbox")}:
+            blob = LargeBinary().compile(dialect=conn.dialect)
+            exists = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""
+            conn.exec_driver_sql(f"ALTER TABLE tsdb_outbox ADD COLUMN{exists} points {blob}")
 
 
-def copy_rows(conn: Connection, sql: str, rows: Any) -> None:
-    """PostgreSQL `COPY ... FROM STDIN` (psycopg 3) inside the connection's transaction: the
-    bulk path for hot inserts (docs/scale.md)."""
-    with conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as copy:
-        for row in rows:
-            copy.write_row(row)
+def insert_rows(
+    conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Bulk insert inside the connection's transaction, straight through the driver: COPY on
+    PostgreSQL (psycopg 3), `executemany` on SQLite. `rows` may be a lazy iterator (the ingest
+    hot path passes one, so that no list of row tuples is built)."""
+    driver = conn.connection.driver_connection
+    cols = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        with driver.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+            write = copy.write_row
+            for row in rows:
+                write(row)
+        return
+    marks = ", ".join("?" * len(columns))
+    driver.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
 
 
 def placeholder(engine: Engine) -> str:

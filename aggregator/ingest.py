@@ -11,14 +11,15 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import Connection, Engine
 
-from aggregator.db import copy_rows, placeholder
+from aggregator.db import insert_rows, placeholder
 from aggregator.identity import IdentityMap, MemberRef
 from aggregator.ledger import (
     ACCOUNTED_METRICS,
@@ -35,7 +36,7 @@ from aggregator.ledger import (
 from aggregator.rollup import DAY
 from aggregator.schema import RESOURCES, UNMAPPED_ISSUER
 from aggregator.settings import ServerSettings
-from aggregator.tsdb_influx import Outbox
+from aggregator.tsdb_influx import Outbox, Points, series_head
 from collectors import wire
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,36 @@ NODE_METRICS = {
 }
 
 
+# Raw series that afmon reads back from the `sample` table (query_ops.py: data_servers,
+# gpu_utilisation; signals.py: agent_spool_growth_batches): kept there even when raw samples
+# otherwise live only in the time-series store (AFMON_TSDB_RAW_ONLY). Node-level series, a
+# small share of the samples.
+READ_BACK_METRICS = frozenset(
+    {
+        "xrootd_server_read_bytes",
+        "xrootd_server_written_bytes",
+        "xrootd_server_files_opened",
+        "xrootd_server_link_out_bytes",
+        "xrootd_server_link_in_bytes",
+        "xrootd_server_restarts",
+        "gpu_utilization_ratio",
+        "agent_spool_batches",
+    }
+)
+
+SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
+"""(facility, metric, sorted label items): a series, without serialising its labels."""
+FreshSamples = tuple[int, list[float], list[float]]
+"""A series id with the times and values of its samples that are new to the store."""
+
+
+def sample_rows(fresh: Iterable[FreshSamples]) -> Iterator[tuple[int, float, float]]:
+    """The rows (series id, time, value) of the fresh samples, made lazily: the driver drops
+    each row before it takes the next, so `zip` hands it one reused tuple and a batch of
+    samples allocates no row objects (no list of tuples, no garbage collection)."""
+    return chain.from_iterable(zip(repeat(sid), times, values) for sid, times, values in fresh)
+
+
 @dataclass(frozen=True)
 class IngestResult:
     status: Literal["applied", "duplicate"]
@@ -56,6 +87,11 @@ class IngestResult:
     stale_samples: int = 0
     events: int = 0
     ledger_rows: int = 0
+
+
+def _labels_json(s: wire.Series) -> str:
+    """The labels as the `series` table stores them (its key, with facility and metric)."""
+    return json.dumps(s.labels, sort_keys=True, separators=(",", ":"))
 
 
 class Ingestor:
@@ -70,13 +106,13 @@ class Ingestor:
         self._identity = identity
         self._settings = settings
         self._clock = clock
-        self._series_ids: dict[tuple[str, str, str], int] = {}
+        self._series_ids: dict[SeriesKey, int] = {}
         self._outbox = Outbox(engine) if settings.tsdb_url else None  # docs/scale.md
-        self._copy = engine.dialect.name == "postgresql"  # samples by COPY
+        self._all_in_database = not settings.tsdb_raw_only
         p = placeholder(engine)
         self._p = p
+        self._pg = engine.dialect.name == "postgresql"
         self._for_update = "" if engine.dialect.name == "sqlite" else " FOR UPDATE"
-        self._sql_sample = f"INSERT INTO sample (series_id, time, value) VALUES ({p}, {p}, {p})"
         self._sql_ledger = (
             "INSERT INTO usage (facility, vo, grp, member_id, resource, hour, amount, unit) "
             f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
@@ -108,7 +144,7 @@ class Ingestor:
             ).rowcount
             if claimed == 0:
                 return IngestResult("duplicate", batch.seq)
-            new_series: dict[tuple[str, str, str], int] = {}
+            new_series: dict[SeriesKey, int] = {}
             result = self._apply(conn, batch, now, new_series)
         # Only ids of committed series may be remembered: a rolled-back id can be reused.
         self._series_ids.update(new_series)
@@ -121,7 +157,7 @@ class Ingestor:
         conn: Connection,
         batch: wire.Batch,
         now: float,
-        new_series: dict[tuple[str, str, str], int],
+        new_series: dict[SeriesKey, int],
     ) -> IngestResult:
         facility = batch.facility
         ids = self._series_ids_for(conn, batch, new_series)
@@ -129,36 +165,41 @@ class Ingestor:
         hepscore = self._update_nodes(conn, batch, now)
         inc = Increments()
         members: dict[str, MemberRef] = {}
-        samples: list[tuple[int, float, float]] = []
+        fresh: list[FreshSamples] = []  # into the `sample` table
+        points: list[Points] = []  # into the time-series store's outbox
         new_state: list[tuple[float, float, int]] = []
-        stale = 0
+        stale = written = 0
+        gap = self._settings.gauge_max_gap_seconds
         for i, (s, sid) in enumerate(zip(batch.series, ids, strict=True)):
+            times, values = s.times, s.values
             last_t, last_v = state[sid]
-            n = fresh_count(s.times, last_t)
-            stale += len(s.times) - n
+            n = fresh_count(times, last_t)
+            stale += len(times) - n
             if n == 0:
                 continue
-            start = len(s.times) - n
-            samples.extend(zip([sid] * n, s.times[start:], s.values[start:], strict=True))
-            new_state.append((s.times[-1], s.values[-1], sid))
+            if n < len(times):  # copies only when part of the series was seen before
+                times, values = times[-n:], values[-n:]
+            written += n
+            if self._all_in_database or s.metric in READ_BACK_METRICS:
+                fresh.append((sid, times, values))
+            if self._outbox is not None:
+                points.append((series_head(batch, s), times, values))
+            new_state.append((times[-1], values[-1], sid))
             rule = ACCOUNTED_METRICS.get(s.metric)
             user = s.labels.get("user")
             if rule is None or user is None:
                 continue
             resource = self._resource(rule, s, i)
             node = s.labels.get("node", batch.node)
-            gap = self._settings.gauge_max_gap_seconds
             pieces: Iterable[tuple[float, float]] | None = None
             if rule.how == "counter":
                 # per hour when the whole series maps to one member, else per sample
-                if self._one_member(facility, user, s.times[start], s.times[-1]):
-                    pieces = counter_increases_per_hour(
-                        s.times, s.values, last_t, last_v, s.created
-                    )
+                if self._one_member(facility, user, times[0], times[-1]):
+                    pieces = counter_increases_per_hour(times, values, last_t, last_v, s.created)
                 if pieces is None:
-                    pieces = counter_increases(s.times, s.values, last_t, last_v, s.created)
+                    pieces = counter_increases(times, values, last_t, last_v, s.created)
             else:
-                pieces = gauge_integral(s.times, s.values, last_t, last_v, gap)
+                pieces = gauge_integral(times, values, last_t, last_v, gap)
             per_hour: dict[tuple[int, str], float] = defaultdict(float)
             rid, lo, hi = "", 0.0, -1.0
             for t, amount in pieces:
@@ -172,19 +213,12 @@ class Ingestor:
                 inc.add(facility, members[rid], resource, h, amount)
                 if rule.normalised is not None:
                     inc.add(facility, members[rid], rule.normalised, h, amount * factor)
-        if samples:
-            if self._copy:
-                copy_rows(conn, "COPY sample (series_id, time, value) FROM STDIN", samples)
-            else:
-                conn.exec_driver_sql(self._sql_sample, samples)
-            if self._outbox is not None:
-                self._outbox.stage(conn, batch, ids, samples, now)
+        if fresh:
+            insert_rows(conn, "sample", ("series_id", "time", "value"), sample_rows(fresh))
+        if points and self._outbox is not None:
+            self._outbox.stage(conn, points, written, now)
         if new_state:
-            conn.exec_driver_sql(
-                f"UPDATE series SET last_time = {self._p}, last_value = {self._p} "
-                f"WHERE id = {self._p}",
-                new_state,
-            )
+            self._write_state(conn, new_state)
         events = self._apply_events(conn, batch, inc, members, hepscore)
         self._ensure_unmapped(conn, members)
         if inc.amounts:
@@ -207,8 +241,8 @@ class Ingestor:
             conn.exec_driver_sql(
                 self._sql_latency, [(*k, int(c), s) for k, (c, s) in inc.latencies.items()]
             )
-        self._touch_agent(conn, batch, now, len(samples))
-        return IngestResult("applied", batch.seq, len(samples), stale, events, len(inc))
+        self._touch_agent(conn, batch, now, written)
+        return IngestResult("applied", batch.seq, written, stale, events, len(inc))
 
     def _one_member(self, facility: str, user: str, first: float, last: float) -> bool:
         """Whether `user` maps to the same member from `first` to `last` (inclusive)."""
@@ -238,16 +272,16 @@ class Ingestor:
         return ref
 
     def _series_ids_for(
-        self, conn: Connection, batch: wire.Batch, new_series: dict[tuple[str, str, str], int]
+        self, conn: Connection, batch: wire.Batch, new_series: dict[SeriesKey, int]
     ) -> list[int]:
         p = self._p
         ids: list[int] = []
         first_index: dict[int, int] = {}
         for i, s in enumerate(batch.series):
-            labels = json.dumps(s.labels, sort_keys=True, separators=(",", ":"))
-            key = (batch.facility, s.metric, labels)
+            key = (batch.facility, s.metric, tuple(sorted(s.labels.items())))
             sid = self._series_ids.get(key) or new_series.get(key)
             if sid is None:
+                labels = _labels_json(s)
                 conn.exec_driver_sql(
                     "INSERT INTO series (facility, metric, labels, unit, kind, node, local_user) "
                     f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
@@ -263,14 +297,14 @@ class Ingestor:
                 )
                 sid = conn.exec_driver_sql(
                     f"SELECT id FROM series WHERE facility = {p} AND metric = {p} AND labels = {p}",
-                    key,
+                    (batch.facility, s.metric, labels),
                 ).scalar_one()
                 new_series[key] = sid
             if sid in first_index:
                 raise wire.WireError(
                     f"$.series[{i}]",
-                    f"repeats the series of $.series[{first_index[sid]}] ({s.metric} {labels}); "
-                    "send each series once per batch",
+                    f"repeats the series of $.series[{first_index[sid]}] "
+                    f"({s.metric} {_labels_json(s)}); send each series once per batch",
                 )
             first_index[sid] = i
             ids.append(sid)
@@ -291,6 +325,22 @@ class Ingestor:
             )
             state.update((r[0], (r[1], r[2])) for r in rows)
         return state
+
+    def _write_state(self, conn: Connection, new_state: list[tuple[float, float, int]]) -> None:
+        """Each series' newest (time, value). On PostgreSQL in one statement: an executemany
+        is a round trip per series there."""
+        if self._pg:
+            times, values, ids = zip(*new_state, strict=True)
+            conn.exec_driver_sql(
+                "UPDATE series SET last_time = u.t, last_value = u.v FROM unnest("
+                "%s::float8[], %s::float8[], %s::integer[]) AS u(t, v, id) WHERE series.id = u.id",
+                (list(times), list(values), list(ids)),
+            )
+            return
+        conn.exec_driver_sql(
+            f"UPDATE series SET last_time = {self._p}, last_value = {self._p} WHERE id = {self._p}",
+            new_state,
+        )
 
     def _update_nodes(self, conn: Connection, batch: wire.Batch, now: float) -> dict[str, float]:
         """Record node capacity from node_* series; return HEPscore23/core per node."""

@@ -167,15 +167,11 @@ def gauge_integral(
 
 
 def fresh_count(times: list[float], last_time: float | None) -> int:
-    """How many samples at the end of `times` are newer than `last_time`."""
+    """How many samples at the end of `times` are newer than `last_time`; `times` strictly
+    increase (`wire.check_batch`), so a binary search finds them."""
     if last_time is None:
         return len(times)
-    n = 0
-    for t in reversed(times):
-        if t <= last_time:
-            break
-        n += 1
-    return n
+    return len(times) - bisect.bisect_right(times, last_time)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from collectors.wire import GPU_MODELS
@@ -206,7 +206,12 @@ class TsdbOutbox(SQLModel, table=True):
     __tablename__ = "tsdb_outbox"
     id: int | None = Field(default=None, primary_key=True)
     created: float
-    lines: str = Field(description="Line protocol, millisecond timestamps")
+    lines: str = Field(description="Line protocol, ms timestamps (rows staged before 0004)")
+    points: bytes | None = Field(
+        default=None,
+        sa_type=LargeBinary,
+        description="zlib'd JSON [[line-protocol head, [[value, ms], ...]], ...] (tsdb_influx.py)",
+    )
     samples: int
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aggregator.auth_config import IssuerConfig
@@ -87,7 +87,8 @@ class ServerSettings(BaseSettings):
         "on every worker. Required with sign-in outside local mode.",
     )
     public_url: str | None = Field(
-        None, description="The URL users reach afmon at (for the sign-in redirect); "
+        None,
+        description="The URL users reach afmon at (for the sign-in redirect); "
         "default: taken from each request.",
     )
     ingest_rate_per_agent: float = Field(
@@ -152,6 +153,13 @@ class ServerSettings(BaseSettings):
         200, gt=0, description="Outbox rows (one per ingested batch) per write to the store."
     )
     tsdb_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one store write.")
+    tsdb_raw_only: bool = Field(
+        False,
+        description="With AFMON_TSDB_URL: raw samples go only to the time-series store, not also "
+        "into the database's `sample` table (faster ingest, a smaller database); the few series "
+        "afmon reads back itself (XRootD server counters, GPU utilisation, agent spool depth) "
+        "stay in the database too. See docs/scale.md.",
+    )
     # -- mail (alerts and reports) --
     smtp_host: str | None = Field(None, description="SMTP server for mail; unset: no mail.")
     smtp_port: int = Field(25, description="SMTP port.")
@@ -162,6 +170,14 @@ class ServerSettings(BaseSettings):
     report_mail_to: list[str] = Field(
         default_factory=list, description='Recipients of report mail, as JSON: ["a@b.org"].'
     )
+
+    @model_validator(mode="after")
+    def _raw_only_needs_a_store(self) -> ServerSettings:
+        if self.tsdb_raw_only and not self.tsdb_url:
+            raise ValueError(
+                "AFMON_TSDB_RAW_ONLY needs AFMON_TSDB_URL: without a store, raw samples are lost"
+            )
+        return self
 
     @field_validator("retention_days", "max_future_skew_seconds", "gauge_max_gap_seconds")
     @classmethod

@@ -1,12 +1,13 @@
 """Ingest throughput into VictoriaMetrics: line protocol straight in, against through afmon.
 
 In one run, on the same samples, each into its own fresh VictoriaMetrics:
-  (a) direct: afmon's own points (tsdb_influx.batch_lines, millisecond line protocol),
+  (a) direct: afmon's own points (tsdb_influx.line_protocol, millisecond line protocol),
       gzip'd, POSTed to VictoriaMetrics' /api/v2/write, one request per batch;
   (b) afmon: the same batches as wire JSON POSTed to a real `afmon serve` (SQLite, no
-      dashboard) with AFMON_TSDB_URL set, timed until its outbox is drained into
-      VictoriaMetrics (so both sides end with the samples in VictoriaMetrics).
-Prints samples per second for both and their ratio; checks VictoriaMetrics holds them all.
+      dashboard) with AFMON_TSDB_URL and AFMON_TSDB_RAW_ONLY set, timed until its outbox is
+      drained into VictoriaMetrics (so both sides end with the samples in VictoriaMetrics);
+  (c) the same as (b), but raw samples are kept in SQLite's `sample` table too (the default).
+Prints samples per second of each and the ratios; checks VictoriaMetrics holds them all.
 
     python bench/ingest_vm.py [--batches 50] [--series 50] [--samples 100]
 """
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ingest  # noqa: E402
 from ingest import serve_and_post  # noqa: E402
 
-from aggregator.tsdb_influx import batch_lines  # noqa: E402
+from aggregator.tsdb_influx import line_protocol, series_head  # noqa: E402
 from collectors import wire  # noqa: E402
 
 
@@ -67,15 +68,13 @@ def stored_samples(url: str) -> int:
 
 
 def direct(batches: list[wire.Batch], url: str) -> float:
-    bodies = []
-    for b in batches:
-        ids = list(range(1, len(b.series) + 1))
-        samples = [
-            (sid, t, v)
-            for sid, s in zip(ids, b.series, strict=True)
-            for t, v in zip(s.times, s.values, strict=True)
-        ]
-        bodies.append(gzip.compress(batch_lines(b, ids, samples).encode(), compresslevel=5))
+    bodies = [
+        gzip.compress(
+            line_protocol([(series_head(b, s), s.times, s.values) for s in b.series]),
+            compresslevel=5,
+        )
+        for b in batches
+    ]
     headers = {"Content-Encoding": "gzip"}
     with httpx.Client(timeout=120) as client:
         started = time.perf_counter()
@@ -84,6 +83,23 @@ def direct(batches: list[wire.Batch], url: str) -> float:
             r.raise_for_status()
         elapsed = time.perf_counter() - started
     return sum(b.sample_count for b in batches) / elapsed
+
+
+def through_afmon(batches: list[wire.Batch], db: Path, vm_url: str, raw_only: bool) -> float:
+    """Samples/s through `afmon serve` (SQLite) into VictoriaMetrics, until the outbox is
+    drained."""
+
+    def drained() -> bool:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT COUNT(*) FROM tsdb_outbox").fetchone()[0] == 0
+
+    env = {
+        "AFMON_DATABASE_URL": f"sqlite:///{db}",
+        "AFMON_TSDB_URL": vm_url,
+        "AFMON_TSDB_FLUSH_SECONDS": "0.05",
+        "AFMON_TSDB_RAW_ONLY": str(raw_only).lower(),
+    }
+    return serve_and_post(batches, env, until=drained)
 
 
 def main() -> None:
@@ -101,38 +117,26 @@ def main() -> None:
     total = sum(b.sample_count for b in batches)
     print(f"{total:,} samples in {len(batches)} batches", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        vm_a, url_a = start_vm(Path(tmp) / "vm-a")
-        vm_b, url_b = start_vm(Path(tmp) / "vm-b")
+        vms = [start_vm(Path(tmp) / f"vm-{x}") for x in "abc"]
         try:
-            direct_rate = direct(batches, url_a)
-            db = Path(tmp) / "afmon.sqlite"
-
-            def drained() -> bool:
-                with sqlite3.connect(db) as conn:
-                    return conn.execute("SELECT COUNT(*) FROM tsdb_outbox").fetchone()[0] == 0
-
-            afmon_rate = serve_and_post(
-                batches,
-                {
-                    "AFMON_DATABASE_URL": f"sqlite:///{db}",
-                    "AFMON_TSDB_URL": url_b,
-                    "AFMON_TSDB_FLUSH_SECONDS": "0.05",
-                },
-                until=drained,
-            )
-            stored = (stored_samples(url_a), stored_samples(url_b))
+            direct_rate = direct(batches, vms[0][1])
+            raw_only_rate = through_afmon(batches, Path(tmp) / "b.sqlite", vms[1][1], True)
+            both_rate = through_afmon(batches, Path(tmp) / "c.sqlite", vms[2][1], False)
+            stored = [stored_samples(url) for _proc, url in vms]
         finally:
-            for p in (vm_a, vm_b):
-                p.terminate()
-                p.wait(timeout=30)
-    print(f"{'path':<58} {'samples/s':>12}")
-    print(f"{'(a) line protocol straight into VictoriaMetrics':<58} {direct_rate:>12,.0f}")
+            for proc, _url in vms:
+                proc.terminate()
+                proc.wait(timeout=30)
+    print(f"{'path':<56} {'samples/s':>12}")
+    print(f"{'(a) line protocol straight into VictoriaMetrics':<56} {direct_rate:>12,.0f}")
+    print(f"{'(b) afmon -> VictoriaMetrics, raw samples only there':<56} {raw_only_rate:>12,.0f}")
+    print(f"{'(c) afmon -> VictoriaMetrics, raw samples in SQLite too':<56} {both_rate:>12,.0f}")
+    print(f"{'ratio (b)/(a)':<56} {raw_only_rate / direct_rate:>12.2f}")
+    print(f"{'ratio (c)/(a)':<56} {both_rate / direct_rate:>12.2f}")
     print(
-        f"{'(b) afmon: HTTP -> store + ledger -> outbox -> VictoriaMetrics':<58} "
-        f"{afmon_rate:>12,.0f}"
+        f"samples in VictoriaMetrics: (a) {stored[0]:,}  (b) {stored[1]:,}  (c) {stored[2]:,}  "
+        f"of {total:,}"
     )
-    print(f"{'ratio (b)/(a)':<58} {afmon_rate / direct_rate:>12.2f}")
-    print(f"samples in VictoriaMetrics: (a) {stored[0]:,}  (b) {stored[1]:,}  of {total:,}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
         ({"AFMON_PORT": "eighty"}, "bad setting AFMON_PORT: Input should be a valid integer"),
         ({"AFMON_RETENTION_DAYS": "-1"}, "bad setting AFMON_RETENTION_DAYS"),
         ({"AFMON_FACILITY_TOKENS": "{not json"}, "facility_tokens"),
+        ({"AFMON_TSDB_RAW_ONLY": "true"}, "bad settings: AFMON_TSDB_RAW_ONLY needs AFMON_TSDB_URL"),
     ],
 )
 def test_serve_names_the_bad_setting(env: dict[str, str], message: str) -> None:

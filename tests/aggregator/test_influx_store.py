@@ -202,3 +202,139 @@ def test_store_down_ingest_acknowledges_then_outbox_drains(
     expected = _expected(batches)
     _wait_for(lambda: _outbox_rows(db) == 0, "the outbox to drain", timeout=60)
     _wait_for(lambda: vm.export() == expected, "the samples in VictoriaMetrics")
+
+
+def _raw_only_batch(t0: float) -> wire.Batch:
+    """Per-user and node series and the read-back ones; values written in exponent form (within
+    what VictoriaMetrics stores exactly: about 12 significant digits per block of a series)."""
+
+    def series(metric: str, unit: str, kind: str, labels: dict, values: list[float]) -> wire.Series:
+        times = [t0 + 10.0 * i for i in range(len(values))]
+        return wire.Series(
+            metric=metric,
+            unit=unit,
+            kind=kind,
+            labels=labels,
+            times=times,
+            values=values,
+            created=t0 - 60 if kind == "counter" else None,
+        )
+
+    node = {"node": "wn01"}
+    return wire.Batch(
+        version=1,
+        agent_id="agent-1",
+        facility="test-af",
+        node="wn01",
+        seq=1,
+        sent_at=t0 + 60,
+        series=[
+            series(
+                "user_cpu_seconds",
+                "seconds",
+                "counter",
+                {**node, "user": "alice"},
+                [1.5, 7.25, 20.0],
+            ),
+            series(
+                "user_memory_rss_bytes",
+                "bytes",
+                "gauge",
+                {**node, "user": "alice"},
+                [1.5e16, 2.5e16, 3e16],
+            ),
+            series(
+                "xrootd_server_read_bytes",
+                "bytes",
+                "counter",
+                {**node, "server": "xrd1:1094", "source": "local"},
+                [100.0, 350.0],
+            ),
+            series("gpu_utilization_ratio", "ratio", "gauge", {**node, "gpu": "0"}, [1.5e-07, 0.5]),
+            series("agent_spool_batches", "1", "gauge", node, [2.0, 5.0]),
+        ],
+    )
+
+
+def test_raw_only_keeps_raw_samples_in_the_store(
+    server_factory, vm_factory, database_url: str
+) -> None:
+    """AFMON_TSDB_RAW_ONLY: every sample reaches VictoriaMetrics exactly; the database keeps
+    only the series afmon reads back, and those readers still answer."""
+    from aggregator.db import make_engine, read_connection
+    from aggregator.ingest import READ_BACK_METRICS
+    from aggregator.query import LOCAL_ADMIN, SERVER_METRICS, Query
+    from aggregator.signals import agent_spool_growth_batches
+
+    assert set(SERVER_METRICS) <= READ_BACK_METRICS  # a new reader of `sample` needs its metric
+    vm = vm_factory(None)
+    vm.start()
+    server = server_factory(
+        database_url,
+        tsdb_url=vm.url,
+        tsdb_raw_only="true",
+        tsdb_flush_seconds="0.2",
+        dashboard="false",
+    )
+    t0 = float(int(time.time()) - 600)
+    batch = _raw_only_batch(t0)
+    assert _post(server, batch) == {
+        "status": "applied",
+        "seq": 1,
+        "samples": 12,
+        "stale_samples": 0,
+        "events": 0,
+    }
+    _wait_for(lambda: vm.export() == _expected([batch]), "the samples in VictoriaMetrics")
+    engine = make_engine(database_url)
+    try:
+        with read_connection(engine) as conn:
+            kept = conn.execute(
+                text(
+                    "SELECT s.metric, x.time, x.value FROM sample x JOIN series s "
+                    "ON s.id = x.series_id ORDER BY s.metric, x.time"
+                )
+            ).all()
+            cpu = conn.execute(
+                text("SELECT SUM(amount) FROM usage WHERE resource = 'cpu_seconds'")
+            ).scalar_one()
+            spool = agent_spool_growth_batches(conn, t0 + 60)
+        servers = Query(engine).data_servers(LOCAL_ADMIN, t0 - 1, t0 + 60)
+    finally:
+        engine.dispose()
+    assert kept == sorted(
+        (s.metric, t, v)
+        for s in batch.series
+        if s.metric in READ_BACK_METRICS
+        for t, v in zip(s.times, s.values, strict=True)
+    )
+    assert cpu == 20.0  # the ledger is kept as ever (the counter started at `created`)
+    assert [o.value for o in spool] == [3.0]
+    assert servers["read_bytes"].tolist() == [350.0]
+
+
+def test_drainer_writes_staged_points_and_rows_of_older_versions(tmp_path: Path) -> None:
+    """Rows staged before migration 0004 carry line protocol in `lines`; both kinds drain."""
+    from aggregator.db import create_schema, make_engine
+    from aggregator.tsdb_influx import Drainer, Outbox, line_protocol, series_head
+
+    engine = make_engine(f"sqlite:///{tmp_path}/outbox.sqlite")
+    create_schema(engine)
+    batch = _raw_only_batch(1_790_000_000.0)
+    points = [(series_head(batch, s), s.times, s.values) for s in batch.series]
+    legacy = "afmon,facility=old,node=wn00 user_cpu_seconds=2.5 1789999999000"
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO tsdb_outbox (created, lines, samples) VALUES (0, :l, 1)"),
+            {"l": legacy},
+        )
+        Outbox(engine).stage(conn, points, 12, 0.0)
+    written: list[bytes] = []
+    drainer = Drainer(engine, type("W", (), {"write": lambda _self, b: written.append(b)})())
+    assert drainer.drain_once() == 2 and drainer.pending() == 0
+    assert written == [legacy.encode() + b"\n" + line_protocol(points)]
+    first = line_protocol(points).split(b"\n")[0]
+    assert (
+        first == b"afmon,facility=test-af,node=wn01,user=alice user_cpu_seconds=1.5 1790000000000"
+    )
+    engine.dispose()

@@ -7,6 +7,7 @@ import sys
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
 from sqlmodel import SQLModel
 
 from aggregator.db import create_schema, make_engine
@@ -21,7 +22,7 @@ def _afmon(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-HEAD = "0003"  # the newest migration
+HEAD = "0004"  # the newest migration
 
 
 def _drift(url: str) -> list:
@@ -53,3 +54,25 @@ def test_a_database_made_before_migrations_is_stamped(database_url: str) -> None
     r = _afmon("db", "--database-url", database_url, "upgrade")
     assert r.returncode == 0, r.stderr
     assert f"0001 -> {HEAD}" in r.stdout  # stamped at the baseline, then upgraded
+
+
+def _outbox_columns(engine: Engine) -> set[str]:
+    return {c["name"] for c in inspect(engine).get_columns("tsdb_outbox")}
+
+
+def test_an_outbox_from_before_0004_gets_its_points_column(database_url: str) -> None:
+    """A database at 0003 (line protocol in the outbox) works at once: `create_schema` adds
+    the column at start-up, and the migration then has nothing left to do."""
+    r = _afmon("db", "--database-url", database_url, "upgrade", "0003")
+    assert r.returncode == 0, r.stderr
+    engine = make_engine(database_url)
+    try:
+        assert "points" not in _outbox_columns(engine)
+        create_schema(engine)
+        assert "points" in _outbox_columns(engine)
+    finally:
+        engine.dispose()
+    r = _afmon("db", "--database-url", database_url, "upgrade")
+    assert r.returncode == 0, r.stderr
+    assert f"0003 -> {HEAD}" in r.stdout
+    assert _drift(database_url) == []
