@@ -32,6 +32,11 @@ NO_DATA_YET = "No data yet: no agent has reported any usage you may see."
 NO_MEMBERS = "No members are known yet: an operator loads them from the identity file."
 
 
+def in_sentence(title: str) -> str:
+    """A title inside a sentence: "Session time" -> "session time", "CPU time" stays."""
+    return title if title[:2].isupper() else title[:1].lower() + title[1:]
+
+
 def not_allowed(vo: str) -> str:
     return f"Not allowed: you may not see the VO {vo!r}. Pick one of yours above."
 
@@ -71,7 +76,7 @@ def member_columns(resource: str) -> list[tuple[str, str]]:
         for r in TABLE_RESOURCES
     ]
     du = figures.display_unit(resource)
-    cols.append(("share", f"Share of the VO's {du.title.lower()} [%]"))
+    cols.append(("share", f"Share of the VO's {in_sentence(du.title)} [%]"))
     return cols
 
 
@@ -156,7 +161,7 @@ def shares_figure(totals: pd.DataFrame, resource: str, vo: str) -> go.Figure:
     }
     layout = {
         **PLOT_LAYOUT,
-        "title": {"text": f"Share of {vo}'s {du.title.lower()} by group", "x": 0},
+        "title": {"text": f"Share of {vo}'s {in_sentence(du.title)} by group", "x": 0},
         "showlegend": False,
         "height": max(200, 80 + 36 * len(share)),
         "xaxis": {"title": {"text": "Share [%]"}, "range": [0, 100]},

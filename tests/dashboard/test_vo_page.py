@@ -133,7 +133,7 @@ def test_csv_download(live_app: LiveApp, browser: Any) -> None:
     assert [r["Member"] for r in rows] == ["Alice Archer", "Carol Chen"]
     assert rows[0]["CPU time [core-hours]"] == "2.0"
     assert rows[0]["Member ID"] == ALICE_ID
-    assert rows[1]["Share of the VO's cpu time [%]"] == "20.0"
+    assert rows[1]["Share of the VO's CPU time [%]"] == "20.0"
 
 
 def test_a_member_cannot_widen_the_view_by_editing_the_url(live_app: LiveApp, browser: Any) -> None:

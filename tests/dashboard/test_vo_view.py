@@ -279,3 +279,9 @@ def test_range_and_url_stay_in_step() -> None:
     for search in ("?vo=cms", "?range=forever", "?range=custom&from=x&to=y"):
         value, *_rest = sync_range("url", search, "7d", None, None)
         assert value is not None and not isinstance(value, str)  # no_update
+
+
+def test_titles_inside_sentences_keep_their_acronyms() -> None:
+    assert vv.in_sentence("CPU time") == "CPU time"
+    assert vv.in_sentence("Interactive session time") == "interactive session time"
+    assert dict(vv.member_columns("cpu_seconds"))["share"] == "Share of the VO's CPU time [%]"
