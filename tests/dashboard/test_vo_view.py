@@ -176,6 +176,21 @@ def test_filters_only_narrow(query: Query) -> None:
     assert vv.vo_view(query, alice, DAY, "cms").message == vv.not_allowed("cms")
 
 
+def test_the_csv_table_is_the_views_table(query: Query) -> None:
+    """`vo_members` (the CSV download) builds only the table, and the same one."""
+    for vo, group, needle in (
+        ("atlas", None, ""),
+        ("atlas", "/atlas/higgs", ""),
+        ("atlas", None, "carol"),
+    ):
+        view = vv.vo_view(query, LOCAL_ADMIN, DAY, vo, group=group, text=needle)
+        found = vv.vo_members(query, LOCAL_ADMIN, DAY, vo, group=group, text=needle)
+        assert found is not None and found[0] == "atlas"
+        assert found[1].equals(view.members)
+    manager = Principal("vo_manager", vo="cms", name="m")
+    assert vv.vo_members(query, manager, DAY, "atlas") is None
+
+
 def test_empty_states_say_why(query: Query, tmp_path: Path) -> None:
     old = common.time_window("custom:2020-01-01:2020-01-02", NOW)
     assert (
