@@ -22,12 +22,14 @@ Events: `spawn` (start = request, end = ready-and-routed or failure; attrs profi
 ok/failed/timeout/stopped, source, error, options) and `session` (start = request, end = when the
 server was seen gone; attrs profile, last_activity). `collect()` hands over what the polls found;
 with `poll_seconds > 0` a background thread polls that often (started by the first collect).
+With `state_path`, the open sessions survive an agent restart (collectors/probes/hub_sessions.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -40,6 +42,7 @@ import httpx
 
 from collectors import wire
 from collectors.probes.base import READY, ProbeOutput
+from collectors.probes.hub_sessions import OpenSession, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,7 @@ class JupyterHubProbe:
         clock: Callable[[], float] = time.time,
         poll_seconds: float = 1.0,
         stream_read_timeout: float = 120.0,
+        state_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.hub_url = hub_url.rstrip("/")
         self.state = READY if token else "no service token (set AFMON_JUPYTERHUB_TOKEN)"
@@ -155,6 +159,8 @@ class JupyterHubProbe:
         self._events: list[wire.Event] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._store = SessionStore(state_path) if state_path is not None else None
+        self._restored = self._store.load() if self._store is not None else []
 
     # -- the probe interface --------------------------------------------------------------
 
@@ -193,9 +199,31 @@ class JupyterHubProbe:
                 self._update(user, name, model, now)
             for key in [k for k in self._servers if k not in seen]:
                 self._gone(self._servers.pop(key), now)
+            self._end_restored()
+            if self._store is not None:
+                self._store.save(self._open_sessions(now), now)
             if self._baseline:
                 self._accounted, self._baseline = self._hub, False
             self._explain()
+
+    def _end_restored(self) -> None:
+        """After a restart: end the kept sessions whose server went (or restarted) meanwhile,
+        at their last sighting; the others are open again as servers seen running."""
+        for kept in self._restored:
+            srv = self._servers.get((kept.user, kept.server))
+            if srv is not None and srv.started == kept.started:
+                continue
+            gone = _Server(kept.user, kept.server, kept.started, kept.profile, "")
+            gone.last_activity = kept.last_activity
+            self._session(gone, max(kept.seen, kept.started), end_source="last_seen")
+        self._restored = []
+
+    def _open_sessions(self, now: float) -> list[OpenSession]:
+        return [
+            OpenSession(s.user, s.name, s.started, s.profile, now, s.last_activity)
+            for s in self._servers.values()
+            if s.session_open
+        ]
 
     def _get(self, path: str, **params: Any) -> httpx.Response:
         r = self._client.get(
@@ -382,10 +410,12 @@ class JupyterHubProbe:
             attrs["progress_seconds"] = round(streamed, 6)
         self._events.append(wire.Event("spawn", srv.event_id, srv.user, srv.started, end, attrs))
 
-    def _session(self, srv: _Server, end: float | None) -> None:
+    def _session(self, srv: _Server, end: float | None, end_source: str = "") -> None:
         attrs: dict[str, str | int | float | bool] = {"profile": srv.profile, "server": srv.name}
         if srv.last_activity is not None:
             attrs["last_activity"] = srv.last_activity
+        if end_source:
+            attrs["end_source"] = end_source  # "last_seen": it ended while the agent was down
         self._events.append(wire.Event("session", srv.event_id, srv.user, srv.started, end, attrs))
 
 

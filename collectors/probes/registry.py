@@ -52,7 +52,8 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
         token = settings.jupyterhub_token
         probes.append(JupyterHubProbe(settings.jupyterhub_url,
                                       token.get_secret_value() if token else None,
-                                      poll_seconds=settings.jupyterhub_poll_seconds))
+                                      poll_seconds=settings.jupyterhub_poll_seconds,
+                                      state_path=state_dir and state_dir / "jupyterhub-probe.json"))
     if settings.dask_gateway_url:
         from collectors.probes.dask_gateway import DaskGatewayProbe
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHP_DIR = ROOT / ".cache" / "npm-chp"
 CHP = CHP_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
 TOKEN = "afmon-service-token-0123456789"
-USERS = ("alice", "bob", "carol", "mallory")
+USERS = ("alice", "bob", "carol", "dave", "mallory")
 FAILING_USER = "mallory"  # its server never answers: a real spawn timeout (after 3 s)
 FAIL_MESSAGE = "didn't respond in 3 seconds"
 

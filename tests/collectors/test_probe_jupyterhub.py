@@ -14,6 +14,7 @@ from aggregator.app import create_app
 from aggregator.query import LOCAL_ADMIN
 from aggregator.settings import ServerSettings
 from collectors import wire
+from collectors.probes.hub_sessions import OpenSession, SessionStore
 from collectors.probes.jupyterhub import JupyterHubProbe, parse_hub_metrics, parse_time
 from tests.collectors.jupyterhub_fixture import FAIL_MESSAGE, FAILING_USER, Hub, jupyterhub
 
@@ -132,6 +133,58 @@ def test_time_to_session_agrees_with_the_hub(jupyterhub: Hub, tmp_path: Path) ->
     totals = q.usage_totals(LOCAL_ADMIN, now - 3600, now + 3600, by=("facility",))
     got = dict(zip(totals["resource"], totals["amount"], strict=True))
     assert got["spawn_failures"] == 1.0 and got["sessions"] == 1.0
+
+
+def test_a_session_that_ends_while_the_agent_is_down_is_ended_after_restart(
+    jupyterhub: Hub, tmp_path: Path
+) -> None:
+    hub, state = jupyterhub, tmp_path / "jupyterhub-probe.json"
+    before = JupyterHubProbe(hub.url, hub.token, poll_seconds=0, state_path=state)
+    before.poll()
+    hub.start_server("dave", {"profile": "small"})
+    hub.wait("dave", "ready")
+    seen = time.time()
+    before.poll()  # sees dave's session open, and keeps it on disk as seen now
+    opened = [e for e in before.collect(time.time()).events if e.kind == "session"]
+    dave = next(e for e in opened if e.user == "dave")
+    assert dave.end is None
+    before.poll()  # nothing changed: the file is rewritten only every 30 s
+    before.close()  # the agent stops
+
+    hub.stop_server("dave")
+    hub.wait("dave", "gone")
+    stopped = time.time()
+    after = JupyterHubProbe(hub.url, hub.token, poll_seconds=0, state_path=state)
+    after.poll()
+    sessions = [e for e in after.collect(time.time()).events if e.kind == "session"]
+    ended = [e for e in sessions if e.end is not None]
+    # dave's session ends at the last sighting before the restart; the sessions still
+    # running (if any) are only reported open again, under the same ids
+    assert [(e.user, e.id, e.start) for e in ended] == [("dave", dave.id, dave.start)]
+    assert ended[0].end is not None and seen <= ended[0].end <= stopped
+    assert ended[0].attrs["end_source"] == "last_seen"
+    assert ended[0].attrs["profile"] == "small"
+    running = {e.id for e in opened if e.user != "dave"}
+    assert {e.id for e in sessions if e.end is None} == running
+
+    # once ended, it is forgotten: a second restart reports nothing more for it
+    again = JupyterHubProbe(hub.url, hub.token, poll_seconds=0, state_path=state)
+    again.poll()
+    assert [e for e in again.collect(time.time()).events if e.end is not None] == []
+
+
+def test_an_unreadable_state_file_starts_afresh(tmp_path: Path) -> None:
+    state = tmp_path / "jupyterhub-probe.json"
+    state.write_text("{not json")
+    assert SessionStore(state).load() == []
+    store = SessionStore(state, save_every=30.0)
+    kept = [OpenSession("dave", "", 1.0, "small", 5.0)]
+    store.save(kept, now=10.0)
+    assert SessionStore(state).load() == kept
+    store.save([OpenSession("dave", "", 1.0, "small", 9.0)], now=20.0)  # same set, too soon
+    assert SessionStore(state).load() == kept
+    store.save([OpenSession("dave", "", 1.0, "small", 40.0)], now=40.0)
+    assert SessionStore(state).load()[0].seen == 40.0
 
 
 def test_parsers() -> None:
