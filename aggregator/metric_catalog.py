@@ -129,6 +129,31 @@ CATALOG: dict[str, MetricSpec] = {
             "latest agent_spool_batches sample",
         ),
         MetricSpec(
+            "afmon_tsdb_outbox_batches",
+            "gauge",
+            "batches",
+            "Ingested batches whose raw samples wait in the outbox for the time-series store",
+            (),
+            "tsdb_outbox table (COUNT)",
+        ),
+        MetricSpec(
+            "afmon_tsdb_outbox_samples",
+            "gauge",
+            "samples",
+            "Raw samples waiting in the outbox for the time-series store",
+            (),
+            "tsdb_outbox table (SUM of samples)",
+        ),
+        MetricSpec(
+            "afmon_tsdb_outbox_oldest_timestamp_seconds",
+            "gauge",
+            "seconds",
+            "When the oldest batch waiting in the outbox was staged (UNIX time); "
+            "absent while the outbox is empty",
+            (),
+            "tsdb_outbox table (MIN of created)",
+        ),
+        MetricSpec(
             "afmon_sessions_active",
             "gauge",
             "sessions",

@@ -1,12 +1,14 @@
 """/metrics for Prometheus, on a registry the app owns; families come from the catalog.
 
 Labels are bounded (facility, VO, node, outcome); a user never appears in a
-label. Ledger-derived families (usage totals, node capacity, agent liveness)
-are read at scrape time, cached for a few seconds so that several scrapers do
-not multiply the queries, and rendered by a small hand-written renderer: with
-10k series prometheus_client's generic path is several times slower (see
-bench/metrics.py). The ingest instruments stay ordinary prometheus_client
-objects. Both the text format and OpenMetrics are served (content negotiation).
+label. Ledger-derived families (usage totals, node capacity, agent liveness,
+the time-series outbox's backlog) are read at scrape time from the database,
+so every worker of `afmon serve --workers N` reports the same values, cached
+for a few seconds so that several scrapers do not multiply the queries, and
+rendered by a small hand-written renderer: with 10k series prometheus_client's
+generic path is several times slower (see bench/metrics.py). The ingest
+instruments stay ordinary prometheus_client objects. Both the text format and
+OpenMetrics are served (content negotiation).
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def render_families(families: Iterable[Family], openmetrics: bool = False) -> st
             labels = ",".join(
                 f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)
             )
-            out.append(f"{sample}{{{labels}}} {_number(value)}\n")
+            braces = f"{{{labels}}}" if names else ""  # no `{}` on a family without labels
+            out.append(f"{sample}{braces} {_number(value)}\n")
     return "".join(out)
 
 
@@ -131,6 +134,11 @@ _SESSIONS_SQL = (
 )
 
 
+# The time-series outbox (aggregator/tsdb_influx.py): one aggregate pass over a table that is
+# near empty while the store keeps up. Rows carry no facility: the backlog is the server's.
+_OUTBOX_SQL = "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created) FROM tsdb_outbox"
+
+
 _GPU_SQL = (
     "SELECT facility, node, metric, labels, last_value FROM series "
     "WHERE metric IN ('gpu_utilization_ratio', 'gpu_held') AND last_value IS NOT NULL"
@@ -151,6 +159,19 @@ def _gpu_families(rows: Iterable[tuple[str, str, str, str, float]]) -> list[Fami
     return [
         Family(spec("afmon_gpu_utilization_ratio"), sorted(util.items())),
         Family(spec("afmon_gpu_held"), sorted(held.items())),
+    ]
+
+
+def _outbox_families(batches: int, samples: float, oldest: float | None) -> list[Family]:
+    """Rows and samples waiting for the store (0 when none), and when the oldest waiting row
+    was staged (no row while the outbox is empty)."""
+    return [
+        Family(spec("afmon_tsdb_outbox_batches"), [((), float(batches))]),
+        Family(spec("afmon_tsdb_outbox_samples"), [((), float(samples))]),
+        Family(
+            spec("afmon_tsdb_outbox_oldest_timestamp_seconds"),
+            [] if oldest is None else [((), float(oldest))],
+        ),
     ]
 
 
@@ -176,7 +197,8 @@ def read_families(engine: Engine) -> list[Family]:
             for a, b, value in conn.execute(text(sql)):
                 family.rows.append(((a, b), float(value)))
         gpus = _gpu_families(conn.execute(text(_GPU_SQL)))
-    return [*usage.values(), *node, seen, spool, sessions, *gpus]
+        outbox = _outbox_families(*conn.execute(text(_OUTBOX_SQL)).one())
+    return [*usage.values(), *node, seen, spool, sessions, *gpus, *outbox]
 
 
 class LedgerCollector(Collector):

@@ -14,7 +14,9 @@ What the signals read (the GPU series are what the probe of issue #4 is to send)
   the user's process holds the GPU) and `gpu_requests_waiting{node}` (GPUs asked for and not
   granted): `gpu_idle_held` per GPU and `gpu_hoarders` per facility;
 - the agent table: `agent_silence_seconds`; the agent's own `agent_spool_batches` samples:
-  `agent_spool_growth_batches`; the ledger's cpu_seconds: `unmapped_usage_ratio`.
+  `agent_spool_growth_batches`; the ledger's cpu_seconds: `unmapped_usage_ratio`;
+- the time-series outbox (`tsdb_outbox`, aggregator/tsdb_influx.py): `tsdb_outbox_age_seconds`,
+  one server-wide value without labels.
 """
 
 from __future__ import annotations
@@ -164,6 +166,14 @@ def unmapped_usage_ratio(conn: Connection, now: float) -> list[Observation]:
     return [Observation.of(u / t, facility=f) for f, u, t in sorted(rows) if t]
 
 
+def tsdb_outbox_age_seconds(conn: Connection, now: float) -> list[Observation]:
+    """Seconds since the oldest batch still waiting for the time-series store was staged; no
+    data while the outbox is empty (no store configured, or the store keeps up). Server-wide:
+    outbox rows carry no facility, and one drain serves them all."""
+    oldest = conn.execute(text("SELECT MIN(created) FROM tsdb_outbox")).scalar_one()
+    return [] if oldest is None else [Observation.of(now - float(oldest))]
+
+
 SIGNALS: dict[str, Callable[[Connection, float], list[Observation]]] = {
     "time_to_session_p95_seconds": _latency("time_to_session"),
     "time_to_first_worker_p95_seconds": _latency("time_to_first_worker"),
@@ -173,6 +183,7 @@ SIGNALS: dict[str, Callable[[Connection, float], list[Observation]]] = {
     "agent_silence_seconds": agent_silence_seconds,
     "agent_spool_growth_batches": agent_spool_growth_batches,
     "unmapped_usage_ratio": unmapped_usage_ratio,
+    "tsdb_outbox_age_seconds": tsdb_outbox_age_seconds,
 }
 # Computed from the server's own instruments, not the database (see CounterWindow).
 PROCESS_SIGNALS = ("ingest_rejected_batches",)

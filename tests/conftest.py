@@ -61,12 +61,13 @@ class ServerProcess:
     facility: str
     env: dict[str, str]
     log: Path
+    args: tuple[str, ...] = ()  # after `afmon serve`, e.g. ("--workers", "2")
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "aggregator.cli", "serve"],
+                [sys.executable, "-m", "aggregator.cli", "serve", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -102,6 +103,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         database_url: str | None = None,
         identity_file: Path | None = None,
         facility: str = "test-af",
+        workers: int = 1,
         **extra: str,
     ) -> ServerProcess:
         port = free_port()
@@ -119,7 +121,12 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         if identity_file is not None:
             env["AFMON_IDENTITY_FILE"] = str(identity_file)
         server = ServerProcess(
-            f"http://127.0.0.1:{port}", token, facility, env, tmp_path / f"server-{port}.log"
+            f"http://127.0.0.1:{port}",
+            token,
+            facility,
+            env,
+            tmp_path / f"server-{port}.log",
+            ("--workers", str(workers)) if workers > 1 else (),
         )
         server.start()
         started.append(server)

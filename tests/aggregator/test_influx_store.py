@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -13,8 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
+from aggregator import signals
+from aggregator.db import make_engine
+from aggregator.metrics import LedgerCollector
 from collectors import wire
 from tests.conftest import free_port
 
@@ -156,11 +160,50 @@ def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> No
     pytest.fail(f"timed out waiting for {what}")
 
 
-def _outbox_rows(db: Path | str) -> int:
-    engine = create_engine(db if isinstance(db, str) else f"sqlite:///{db}")
+OUTBOX_GAUGES = (
+    "afmon_tsdb_outbox_batches",
+    "afmon_tsdb_outbox_samples",
+    "afmon_tsdb_outbox_oldest_timestamp_seconds",
+)
+# How long a worker's /metrics serves its cached ledger families (LedgerCollector's default).
+LEDGER_TTL: float = inspect.signature(LedgerCollector).parameters["ttl"].default
+
+
+def _outbox(url: str) -> list[tuple[float, int]]:
+    """(created, samples) of the rows waiting in the outbox, oldest first."""
+    engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return conn.execute(text("SELECT COUNT(*) FROM tsdb_outbox")).scalar_one()
+            rows = conn.execute(text("SELECT created, samples FROM tsdb_outbox ORDER BY id"))
+            return [(float(c), int(n)) for c, n in rows]
+    finally:
+        engine.dispose()
+
+
+def _outbox_gauges(server) -> dict[str, float]:
+    """The outbox families of one scrape of /metrics (a family left out is absent here)."""
+    r = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert r.status_code == 200, r.text
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        if family.name in OUTBOX_GAUGES:
+            [sample] = family.samples
+            assert family.type == "gauge" and sample.labels == {}
+            out[family.name] = sample.value
+    return out
+
+
+def _settled_scrapes(server, changed: float, scrapes: int = 6) -> list[dict[str, float]]:
+    """Scrapes once every worker's cache is older than the outbox's last change (at
+    time.monotonic() `changed`): whichever worker answers, it read the database since."""
+    time.sleep(max(0.0, changed + LEDGER_TTL + 0.2 - time.monotonic()))
+    return [_outbox_gauges(server) for _ in range(scrapes)]
+
+
+def _outbox_age(url: str, now: float) -> list[signals.Observation]:
+    engine = make_engine(url)
+    try:
+        return signals.compute(engine, now, {"tsdb_outbox_age_seconds"})["tsdb_outbox_age_seconds"]
     finally:
         engine.dispose()
 
@@ -179,29 +222,57 @@ def test_samples_are_read_back_exactly(server_factory, vm_factory, database_url:
     assert _post(server, batches[0])["status"] == "duplicate"  # not written twice
     expected = _expected(batches)
     _wait_for(lambda: vm.export() == expected, "the samples in VictoriaMetrics")
-    assert _outbox_rows(database_url) == 0
+    assert _outbox(database_url) == []
 
 
 def test_store_down_ingest_acknowledges_then_outbox_drains(
-    server_factory, vm_factory, tmp_path: Path
+    server_factory, vm_factory, database_url: str
 ) -> None:
+    """The store is down: ingest acknowledges, the outbox holds the batches and /metrics (from
+    every worker: two on PostgreSQL) shows them; once the store is up the outbox drains into
+    it and the gauges read empty."""
     port = free_port()
     server = server_factory(
-        tsdb_url=f"http://127.0.0.1:{port}", tsdb_flush_seconds="0.2", dashboard="false"
+        database_url,
+        tsdb_url=f"http://127.0.0.1:{port}",
+        tsdb_flush_seconds="0.2",
+        dashboard="false",
+        workers=1 if database_url.startswith("sqlite") else 2,
     )
+    empty = {"afmon_tsdb_outbox_batches": 0.0, "afmon_tsdb_outbox_samples": 0.0}
+    assert _outbox_gauges(server) == empty  # no oldest row: no timestamp
     t0 = float(int(time.time()) - 900)
     batches = [_batch(i, t0 + 100 * i) for i in range(3)]
-    for b in batches:  # the store is down: ingest still acknowledges at once
-        assert _post(server, b)["status"] == "applied"
-    db = tmp_path / "server.sqlite"
-    assert _outbox_rows(db) == 3
-    with sqlite3.connect(db) as conn:  # the ledger committed meanwhile
-        assert conn.execute("SELECT COUNT(*) FROM sample").fetchone()[0] == 9
+    before = time.time()
+    answers = [_post(server, b) for b in batches]  # the store is down: acknowledged at once
+    after = time.time()
+    posted = time.monotonic()
+    assert [(a["status"], a["samples"]) for a in answers] == [("applied", 3)] * 3
+    rows = _outbox(database_url)
+    assert [n for _created, n in rows] == [3, 3, 3]  # a row per batch, its fresh samples
+    oldest = rows[0][0]
+    assert before <= oldest <= after
+    engine = create_engine(database_url)
+    with engine.connect() as conn:  # the ledger committed meanwhile
+        assert conn.execute(text("SELECT COUNT(*) FROM sample")).scalar_one() == 9
+    engine.dispose()
+    waiting = {
+        "afmon_tsdb_outbox_batches": 3.0,
+        "afmon_tsdb_outbox_samples": 9.0,
+        "afmon_tsdb_outbox_oldest_timestamp_seconds": oldest,
+    }
+    assert _settled_scrapes(server, posted) == [waiting] * 6
+    # the alert signal: the oldest row's wait; AfmonTsdbOutboxBehind fires above 600 s
+    [age] = _outbox_age(database_url, oldest + 700)
+    assert age.labels == () and age.value == pytest.approx(700.0)
+
     vm = vm_factory(port)
     vm.start()
-    expected = _expected(batches)
-    _wait_for(lambda: _outbox_rows(db) == 0, "the outbox to drain", timeout=60)
-    _wait_for(lambda: vm.export() == expected, "the samples in VictoriaMetrics")
+    _wait_for(lambda: _outbox(database_url) == [], "the outbox to drain", timeout=60)
+    drained = time.monotonic()
+    _wait_for(lambda: vm.export() == _expected(batches), "the samples in VictoriaMetrics")
+    assert _settled_scrapes(server, drained) == [empty] * 6
+    assert _outbox_age(database_url, oldest + 700) == []  # no data: the alert resolves
 
 
 def _raw_only_batch(t0: float) -> wire.Batch:

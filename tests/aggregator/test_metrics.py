@@ -12,11 +12,13 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from aggregator import metric_catalog
 from aggregator.app import create_app
 from aggregator.metrics import Family, render_families
 from aggregator.settings import ServerSettings
+from aggregator.tsdb_influx import Outbox
 from collectors import wire
 from collectors.simulator import FacilitySimulator, Poster, backfill
 
@@ -121,6 +123,45 @@ def test_gpu_and_spool_families_carry_no_user(gpu_client: TestClient) -> None:
     assert util == {("GPU-a", 0.75), ("GPU-b", 0.0)}
     spool = families["afmon_agent_spool_batches"].samples
     assert [(s.labels, s.value) for s in spool] == [({"facility": "af", "node": "gpu-node1"}, 3)]
+
+
+def _outbox_values(exposition: str) -> dict[str, tuple[dict[str, str], float]]:
+    return {
+        f.name: (s.labels, s.value)
+        for f in text_string_to_metric_families(exposition)
+        if f.name.startswith("afmon_tsdb_outbox_")
+        for s in f.samples
+    }
+
+
+def test_outbox_families_count_the_staged_rows(gpu_client: TestClient) -> None:
+    """Rows staged by the ingest's own Outbox (as with AFMON_TSDB_URL and the store down) are
+    counted without labels; an empty outbox reads 0 and has no oldest timestamp."""
+    services = gpu_client.app.state.services
+    assert _outbox_values(gpu_client.get("/metrics").text) == {
+        "afmon_tsdb_outbox_batches": ({}, 0.0),
+        "afmon_tsdb_outbox_samples": ({}, 0.0),
+    }
+    head = "afmon,facility=af,node=n1 node_cpu_busy_ratio="
+    outbox = Outbox(services.engine)
+    try:
+        with services.engine.begin() as conn:
+            outbox.stage(conn, [(head, [END - 130, END - 120], [0.5, 0.25])], 2, END - 100)
+            outbox.stage(conn, [(head, [END - 70, END - 60, END - 50], [0.5, 0.5, 0.5])], 3, END)
+        services.registry.ledger.invalidate()
+        exposition = gpu_client.get("/metrics").text
+        assert _outbox_values(exposition) == {
+            "afmon_tsdb_outbox_batches": ({}, 2.0),
+            "afmon_tsdb_outbox_samples": ({}, 5.0),
+            "afmon_tsdb_outbox_oldest_timestamp_seconds": ({}, END - 100),
+        }
+        assert "\nafmon_tsdb_outbox_batches 2.0\n" in exposition  # no `{}` without labels
+        om = gpu_client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
+        assert _om_samples(om) == _om_samples(openmetrics_latest(services.registry).decode())
+    finally:
+        with services.engine.begin() as conn:
+            conn.execute(text("DELETE FROM tsdb_outbox"))
+        services.registry.ledger.invalidate()
 
 
 def _samples(exposition: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:

@@ -42,7 +42,7 @@ def test_export_passes_promtool_check_rules(tmp_path: Path) -> None:
         [_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 8 rules found" in r.stdout
+    assert "SUCCESS: 9 rules found" in r.stdout
     exported = {r["alert"]: r for r in yaml.safe_load(path.read_text())["groups"][0]["rules"]}
     rules = {r.name: r for r in exportable(load_rules())}
     assert set(exported) == set(rules)
@@ -52,6 +52,10 @@ def test_export_passes_promtool_check_rules(tmp_path: Path) -> None:
     )
     assert silent["labels"] == {"severity": "critical"} and "for" not in silent
     assert exported["AfmonGpuIdleButHeld"]["for"] == "30m"
+    # one alert for the server, however many workers (instances) report the outbox
+    assert exported["AfmonTsdbOutboxBehind"]["expr"] == (
+        "(time() - min(afmon_tsdb_outbox_oldest_timestamp_seconds)) > 600"
+    )
 
 
 def test_promtool_unit_tests_fire_and_resolve_every_exported_alert(tmp_path: Path) -> None:
@@ -82,3 +86,7 @@ def test_afmon_renders_annotations_as_prometheus_did() -> None:
     )
     unmapped = rules["AfmonUnmappedUsage"]
     assert render(unmapped.description, (("facility", "af"),), 0.25).startswith("25% of")
+    behind = rules["AfmonTsdbOutboxBehind"]  # no labels: the outbox is the server's
+    assert render(behind.description, (), 1500.0).startswith(
+        "The oldest batch in the time-series outbox has waited 25m 0s: "
+    )

@@ -35,10 +35,18 @@ def test_packaged_rules_cover_the_issue() -> None:
         "AfmonAgentSpoolGrowing",
         "AfmonIngestRejections",
         "AfmonUnmappedUsage",
+        "AfmonTsdbOutboxBehind",
     }
     assert rules["AfmonTimeToSessionSLO"].threshold == 10  # the seed's O(seconds) target
     assert rules["AfmonGpuIdleButHeld"].for_seconds == 1800
     assert rules["AfmonGpuHoarding"].prometheus is None  # per-user input: afmon only
+    behind = rules["AfmonTsdbOutboxBehind"]
+    assert (behind.signal, behind.threshold, behind.clear_level, behind.for_seconds) == (
+        "tsdb_outbox_age_seconds",
+        600,
+        120,
+        600,
+    )
 
 
 def test_a_good_file_parses() -> None:

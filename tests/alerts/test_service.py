@@ -19,6 +19,7 @@ from aggregator import signals
 from aggregator.app import create_app
 from aggregator.query import LOCAL_ADMIN
 from aggregator.settings import ServerSettings
+from aggregator.tsdb_influx import Drainer
 from alerts.rules import load_rules
 from alerts.service import AlertService
 from collectors import wire
@@ -107,6 +108,7 @@ def test_signals_from_the_database(fed: tuple[TestClient, list[float]]) -> None:
         (("facility", "af"), ("node", "gpu1")): 5.0
     }
     assert got["agent_spool_growth_batches"] == []
+    assert fresh["tsdb_outbox_age_seconds"] == []  # no store configured: the outbox is empty
     # 25 s waits are in the (15, 30] bucket: its bound is the p95; no Dask data: no data
     assert _by_labels(got["time_to_session_p95_seconds"]) == {(("facility", "af"),): 30.0}
     assert got["time_to_first_worker_p95_seconds"] == []
@@ -161,6 +163,67 @@ def test_service_fires_stores_and_resolves(fed: tuple[TestClient, list[float]]) 
         ("AfmonAgentSilent", "sim-node001")
     ]
     assert client.get("/api/v1/alerts", params={"status": "nope"}).status_code == 422
+
+
+def test_outbox_behind_fires_holds_and_resolves(database_url: str) -> None:
+    """Batches staged by the real ingest while the store is down age into
+    AfmonTsdbOutboxBehind; the real drainer, oldest row first, brings it back."""
+    now = [END]
+    settings = ServerSettings(
+        database_url=database_url,
+        facility_tokens={"af": "t" * 32},
+        tsdb_url=f"http://127.0.0.1:{free_port()}",  # nothing listens; no drain job runs here
+        alert_interval_seconds=0,
+        local_mode=True,
+    )
+    client = TestClient(create_app(settings, with_dashboard=False, clock=lambda: now[0]))
+    engine = client.app.state.services.engine
+    poster = Poster("http://testserver", "t" * 32, client)
+
+    def post(seq: int) -> None:
+        busy = _series("node_cpu_busy_ratio", {"node": "n1"}, [now[0] - 30], [0.5])
+        assert poster.post(_batch("agent-1", "n1", seq, [busy]))["status"] == "applied"
+
+    [rule] = [r for r in load_rules() if r.name == "AfmonTsdbOutboxBehind"]
+    service = AlertService(engine, [rule], clock=lambda: now[0])
+    try:
+        post(1)  # staged at END
+        now[0] = END + 60
+        assert service.run_once() == [] and service.state == {}
+        now[0] = END + 700
+        assert service.run_once() == []
+        [pending] = service.state.values()
+        assert (pending.status, pending.labels, pending.value) == ("pending", (), 700.0)
+        now[0] = END + 1200
+        post(2)  # staged at END + 1200
+        now[0] = END + 1300  # over 600 s for 10 min (since END + 700)
+        [fired] = service.run_once()
+        assert (fired.status, fired.value) == ("firing", 1300.0)
+        assert fired.label_dict() == {"alertname": "AfmonTsdbOutboxBehind", "severity": "warning"}
+        assert fired.description.startswith(
+            "The oldest batch in the time-series outbox has waited 21m 40s"
+        )
+        [listed] = client.get("/api/v1/alerts").json()
+        assert (listed["rule"], listed["facility"], listed["labels"]) == (
+            "AfmonTsdbOutboxBehind", None, {}
+        )  # fmt: skip
+        written: list[bytes] = []
+        writer = type("W", (), {"write": lambda _self, body: written.append(body)})()
+        drainer = Drainer(engine, writer, rows_per_write=1)
+        assert drainer.drain_once() == 1  # END's batch: END + 1200's is the oldest now
+        now[0] = END + 1400  # 200 s: under the threshold, over `clear`: still firing
+        assert service.run_once() == []
+        assert [(a.status, a.value) for a in service.state.values()] == [("firing", 200.0)]
+        now[0] = END + 1500
+        assert drainer.drain_once() == 1 and drainer.pending() == 0
+        [resolved] = service.run_once()  # the outbox is empty: no data, resolved
+        assert (resolved.rule, resolved.status) == ("AfmonTsdbOutboxBehind", "resolved")
+        assert written == [  # oldest first, the samples each batch was staged with
+            f"afmon,facility=af,node=n1 node_cpu_busy_ratio=0.5 {round(t * 1000)}".encode()
+            for t in (END - 30, END + 1170)
+        ]
+    finally:
+        client.close()
 
 
 class _Receiver:
