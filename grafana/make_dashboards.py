@@ -78,6 +78,18 @@ DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
                 [(f"afmon_agent_spool_batches{{{F}}}", "{{node}}")],
             ),
             (
+                "Time-series store backlog",
+                "timeseries",
+                "short",
+                "Ingested batches (and their raw samples) waiting in the outbox for the "
+                "time-series store (AFMON_TSDB_URL); growing means the store is slow or down. "
+                "Server-wide, not per facility.",
+                [
+                    ("max(afmon_tsdb_outbox_batches)", "batches"),
+                    ("max(afmon_tsdb_outbox_samples)", "samples"),
+                ],
+            ),
+            (
                 "Ingest batches by outcome",
                 "timeseries",
                 "reqps",
