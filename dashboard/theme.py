@@ -29,32 +29,33 @@ PLOT_LAYOUT: dict[str, Any] = {
     "hovermode": "x unified",
 }
 
-# dash_table.DataTable in the same look as the plain tables (table.data below)
-TABLE_STYLE: dict[str, Any] = {
-    "style_as_list_view": True,
-    "style_header": {
-        "fontWeight": 600,
-        "backgroundColor": "#f5f7fa",
-        "whiteSpace": "normal",
-        "height": "auto",
+# the member grid (dash-ag-grid, the VO page): AG Grid's Alpine theme in the app's font and
+# colours; every column sorts and has a filter box under its header
+GRID_OPTIONS: dict[str, Any] = {
+    "theme": {
+        "function": "themeAlpine.withParams({fontFamily: 'inherit', fontSize: 13, "
+        "headerBackgroundColor: '#f5f7fa', accentColor: '#0072B2', wrapperBorderRadius: 6})"
     },
-    "style_cell": {
-        "fontFamily": FONT,
-        "fontSize": "0.92rem",
-        "padding": "5px 8px",
-        "textAlign": "left",
-        "maxWidth": 260,
-        "overflow": "hidden",
-        "textOverflow": "ellipsis",
-    },
-    "style_cell_conditional": [
-        {
-            "if": {"column_type": "numeric"},
-            "textAlign": "right",
-            "fontVariantNumeric": "tabular-nums",
-        }
-    ],
-    "style_filter": {"backgroundColor": "#fffdf5"},
+    "pagination": True,
+    "domLayout": "autoHeight",
+    "animateRows": False,
+    "suppressCellFocus": True,
+}
+GRID_COLUMN: dict[str, Any] = {
+    "sortable": True,
+    "filter": True,
+    "floatingFilter": True,
+    "resizable": True,
+    "wrapHeaderText": True,
+    "autoHeaderHeight": True,
+    "minWidth": 90,
+    "flex": 1,
+}
+GRID_NUMBER: dict[str, Any] = {
+    "type": "rightAligned",
+    "filter": "agNumberColumnFilter",
+    "valueFormatter": {"function": "d3.format(',.2f')(params.value)"},
+    "cellStyle": {"fontVariantNumeric": "tabular-nums"},
 }
 
 CSS = """

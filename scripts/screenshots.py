@@ -35,7 +35,7 @@ FACILITY, TOKEN = "af-demo", "demo-token"
 # what each page shows once its data are in (the last element to fill)
 READY = {
     "/": "#fac-top-vos-table",
-    "/vo": "#vo-table .dash-cell",
+    "/vo": "#vo-table .ag-cell",
     "/member": "#mem-sessions",
     "/alerts": "#page",
     "/reports": "#page",

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dash import Dash, Input, Output, State, dash_table, dcc, html, no_update
+import dash_ag_grid as dag
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from aggregator.schema import RESOURCES
 from dashboard import figures, theme
@@ -111,14 +112,13 @@ def layout(params: Mapping[str, str] | None = None) -> html.Div:
                         className="row",
                     ),
                     dcc.Download(id="vo-csv"),
-                    dash_table.DataTable(
+                    dag.AgGrid(
                         id="vo-table",
-                        columns=[],
-                        data=[],
-                        sort_action="native",
-                        filter_action="native",
-                        page_size=PAGE_SIZE,
-                        **theme.TABLE_STYLE,
+                        columnDefs=[],
+                        rowData=[],
+                        defaultColDef=theme.GRID_COLUMN,
+                        dashGridOptions={**theme.GRID_OPTIONS, "paginationPageSize": PAGE_SIZE},
+                        style={"width": "100%"},
                     ),
                     html.Div(id="vo-table-note", className="empty"),
                 ],
@@ -138,11 +138,16 @@ def _field(label: str, control: Any) -> html.Div:
 
 
 def _table_columns(resource: str) -> list[dict[str, Any]]:
+    """The member grid's columns: sortable and filterable; numbers right-aligned, 2 decimals."""
     cols = []
     for cid, header in member_columns(resource):
-        col: dict[str, Any] = {"id": cid, "name": header}
-        if cid not in ("member", "member_id", "group", "facilities"):
-            col.update(type="numeric", format={"specifier": ",.2f"})
+        col: dict[str, Any] = {"field": cid, "headerName": header}
+        if cid == "member":
+            col.update(minWidth=160, flex=2)  # names in full
+        elif cid == "member_id":
+            col.update(tooltipField="member_id")  # long issuer|subject IDs: whole on hover
+        elif cid not in ("group", "facilities"):
+            col.update(theme.GRID_NUMBER)
         cols.append(col)
     return cols
 
@@ -200,8 +205,8 @@ def register(app: Dash, ctx: Context) -> None:
         Output("vo-by-member", "figure"),
         Output("vo-shares", "figure"),
         Output("vo-facilities", "children"),
-        Output("vo-table", "columns"),
-        Output("vo-table", "data"),
+        Output("vo-table", "columnDefs"),
+        Output("vo-table", "rowData"),
         Output("vo-table-note", "children"),
         Input("principal-picker", "value"),
         Input("range", "value"),

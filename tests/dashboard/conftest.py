@@ -231,6 +231,18 @@ def pick_principal(driver: Any, value: str) -> None:
     ).click()
 
 
+def grid_rows(driver: Any, grid_id: str) -> list[dict[str, Any]] | None:
+    """What an AG Grid (dash-ag-grid) holds after its own filters and sorting, in its order:
+    each row's data; None until the grid is ready."""
+    return driver.execute_script(
+        "let api; try { api = dash_ag_grid.getApi(arguments[0]); } catch (e) { return null; }"
+        "if (!api) return null;"
+        "const rows = []; api.forEachNodeAfterFilterAndSort(n => rows.push(n.data));"
+        "return rows;",
+        grid_id,
+    )
+
+
 def trace_sums(driver: Any, graph_css: str) -> dict[str, float]:
     """What the browser plots: trace name -> sum of its y values."""
     return driver.execute_script(

@@ -23,6 +23,7 @@ from tests.dashboard.conftest import (
     TIMEOUT,
     LiveApp,
     console_errors,
+    grid_rows,
     open_fresh,
     pick_principal,
     table_rows,
@@ -51,8 +52,14 @@ def _type_date(driver: Any, picker_id: str, day: str) -> None:
 
 
 def _members(driver: Any) -> list[list[str]]:
-    """Member table rows: name, group, CPU core-hours, share (%)."""
-    return [[r[0], r[2], r[4], r[9]] for r in table_rows(driver, "#vo-table tbody")]
+    """Member grid rows as shown: name, group, CPU core-hours, share (%)."""
+
+    def ready(d: Any) -> tuple[list[dict[str, Any]]] | None:
+        rows = grid_rows(d, "vo-table")
+        return None if rows is None else (rows,)
+
+    (rows,) = WebDriverWait(driver, TIMEOUT).until(ready, "the member grid never became ready")
+    return [[r["member"], r["group"], f"{r['cpu_seconds']:.2f}", f"{r['share']:.2f}"] for r in rows]
 
 
 def test_vo_page_as_admin_filters_and_url(live_app: LiveApp, browser: Any) -> None:
@@ -86,6 +93,31 @@ def test_vo_page_as_admin_filters_and_url(live_app: LiveApp, browser: Any) -> No
     wait_text(d, "#vo-table", "Bob Brown")
     assert [r[0] for r in _members(d)] == ["Bob Brown"]  # dave used nothing
     wait_text(d, "#vo-by-group .ytitle", "Session time [hours]")
+    assert console_errors(d) == []
+
+
+def test_member_grid_sorts_and_filters_in_the_browser(live_app: LiveApp, browser: Any) -> None:
+    d = browser
+    open_fresh(d, live_app.url, "/vo?vo=atlas")
+    wait_text(d, "#vo-table", "Alice Archer")
+    assert [r[0] for r in _members(d)] == ["Alice Archer", "Carol Chen"]  # most CPU first
+    header = '#vo-table .ag-header-cell[col-id="cpu_seconds"] .ag-header-cell-label'
+    d.find_element(By.CSS_SELECTOR, header).click()  # ascending
+    WebDriverWait(d, TIMEOUT).until(
+        lambda d: [r[0] for r in _members(d)] == ["Carol Chen", "Alice Archer"], "no sort"
+    )
+    # every column has a filter box under its header: the group's keeps one group
+    boxes = d.find_elements(By.CSS_SELECTOR, "#vo-table .ag-floating-filter input")
+    columns = [c["field"] for c in d.execute_script(
+        "return dash_ag_grid.getApi('vo-table').getColumnDefs();"
+    )]  # fmt: skip
+    boxes[columns.index("group")].send_keys("higgs")
+    WebDriverWait(d, TIMEOUT).until(
+        lambda d: [r[0] for r in _members(d)] == ["Alice Archer"], "the filter did not apply"
+    )
+    assert d.find_element(By.CSS_SELECTOR, '#vo-table .ag-cell[col-id="cpu_seconds"]').text == (
+        "2.00"
+    )  # two decimals, as the header's unit says
     assert console_errors(d) == []
 
 
