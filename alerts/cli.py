@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from alerts.export import exportable
-    from alerts.rules import RuleError, load_rules
+    from afmon.alerts.export import exportable
+    from afmon.alerts.rules import RuleError, load_rules
 
     try:
         rules = load_rules(Path(args.file) if args.file else None)
@@ -24,8 +24,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export_prometheus(args: argparse.Namespace) -> int:
-    from alerts.export import export_prometheus
-    from alerts.rules import RuleError, load_rules
+    from afmon.alerts.export import export_prometheus
+    from afmon.alerts.rules import RuleError, load_rules
 
     try:
         rules = load_rules(Path(args.rules) if args.rules else None)
@@ -36,7 +36,7 @@ def cmd_export_prometheus(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     alerts = sub.add_parser("alerts", help="alert rules: check a file, export for Prometheus")
     actions = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
     check = actions.add_parser("check", help="validate a rule file (default: the packaged one)")

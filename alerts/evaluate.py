@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from aggregator.signals import Labels, Observation
-from alerts.rules import Rule
+from afmon.aggregator.query.signals import Labels, Observation
+from afmon.alerts.rules import Rule
 
 Status = Literal["pending", "firing", "resolved"]
 Key = tuple[str, Labels]

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from alerts.rules import Rule
+from afmon.alerts.rules import Rule
 
 GROUP = "afmon"
 

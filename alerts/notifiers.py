@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from aggregator.mail import Mailer
-from alerts.evaluate import Alert
+from afmon.aggregator.core.mail import Mailer
+from afmon.alerts.evaluate import Alert
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 

@@ -1,6 +1,6 @@
 """Alert rules as data: the schema (pydantic), duration parsing and the YAML loader.
 
-A rule compares one signal (`aggregator.signals`) with a threshold. Loading
+A rule compares one signal (`afmon.aggregator.query.signals`) with a threshold. Loading
 refuses a bad file with an error that names the file, the rule and the field.
 """
 
@@ -13,8 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aggregator.metric_catalog import series_names
-from aggregator.signals import PROCESS_SIGNALS, SIGNALS
+from afmon.aggregator.metrics.catalog import series_names
+from afmon.aggregator.query.signals import PROCESS_SIGNALS, SIGNALS
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "afmon.yaml"
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")

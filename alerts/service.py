@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import Engine, text
 
-from aggregator.mail import Mailer
-from aggregator.query import Principal
-from aggregator.settings import ServerSettings
-from aggregator.signals import CounterWindow, Labels, compute
-from alerts.evaluate import Alert, State, evaluate, transitions
-from alerts.notifiers import MailNotifier, Notifier, WebhookNotifier
-from alerts.rules import Rule, RuleError, load_rules
+from afmon.aggregator.core.mail import Mailer
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import Principal
+from afmon.aggregator.query.signals import CounterWindow, Labels, compute
+from afmon.alerts.evaluate import Alert, State, evaluate, transitions
+from afmon.alerts.notifiers import MailNotifier, Notifier, WebhookNotifier
+from afmon.alerts.rules import Rule, RuleError, load_rules
 
 if TYPE_CHECKING:
-    from aggregator.app import Services
-    from aggregator.metrics import IngestMetrics
+    from afmon.aggregator.metrics.exporter import IngestMetrics
+    from afmon.aggregator.web.services import Services
 
 log = logging.getLogger(__name__)
 REFUSED_OUTCOMES = ("rejected", "forbidden", "too_large", "unauthorized")

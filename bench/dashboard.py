@@ -20,24 +20,19 @@ import argparse
 import gc
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-# run as `python bench/dashboard.py`, this file's folder comes first on sys.path, and this
-# file would shadow the `dashboard` package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+from sqlalchemy import text
 
-from sqlalchemy import text  # noqa: E402
-
-from aggregator.db import create_schema, make_engine, placeholder  # noqa: E402
-from aggregator.query import Query  # noqa: E402
-from aggregator.rollup import backfill_daily  # noqa: E402
-from aggregator.settings import ServerSettings  # noqa: E402
-from dashboard import app as dash_app  # noqa: E402
-from dashboard.app import create_dash  # noqa: E402
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import Query
+from afmon.aggregator.store.db import create_schema, make_engine, placeholder
+from afmon.aggregator.store.rollup import backfill_daily
+from afmon.dashboard import app as dash_app
+from afmon.dashboard.app import create_dash
 
 END = 1_798_761_600  # 2027-01-01 00:00 UTC
 NOW = END - 1800.0
@@ -246,7 +241,7 @@ def main() -> None:
         )
     app = create_dash(Query(make_engine(url)), ServerSettings(local_mode=True), clock=lambda: NOW)
     gc.collect()
-    gc.freeze()  # as the server does once started (aggregator/app.py, lifespan)
+    gc.freeze()  # as the server does once started (aggregator/web/app.py, lifespan)
     rows = measure(app, args.rounds, args.principal)
     print(f"\nprincipal {args.principal}, {args.rounds} rounds per callback\n")
     print("| page | callback (first outputs) | range | first call ms | p50 ms | p95 ms |")

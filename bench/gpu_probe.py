@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from collectors.probes.gpu import GpuProbe
+from afmon.collectors.probes.gpu import GpuProbe
 from tests.collectors.fake_nvml import USERS, FakeNvml, FakeProc, a100, write_proc
 
 

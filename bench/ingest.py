@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from collectors import wire
+from afmon.collectors import wire
 
 START = 1_790_000_000.0
 TOKEN = secrets.token_urlsafe(32)  # a strong one: `afmon serve` refuses weak tokens
@@ -117,7 +117,7 @@ def serve_and_post(
         "AFMON_INGEST_RATE_PER_AGENT": "100000",
         **extra_env,
     }
-    server = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "serve"], env=env)
+    server = subprocess.Popen([sys.executable, "-m", "afmon.aggregator.cli", "serve"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(timeout=120) as client:

@@ -23,7 +23,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import make_batches, serve_and_post  # noqa: E402
 
-from collectors import wire  # noqa: E402
+from afmon.collectors import wire  # noqa: E402
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

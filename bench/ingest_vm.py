@@ -1,7 +1,7 @@
 """Ingest throughput into VictoriaMetrics: line protocol straight in, against through afmon.
 
 In one run, on the same samples, each into its own fresh VictoriaMetrics:
-  (a) direct: afmon's own points (tsdb_influx.line_protocol, millisecond line protocol),
+  (a) direct: afmon's own points (store.tsdb.line_protocol, millisecond line protocol),
       gzip'd, POSTed to VictoriaMetrics' /api/v2/write, one request per batch;
   (b) afmon: the same batches as wire JSON POSTed to a real `afmon serve` (SQLite, no
       dashboard) with AFMON_TSDB_URL and AFMON_TSDB_RAW_ONLY set, timed until its outbox is
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ingest  # noqa: E402
 from ingest import serve_and_post  # noqa: E402
 
-from aggregator.tsdb_influx import line_protocol, series_head  # noqa: E402
-from collectors import wire  # noqa: E402
+from afmon.aggregator.store.tsdb import line_protocol, series_head  # noqa: E402
+from afmon.collectors import wire  # noqa: E402
 
 
 def start_vm(data: Path) -> tuple[subprocess.Popen[bytes], str]:

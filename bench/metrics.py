@@ -4,7 +4,7 @@ In one run, on the same series (usage counters per facility and VO, node gauges,
 in the proportions a large deployment has), for 1k, 10k and 100k series:
   (a) prometheus_client: a collector yielding CounterMetricFamily/GaugeMetricFamily
       built from the rows, rendered by `generate_latest` (what afmon did before);
-  (b) afmon: `aggregator.metrics.render_families` on the same rows (the cold path of
+  (b) afmon: `afmon.aggregator.metrics.exporter.render_families` on the same rows (the cold path of
       /metrics: the cache is empty, the rows are read, the text is built).
 Both outputs are checked to parse to the same samples. Prints the median of
 several rounds per size and the ratio. Goal: 10k series under 20 ms.
@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator.metric_catalog import spec, usage_metric_name
-from aggregator.metrics import Family, render_families
-from aggregator.schema import RESOURCES
+from afmon.aggregator.metrics.catalog import spec, usage_metric_name
+from afmon.aggregator.metrics.exporter import Family, render_families
+from afmon.aggregator.store.schema import RESOURCES
 
 
 def make_families(n_series: int) -> list[Family]:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import httpx
 import msgspec
 
-from collectors import wire
-from collectors.probes.base import READY, Probe, ProbeOutput, sample
-from collectors.spool import Spool, SpooledBatch
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, Probe, ProbeOutput, sample
+from afmon.collectors.spool import Spool, SpooledBatch
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,13 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
-from collectors import wire
-from collectors.simulator_extras import RichFacility
+from afmon.collectors import wire
+from afmon.collectors.simulator_extras import RichFacility
+from afmon.collectors.simulator_model import GroundTruth, SimMember, SimSession
 
 GIB = 1024**3
 VO_GROUPS = {
@@ -39,37 +40,6 @@ ISSUERS = {
 }
 NODE_CORES = 64
 NODE_MEMORY = 256 * GIB
-
-
-@dataclass(frozen=True)
-class SimMember:
-    local: str
-    vo: str
-    group: str
-    subject: str
-    display_name: str
-    mapped: bool = True
-
-
-@dataclass
-class SimSession:
-    id: str
-    member: SimMember
-    node: str
-    start: float
-    end: float
-    cores: int
-    memory_gib: int
-
-
-@dataclass
-class GroundTruth:
-    """What the simulator sent, per local account and ledger resource."""
-
-    by_account: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
-
-    def add(self, local: str, resource: str, amount: float) -> None:
-        self.by_account[(local, resource)] += amount
 
 
 @dataclass

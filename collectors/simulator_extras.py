@@ -14,12 +14,9 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from collectors import wire
-
-if TYPE_CHECKING:
-    from collectors.simulator import FacilitySimulator, SimMember, SimSession
+from afmon.collectors import wire
+from afmon.collectors.simulator_model import SimMember, SimSession, SimulatedFacility
 
 GPU_NODES = 2  # the first nodes carry GPUs
 GPUS_PER_NODE = 4
@@ -49,7 +46,7 @@ class _DataUse:
 class RichFacility:
     """The rich-mode model attached to one `FacilitySimulator`."""
 
-    def __init__(self, sim: FacilitySimulator, seed: int) -> None:
+    def __init__(self, sim: SimulatedFacility, seed: int) -> None:
         self.sim = sim
         self.rng = random.Random(seed + 7919)  # its own stream: the base model is unchanged
         self.gpu_nodes = sim.nodes[:GPU_NODES]

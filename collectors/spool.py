@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from collectors import wire
+from afmon.collectors import wire
 
 log = logging.getLogger(__name__)
 

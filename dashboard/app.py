@@ -17,14 +17,24 @@ from urllib.parse import urlencode
 
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
-from aggregator import __version__
-from aggregator.login import Sessions
-from aggregator.query import LOCAL_ADMIN, Query
-from aggregator.settings import ServerSettings
-from dashboard import theme
-from dashboard.pages import alerts, batch, common, facility, gpus, interactive, member, reports, vo
-from dashboard.pages import data as data_page
-from dashboard.pages.common import ADMIN_KEY, DEFAULT_RANGE, SIGN_IN_MESSAGE, Context
+from afmon.aggregator import __version__
+from afmon.aggregator.auth.login import Sessions
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Query
+from afmon.dashboard import theme
+from afmon.dashboard.pages import (
+    alerts,
+    batch,
+    common,
+    facility,
+    gpus,
+    interactive,
+    member,
+    reports,
+    vo,
+)
+from afmon.dashboard.pages import data as data_page
+from afmon.dashboard.pages.common import ADMIN_KEY, DEFAULT_RANGE, SIGN_IN_MESSAGE, Context
 
 PAGES = {facility.PATH: facility, vo.PATH: vo, member.PATH: member, alerts.PATH: alerts}
 NAV_IDS = {

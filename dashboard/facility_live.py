@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 from dash import dcc, html
 
-from aggregator import latency
-from aggregator.query import DATA_RESOURCES, Principal, Query
-from dashboard.figures import GIB, Column, TableData, Tile, fmt_number, fmt_utc
-from dashboard.pages.common import Window
+from afmon.aggregator.core import latency
+from afmon.aggregator.query.reads import DATA_RESOURCES, Principal, Query
+from afmon.dashboard.figures import GIB, Column, TableData, Tile, fmt_number, fmt_utc
+from afmon.dashboard.pages.common import Window
 
 HOUR = 3600
 LIVE_RESOURCES = ("cpu_seconds", "memory_byte_seconds", "gpu_allocated_seconds")

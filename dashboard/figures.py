@@ -1,7 +1,7 @@
 """Pure functions: DataFrames from the query layer -> plotly figures and table/tile data.
 
 Nothing here touches the database or Dash; the page callbacks fetch frames through
-`aggregator.query.Query` and hand them to these functions. Every number leaves here
+`afmon.aggregator.query.reads.Query` and hand them to these functions. Every number leaves here
 with a unit: ledger amounts are in base units (s, B, B·s) and are converted to
 readable ones (hours, GB, GB-hours) by `display_unit`.
 """
@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import pandas as pd
 import plotly.graph_objects as go
 
-from aggregator.schema import RESOURCES
-from dashboard.theme import PLOT_LAYOUT
+from afmon.aggregator.store.schema import RESOURCES
+from afmon.dashboard.theme import PLOT_LAYOUT
 
 HOUR = 3600.0
 GB = 1e9  # decimal gigabyte, as used for memory-time and IO totals

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 import plotly.graph_objects as go
 
-from aggregator.query import OTHERS, Principal, Query
-from aggregator.schema import UNMAPPED
-from dashboard import figures
-from dashboard.pages.common import Window
-from dashboard.theme import PLOT_LAYOUT
+from afmon.aggregator.query.reads import OTHERS, Principal, Query
+from afmon.aggregator.store.schema import UNMAPPED
+from afmon.dashboard import figures
+from afmon.dashboard.pages.common import Window
+from afmon.dashboard.theme import PLOT_LAYOUT
 
 TABLE_RESOURCES: tuple[str, ...] = (
     "cpu_seconds",

@@ -3,7 +3,7 @@
     python grafana/make_dashboards.py      # rewrites the JSON files next to this script
 
 Every panel has a unit, a description and PromQL on catalog metrics only
-(aggregator/metric_catalog.py); every dashboard has the template variables
+(aggregator/metrics/catalog.py); every dashboard has the template variables
 `datasource`, `facility` and `vo`. tests/grafana checks the files against this
 script, against the catalog and against a real Prometheus scraping afmon.
 """

@@ -9,7 +9,8 @@ process (when accounting mode is on: `sudo nvidia-smi -am 1` before the run).
 
     python scripts/gpu_check.py [--gpu 0] [--seconds 60] [--interval 1] [--size 8192]
 
-Needs torch with CUDA, nvidia-ml-py and nvidia-smi. Record what it prints in docs/gpu.md.
+Needs afmon installed (`pip install -e .` in the checkout, or the wheel), torch with CUDA,
+nvidia-ml-py and nvidia-smi. Record what it prints in docs/gpu.md.
 Exit status: 0 ran and compared; 2 the probe is not ready here (its state is printed).
 """
 
@@ -24,11 +25,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from collectors.probes.gpu import GpuProbe  # noqa: E402
+from afmon.collectors.probes.gpu import GpuProbe
 
 SMI_FIELDS = "index,uuid,name,utilization.gpu,memory.used,memory.total,power.draw"
 LOAD = """

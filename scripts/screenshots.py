@@ -20,8 +20,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.simulator import FacilitySimulator, Poster, backfill  # noqa: E402
-from dashboard.app import PAGES  # noqa: E402
+from afmon.collectors.simulator import FacilitySimulator, Poster, backfill  # noqa: E402
+from afmon.dashboard.app import PAGES  # noqa: E402
 from tests.dashboard.conftest import (  # noqa: E402
     CHROME_FLAGS,
     CHROMEDRIVER,

@@ -67,7 +67,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "aggregator.cli", "serve", *self.args],
+                [sys.executable, "-m", "afmon.aggregator.cli", "serve", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from collectors import wire
+from afmon.collectors import wire
 from tests.conftest import ServerProcess, free_port
 from tests.oidc_issuer import Issuer, IssuerServer
 

@@ -22,7 +22,7 @@ def test_demo_starts_shows_data_and_stops_cleanly(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "aggregator.cli",
+            "afmon.aggregator.cli",
             "demo",
             "--data-dir",
             str(tmp_path / "demo"),

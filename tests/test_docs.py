@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aggregator.settings import ServerSettings
-from collectors.agent import AgentSettings
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.collectors.settings import AgentSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 def test_afmon_help_lists_the_commands() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "aggregator.cli", "--help"],
+        [sys.executable, "-m", "afmon.aggregator.cli", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -43,7 +43,7 @@ def test_afmon_help_lists_the_commands() -> None:
     for command in ("serve", "demo", "simulate", "identity"):
         assert command in out
     serve = subprocess.run(
-        [sys.executable, "-m", "aggregator.cli", "serve", "--help"],
+        [sys.executable, "-m", "afmon.aggregator.cli", "serve", "--help"],
         capture_output=True,
         text=True,
         check=True,

@@ -56,7 +56,7 @@ def run_agent(server: ServerProcess, tmp: Path) -> subprocess.CompletedProcess[s
         "AFMON_HEPSCORE23_PER_CORE": "15.5",
     }
     return subprocess.run(
-        [sys.executable, "-m", "collectors.agent", "--once"],
+        [sys.executable, "-m", "afmon.collectors.agent", "--once"],
         env=env,
         capture_output=True,
         text=True,

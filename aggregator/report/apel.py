@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.schema import RESOURCES, UNMAPPED
+from afmon.aggregator.store.schema import RESOURCES, UNMAPPED
 
 V03_HEADER = "APEL-summary-job-message: v0.3"
 V04_HEADER = "APEL-normalised-summary-message: v0.4"

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
-from aggregator.query import Principal
-from aggregator.report.build import build_report
-from aggregator.report.files import FILE_KINDS, FormatError, render_one
-from aggregator.report.week import Week, WeekError
+from afmon.aggregator.query.reads import Principal
+from afmon.aggregator.report.build import build_report
+from afmon.aggregator.report.files import FILE_KINDS, FormatError, render_one
+from afmon.aggregator.report.week import Week, WeekError
 
 
 def build_report_router(principal_dependency: Callable[..., Any]) -> APIRouter:

@@ -15,12 +15,13 @@ from typing import Any
 
 import pandas as pd
 
-from aggregator import __version__, latency
-from aggregator.query import Principal, Query
-from aggregator.report.quantities import LEVELS, num, quantities, ratio
-from aggregator.report.week import Month, Week, iso_utc
-from aggregator.schema import RESOURCES, UNMAPPED
-from aggregator.settings import ServerSettings
+from afmon.aggregator import __version__
+from afmon.aggregator.core import latency
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import Principal, Query
+from afmon.aggregator.report.quantities import LEVELS, num, quantities, ratio
+from afmon.aggregator.report.week import Month, Week, iso_utc
+from afmon.aggregator.store.schema import RESOURCES, UNMAPPED
 
 SCHEMA_ID = "afmon-weekly-report/1"
 NO_LATENCY = "no latency data"
@@ -252,7 +253,7 @@ class ReportBuilder:
             "status": "ok",
             "kinds": sorted(latency.KINDS),
             "levels": levels,
-            "note": "p50/p95 interpolated in fixed buckets (aggregator/latency.py); "
+            "note": "p50/p95 interpolated in fixed buckets (aggregator/core/latency.py); "
             "within_slo_ratio is exact when the SLO is a bucket bound.",
         }
 

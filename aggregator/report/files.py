@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aggregator.report import apel
-from aggregator.report.formats import render_csv, render_json
-from aggregator.report.html import render_html
-from aggregator.report.quantities import LEVELS
+from afmon.aggregator.report import apel
+from afmon.aggregator.report.formats import render_csv, render_json
+from afmon.aggregator.report.html import render_html
+from afmon.aggregator.report.quantities import LEVELS
 
 FORMATS = ("csv", "json", "html", "apel")
 # what the API serves, one file at a time

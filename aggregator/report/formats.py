@@ -8,8 +8,8 @@ import io
 import json
 from typing import Any
 
-from aggregator.report.quantities import LEVELS
-from aggregator.schema import RESOURCES
+from afmon.aggregator.report.quantities import LEVELS
+from afmon.aggregator.store.schema import RESOURCES
 
 
 def render_json(doc: dict[str, Any]) -> bytes:

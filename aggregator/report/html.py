@@ -9,7 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from aggregator.report.quantities import LEVELS
+from afmon.aggregator.report.quantities import LEVELS
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from aggregator.schema import RESOURCES
+from afmon.aggregator.store.schema import RESOURCES
 
 HOUR = 3600.0
 GB = 1e9

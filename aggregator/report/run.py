@@ -6,12 +6,12 @@ from pathlib import Path
 
 from sqlalchemy import inspect
 
-from aggregator.db import make_engine
-from aggregator.query import LOCAL_ADMIN, Principal, Query
-from aggregator.report.build import Progress, build_report
-from aggregator.report.files import ReportFile, render_files
-from aggregator.report.week import Week
-from aggregator.settings import ServerSettings
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
+from afmon.aggregator.report.build import Progress, build_report
+from afmon.aggregator.report.files import ReportFile, render_files
+from afmon.aggregator.report.week import Week
+from afmon.aggregator.store.db import make_engine
 
 
 class ReportInputError(RuntimeError):

@@ -11,11 +11,11 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from aggregator.mail import Mailer
-from aggregator.report.files import ReportFile, parse_formats, write_files
-from aggregator.report.run import build_files
-from aggregator.report.week import DAY, Week, iso_utc
-from aggregator.settings import ServerSettings
+from afmon.aggregator.core.mail import Mailer
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.report.files import ReportFile, parse_formats, write_files
+from afmon.aggregator.report.run import build_files
+from afmon.aggregator.report.week import DAY, Week, iso_utc
 
 log = logging.getLogger(__name__)
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -67,7 +67,7 @@ def send_mail(settings: ServerSettings, week: Week, files: list[ReportFile]) -> 
 
 
 def scheduled_reports(services: Any, stop: threading.Event) -> None:
-    """A periodic job of the server (aggregator.app `jobs`); idle without AFMON_REPORT_DIR."""
+    """A periodic job of the server (web/app.py `jobs`); idle without AFMON_REPORT_DIR."""
     settings: ServerSettings = services.settings
     if settings.report_dir is None:
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from collectors import wire
+from afmon.collectors import wire
 
 READY = "ready"
 

@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from collectors import wire
-from collectors.probes.base import READY, ProbeOutput
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, ProbeOutput
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Dask probe: a scheduler plugin that measures a cluster's waits and its workers' time.
 
-Install it in the scheduler with `dask scheduler --preload collectors.probes.dask_plugin`
+Install it in the scheduler with `dask scheduler --preload afmon.collectors.probes.dask_plugin`
 (which calls `dask_setup`), or from a client with `client.register_plugin(AfmonSchedulerPlugin(
 owner="alice"))`. Per cluster it reports, as wire events owned by the cluster's user:
 
@@ -34,8 +34,8 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from collectors import wire
-from collectors.probes.base import READY, ProbeOutput
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, ProbeOutput
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +279,9 @@ class AfmonSchedulerPlugin(SchedulerPlugin):
     def _start_push(self) -> None:
         import httpx
 
-        from collectors.agent import AgentSettings
-        from collectors.push import PushLoop
-        from collectors.spool import Spool
+        from afmon.collectors.push import PushLoop
+        from afmon.collectors.settings import AgentSettings
+        from afmon.collectors.spool import Spool
 
         s = AgentSettings(**self.settings)
         spool = Spool(
@@ -327,5 +327,5 @@ def report_scale(client: Any, target: int, reason: str = "scale") -> None:
 
 
 def dask_setup(scheduler: Any) -> None:
-    """`dask scheduler --preload collectors.probes.dask_plugin`: settings from AFMON_* env."""
+    """`dask scheduler --preload afmon.collectors.probes.dask_plugin`: settings from AFMON_* env."""
     scheduler.add_plugin(AfmonSchedulerPlugin())

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from collectors import wire
-from collectors.probes.base import READY, ProbeOutput, sample
-from collectors.probes.gpu_users import Gpu, GpuUsers, Unit
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, ProbeOutput, sample
+from afmon.collectors.probes.gpu_users import Gpu, GpuUsers, Unit
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from collectors import wire
-from collectors.probes.base import sample
+from afmon.collectors import wire
+from afmon.collectors.probes.base import sample
 
 
 @dataclass

@@ -27,8 +27,8 @@ from typing import Any
 
 import msgspec
 
-from collectors import wire
-from collectors.probes.base import READY, ProbeOutput, sample
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, ProbeOutput, sample
 
 log = logging.getLogger(__name__)
 

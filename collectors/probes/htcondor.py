@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collectors import wire
-from collectors.probes.base import READY, ProbeOutput
-from collectors.probes.slurm import JobCursor, Runner, run_command
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, ProbeOutput
+from afmon.collectors.probes.slurm import JobCursor, Runner, run_command
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from typing import Any
 
 import httpx
 
-from collectors import wire
-from collectors.probes.base import READY, ProbeOutput
-from collectors.probes.hub_sessions import OpenSession, SessionStore
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, ProbeOutput
+from afmon.collectors.probes.hub_sessions import OpenSession, SessionStore
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,10 @@ batch system) still reports its state rather than stopping the agent.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from collectors.probes.base import Probe
-from collectors.probes.host import HostProbe
-
-if TYPE_CHECKING:
-    from collectors.agent import AgentSettings
+from afmon.collectors.probes.base import Probe
+from afmon.collectors.probes.host import HostProbe
+from afmon.collectors.settings import AgentSettings
 
 
 def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]:
@@ -28,7 +25,7 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
         )
     ]
     if settings.gpu_enabled:
-        from collectors.probes.gpu import GpuProbe
+        from afmon.collectors.probes.gpu import GpuProbe
 
         probes.append(GpuProbe(
             node=settings.node, proc_root=settings.proc_root,
@@ -37,17 +34,17 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
             idle_min_seconds=settings.gpu_idle_min_seconds,
         ))
     if settings.slurm_enabled:
-        from collectors.probes.slurm import SlurmProbe
+        from afmon.collectors.probes.slurm import SlurmProbe
 
         probes.append(SlurmProbe(sacct=[settings.sacct_path],
                                  state_path=state_dir and state_dir / "slurm-probe.json"))
     if settings.htcondor_enabled:
-        from collectors.probes.htcondor import HTCondorProbe
+        from afmon.collectors.probes.htcondor import HTCondorProbe
 
         probes.append(HTCondorProbe(condor_history=[settings.condor_history_path],
                                     state_path=state_dir and state_dir / "htcondor-probe.json"))
     if settings.jupyterhub_url:
-        from collectors.probes.jupyterhub import JupyterHubProbe
+        from afmon.collectors.probes.jupyterhub import JupyterHubProbe
 
         token = settings.jupyterhub_token
         probes.append(JupyterHubProbe(settings.jupyterhub_url,
@@ -55,7 +52,7 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
                                       poll_seconds=settings.jupyterhub_poll_seconds,
                                       state_path=state_dir and state_dir / "jupyterhub-probe.json"))
     if settings.dask_gateway_url:
-        from collectors.probes.dask_gateway import DaskGatewayProbe
+        from afmon.collectors.probes.dask_gateway import DaskGatewayProbe
 
         cred = settings.dask_gateway_token
         probes.append(DaskGatewayProbe(settings.dask_gateway_url,
@@ -64,7 +61,7 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
                                        users=settings.dask_gateway_users,
                                        poll_seconds=settings.dask_gateway_poll_seconds))
     if settings.xrootd_enabled:
-        from collectors.probes.xrootd import Monitor, XRootDProbe
+        from afmon.collectors.probes.xrootd import Monitor, XRootDProbe
 
         monitor = Monitor(settings.xrootd_servers, default_role=settings.xrootd_default_role,
                           max_files=settings.xrootd_max_open_files)

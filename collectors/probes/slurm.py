@@ -25,8 +25,8 @@ from pathlib import Path
 
 import msgspec
 
-from collectors import wire
-from collectors.probes.base import READY, ProbeOutput
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, ProbeOutput
 
 log = logging.getLogger(__name__)
 

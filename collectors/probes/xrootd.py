@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from collectors import wire
-from collectors.probes.base import READY, ProbeOutput, sample
-from collectors.probes.xrootd_packets import (
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY, ProbeOutput, sample
+from afmon.collectors.probes.xrootd_packets import (
     MAP_CODES,
     DiscRec,
     MapPacket,

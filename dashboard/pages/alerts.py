@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 from dash import Dash, Input, Output, html
 
-from dashboard.figures import Column, TableData, fmt_utc
-from dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table
+from afmon.dashboard.figures import Column, TableData, fmt_utc
+from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table
 
 PATH = "/alerts"
 TITLE = "Alerts"

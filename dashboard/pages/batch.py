@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 from dash import Dash, Input, Output, dcc, html
 
-from aggregator.query import Principal
-from dashboard import figures
-from dashboard.figures import Column, TableData, fmt_number
-from dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
+from afmon.aggregator.query.reads import Principal
+from afmon.dashboard import figures
+from afmon.dashboard.figures import Column, TableData, fmt_number
+from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
 
 PATH = "/batch"
 TITLE = "Batch"

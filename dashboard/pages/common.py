@@ -14,11 +14,11 @@ import flask
 import pandas as pd
 from dash import html
 
-from aggregator.login import SESSION_COOKIE, Sessions
-from aggregator.query import LOCAL_ADMIN, Principal, Query
-from aggregator.schema import UNMAPPED
-from aggregator.settings import ServerSettings
-from dashboard.figures import TableData, Tile, fmt_utc
+from afmon.aggregator.auth.login import SESSION_COOKIE, Sessions
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
+from afmon.aggregator.store.schema import UNMAPPED
+from afmon.dashboard.figures import TableData, Tile, fmt_utc
 
 # -- time window ---------------------------------------------------------------------------
 

@@ -15,10 +15,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
-from aggregator.query import Principal
-from dashboard import figures
-from dashboard.figures import Column, TableData, Tile, fmt_number
-from dashboard.pages.common import (
+from afmon.aggregator.query.reads import Principal
+from afmon.dashboard import figures
+from afmon.dashboard.figures import Column, TableData, Tile, fmt_number
+from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
     Context,
     notice,
@@ -26,7 +26,7 @@ from dashboard.pages.common import (
     render_tiles,
     role_caption,
 )
-from dashboard.theme import PLOT_LAYOUT
+from afmon.dashboard.theme import PLOT_LAYOUT
 
 PATH = "/data"
 TITLE = "Data"

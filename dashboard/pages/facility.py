@@ -10,10 +10,10 @@ from typing import Any
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from aggregator.schema import RESOURCES
-from dashboard import figures
-from dashboard.facility_live import live_view
-from dashboard.pages.common import (
+from afmon.aggregator.store.schema import RESOURCES
+from afmon.dashboard import figures
+from afmon.dashboard.facility_live import live_view
+from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
     Context,
     notice,

@@ -11,12 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
-from aggregator.query import Principal
-from collectors.wire import GPU_MODELS
-from dashboard import figures
-from dashboard.figures import Column, TableData, fmt_number, fmt_utc
-from dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
-from dashboard.theme import PLOT_LAYOUT
+from afmon.aggregator.query.reads import Principal
+from afmon.collectors.wire import GPU_MODELS
+from afmon.dashboard import figures
+from afmon.dashboard.figures import Column, TableData, fmt_number, fmt_utc
+from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
+from afmon.dashboard.theme import PLOT_LAYOUT
 
 PATH = "/gpus"
 TITLE = "GPUs"

@@ -15,11 +15,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
-from aggregator import latency
-from dashboard import figures
-from dashboard.figures import Column, TableData, fmt_utc
-from dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
-from dashboard.theme import PLOT_LAYOUT
+from afmon.aggregator.core import latency
+from afmon.dashboard import figures
+from afmon.dashboard.figures import Column, TableData, fmt_utc
+from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
+from afmon.dashboard.theme import PLOT_LAYOUT
 
 PATH = "/interactive"
 TITLE = "Interactive"

@@ -10,9 +10,9 @@ from typing import Any
 
 from dash import Dash, Input, Output, dcc, html
 
-from aggregator.query import OTHERS
-from dashboard import figures
-from dashboard.pages.common import (
+from afmon.aggregator.query.reads import OTHERS
+from afmon.dashboard import figures
+from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
     Context,
     notice,

@@ -12,10 +12,10 @@ from urllib.parse import urlencode
 
 from dash import Dash, Input, Output, dcc, html
 
-from aggregator.report.apel import gpu_resources
-from aggregator.report.quantities import LEVELS
-from aggregator.report.week import Week, iso_utc
-from dashboard.pages.common import PICK_MESSAGE, Context, notice
+from afmon.aggregator.report.apel import gpu_resources
+from afmon.aggregator.report.quantities import LEVELS
+from afmon.aggregator.report.week import Week, iso_utc
+from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice
 
 PATH = "/reports"
 TITLE = "Reports"

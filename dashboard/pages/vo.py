@@ -1,6 +1,6 @@
 """The VO page (`/vo`): one VO's usage per group and per member over time, shares, the member
 table (sort, filter, CSV) and the VO across facilities. The data come from
-`dashboard.vo_view`; the VO, group, resource and name filter live in the URL
+`afmon.dashboard.vo_view`; the VO, group, resource and name filter live in the URL
 (`?vo=atlas&group=/atlas/higgs&resource=cpu_seconds&q=ali`), so a view can be shared."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import dash_ag_grid as dag
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from aggregator.schema import RESOURCES
-from dashboard import figures, theme
-from dashboard.pages.common import (
+from afmon.aggregator.store.schema import RESOURCES
+from afmon.dashboard import figures, theme
+from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
     Context,
     notice,
@@ -22,7 +22,7 @@ from dashboard.pages.common import (
     role_caption,
     with_params,
 )
-from dashboard.vo_view import VoView, member_columns, vo_members, vo_view
+from afmon.dashboard.vo_view import VoView, member_columns, vo_members, vo_view
 
 PATH = "/vo"
 TITLE = "VO"

@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
-from aggregator.agent_tokens import AgentAuthenticator, create_token, revoke_token
-from aggregator.app import create_app
-from aggregator.cli import weak_secrets
-from aggregator.settings import ServerSettings
-from collectors import wire
+from afmon.aggregator.auth.agent_tokens import AgentAuthenticator, create_token, revoke_token
+from afmon.aggregator.cli.serve import weak_secrets
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
 from tests.conftest import free_port
 from tests.oidc_issuer import Issuer, IssuerServer
 

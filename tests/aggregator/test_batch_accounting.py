@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from aggregator.app import create_app
-from aggregator.batch_accounting import spread
-from aggregator.query import LOCAL_ADMIN, Principal, Query
-from aggregator.settings import ServerSettings
-from collectors import wire
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.ledger.batch import spread
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
 
 H = 1_795_597_200  # 2026-11-25T09:00:00Z
 TOKEN = "batch-token"

@@ -20,7 +20,7 @@ import pytest
 )
 def test_serve_names_the_bad_setting(env: dict[str, str], message: str) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "aggregator.cli", "serve"],
+        [sys.executable, "-m", "afmon.aggregator.cli", "serve"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -37,7 +37,7 @@ def test_serve_names_a_broken_identity_file(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "aggregator.cli",
+            "afmon.aggregator.cli",
             "serve",
             "--identity-file",
             str(bad),
@@ -58,7 +58,7 @@ def test_serve_refuses_weak_agent_tokens_outside_local_mode(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "aggregator.cli",
+            "afmon.aggregator.cli",
             "serve",
             "--database-url",
             f"sqlite:///{tmp_path}/x.sqlite",
@@ -81,7 +81,7 @@ def test_agent_token_commands(tmp_path) -> None:
 
     def afmon(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "aggregator.cli", "agent-token", *db, *args],
+            [sys.executable, "-m", "afmon.aggregator.cli", "agent-token", *db, *args],
             capture_output=True,
             text=True,
             timeout=60,

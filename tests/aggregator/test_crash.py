@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from collectors import wire
+from afmon.collectors import wire
 from tests.conftest import ServerProcess
 
 NOW = time.time()

@@ -15,9 +15,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from aggregator.ledger import HOUR, hour_of
-from aggregator.schema import RESOURCES
-from collectors import wire
+from afmon.aggregator.ledger.base import HOUR, hour_of
+from afmon.aggregator.store.schema import RESOURCES
+from afmon.collectors import wire
 from tests.collectors.fake_nvml import CYCLES, STEP, Scenario
 from tests.conftest import ServerProcess
 

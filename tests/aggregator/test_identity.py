@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.cli import main as afmon
-from aggregator.db import create_schema, make_engine
-from aggregator.identity import IdentityError, IdentityMap, load_identity_file
+from afmon.aggregator.cli.main import main as afmon
+from afmon.aggregator.identity.accounts import IdentityError, IdentityMap, load_identity_file
+from afmon.aggregator.store.db import create_schema, make_engine
 
 IDENTITY = """
 [vos.atlas]

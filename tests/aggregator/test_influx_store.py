@@ -16,10 +16,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from aggregator import signals
-from aggregator.db import make_engine
-from aggregator.metrics import LedgerCollector
-from collectors import wire
+from afmon.aggregator.metrics.exporter import LedgerCollector
+from afmon.aggregator.query import signals
+from afmon.aggregator.store.db import make_engine
+from afmon.collectors import wire
 from tests.conftest import free_port
 
 
@@ -332,10 +332,10 @@ def test_raw_only_keeps_raw_samples_in_the_store(
 ) -> None:
     """AFMON_TSDB_RAW_ONLY: every sample reaches VictoriaMetrics exactly; the database keeps
     only the series afmon reads back, and those readers still answer."""
-    from aggregator.db import make_engine, read_connection
-    from aggregator.ingest import READ_BACK_METRICS
-    from aggregator.query import LOCAL_ADMIN, SERVER_METRICS, Query
-    from aggregator.signals import agent_spool_growth_batches
+    from afmon.aggregator.ingest.apply import READ_BACK_METRICS
+    from afmon.aggregator.query.reads import LOCAL_ADMIN, SERVER_METRICS, Query
+    from afmon.aggregator.query.signals import agent_spool_growth_batches
+    from afmon.aggregator.store.db import make_engine, read_connection
 
     assert set(SERVER_METRICS) <= READ_BACK_METRICS  # a new reader of `sample` needs its metric
     vm = vm_factory(None)
@@ -386,8 +386,8 @@ def test_raw_only_keeps_raw_samples_in_the_store(
 
 def test_drainer_writes_staged_points_and_rows_of_older_versions(tmp_path: Path) -> None:
     """Rows staged before migration 0004 carry line protocol in `lines`; both kinds drain."""
-    from aggregator.db import create_schema, make_engine
-    from aggregator.tsdb_influx import Drainer, Outbox, line_protocol, series_head
+    from afmon.aggregator.store.db import create_schema, make_engine
+    from afmon.aggregator.store.tsdb import Drainer, Outbox, line_protocol, series_head
 
     engine = make_engine(f"sqlite:///{tmp_path}/outbox.sqlite")
     create_schema(engine)

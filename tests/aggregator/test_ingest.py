@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from aggregator.app import create_app
-from aggregator.retention import prune_samples
-from aggregator.settings import ServerSettings
-from collectors import wire
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.store.retention import prune_samples
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
 
 NOW = 1_790_000_000.0  # a fixed clock: 2026-09-21T14:13:20Z
 TOKEN = "agent-token"

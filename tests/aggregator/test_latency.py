@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from aggregator import latency
-from aggregator.app import create_app
-from aggregator.query import LOCAL_ADMIN, Principal, QueryError
-from aggregator.settings import ServerSettings
-from collectors import wire
+from afmon.aggregator.core import latency
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, QueryError
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
 from tests.dashboard.conftest import ALICE_ID, FACILITY, IDENTITY_TOML
 
 NOW = 1_790_000_000.0

@@ -13,8 +13,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from aggregator.schema import RESOURCES
-from collectors.simulator import FacilitySimulator, Poster, backfill
+from afmon.aggregator.store.schema import RESOURCES
+from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 from tests.conftest import ServerProcess
 
 END = 1_790_006_400.0  # a whole UTC hour

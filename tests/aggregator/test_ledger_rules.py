@@ -7,7 +7,7 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregator.ledger import HOUR, counter_increases, counter_increases_per_hour
+from afmon.aggregator.ledger.base import HOUR, counter_increases, counter_increases_per_hour
 
 BASE = 1_790_000_000.0  # whole hour
 

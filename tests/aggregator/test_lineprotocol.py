@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aggregator.ingest_lineprotocol import LineError, parse_line, to_batch
+from afmon.aggregator.ingest.lineprotocol import LineError, parse_line, to_batch
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 NS = 1_000_000_000

@@ -11,8 +11,8 @@ from contextlib import closing
 
 import httpx
 
-from aggregator.login import Sessions
-from aggregator.query import Principal
+from afmon.aggregator.auth.login import Sessions
+from afmon.aggregator.query.reads import Principal
 from tests.conftest import ServerProcess
 from tests.oidc_issuer import Issuer
 

@@ -14,13 +14,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from aggregator import metric_catalog
-from aggregator.app import create_app
-from aggregator.metrics import Family, render_families
-from aggregator.settings import ServerSettings
-from aggregator.tsdb_influx import Outbox
-from collectors import wire
-from collectors.simulator import FacilitySimulator, Poster, backfill
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.metrics import catalog as metric_catalog
+from afmon.aggregator.metrics.exporter import Family, render_families
+from afmon.aggregator.store.tsdb import Outbox
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
+from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 
 END = 1_790_006_400.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,5 +208,5 @@ def test_render_escapes_label_values() -> None:
 def test_docs_show_the_current_catalog() -> None:
     doc = (ROOT / "docs" / "metrics.md").read_text()
     assert metric_catalog.render_doc(doc) == doc, (
-        "docs/metrics.md is stale: run `python -m aggregator.metric_catalog docs/metrics.md`"
+        "docs/metrics.md is stale: run `python -m afmon.aggregator.metrics.catalog docs/metrics.md`"
     )

@@ -10,12 +10,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 from sqlmodel import SQLModel
 
-from aggregator.db import create_schema, make_engine
+from afmon.aggregator.store.db import create_schema, make_engine
 
 
 def _afmon(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "aggregator.cli", *args],
+        [sys.executable, "-m", "afmon.aggregator.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator.app import create_app
-from aggregator.query import LOCAL_ADMIN, OTHERS, Principal, Query, QueryError
-from aggregator.settings import ServerSettings
-from collectors import wire
-from collectors.simulator import FacilitySimulator, Poster, backfill
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN, OTHERS, Principal, Query, QueryError
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
+from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 
 END = 1_790_006_400.0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from collectors import wire
+from afmon.collectors import wire
 from tests.conftest import free_port
 
 AGENTS = 3
@@ -169,7 +169,7 @@ def test_serve_workers_on_one_port(pg_url: str, tmp_path: Path) -> None:
         "AFMON_INGEST_RATE_PER_AGENT": "1000",
     }
     log = tmp_path / "workers.log"
-    argv = [sys.executable, "-m", "aggregator.cli", "serve", "--port", str(port)]
+    argv = [sys.executable, "-m", "afmon.aggregator.cli", "serve", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*argv, "--database-url", pg_url, "--workers", "2"],

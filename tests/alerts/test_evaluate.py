@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator.signals import Observation
-from alerts.evaluate import evaluate, render, transitions
-from alerts.rules import Rule, load_rules
+from afmon.aggregator.query.signals import Observation
+from afmon.alerts.evaluate import evaluate, render, transitions
+from afmon.alerts.rules import Rule, load_rules
 
 RULES = load_rules()
 T0 = 1_790_000_000.0

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from alerts.evaluate import render
-from alerts.export import exportable
-from alerts.rules import load_rules
+from afmon.alerts.evaluate import render
+from afmon.alerts.export import exportable
+from afmon.alerts.rules import load_rules
 
 HERE = Path(__file__).resolve().parent
 UNIT_TESTS = HERE / "prometheus_rules_test.yaml"
@@ -25,7 +25,7 @@ def _promtool() -> str:
 
 def _export(tmp_path: Path) -> Path:
     out = subprocess.run(
-        [sys.executable, "-m", "aggregator.cli", "alerts", "export-prometheus"],
+        [sys.executable, "-m", "afmon.aggregator.cli", "alerts", "export-prometheus"],
         capture_output=True,
         text=True,
         check=True,

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from aggregator.mail import Mailer
-from aggregator.settings import ServerSettings
-from alerts.evaluate import Alert
-from alerts.notifiers import MailNotifier, WebhookNotifier
+from afmon.aggregator.core.mail import Mailer
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.alerts.evaluate import Alert
+from afmon.alerts.notifiers import MailNotifier, WebhookNotifier
 from tests.conftest import free_port
 
 T0 = 1_790_000_000.0

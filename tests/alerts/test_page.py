@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from aggregator.db import create_schema, make_engine
-from aggregator.query import LOCAL_ADMIN, Principal, Query
-from aggregator.settings import ServerSettings
-from alerts.evaluate import Alert
-from alerts.service import AlertService
-from dashboard.app import create_dash
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
+from afmon.aggregator.store.db import create_schema, make_engine
+from afmon.alerts.evaluate import Alert
+from afmon.alerts.service import AlertService
+from afmon.dashboard.app import create_dash
 from tests.dash_callbacks import post_callback as _call
 
 NOW = 1_790_000_000.0

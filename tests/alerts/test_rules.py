@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.rules import RuleError, load_rules, parse_duration, parse_rules
+from afmon.alerts.rules import RuleError, load_rules, parse_duration, parse_rules
 
 GOOD = """
 rules:

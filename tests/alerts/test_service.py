@@ -15,15 +15,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator import signals
-from aggregator.app import create_app
-from aggregator.query import LOCAL_ADMIN
-from aggregator.settings import ServerSettings
-from aggregator.tsdb_influx import Drainer
-from alerts.rules import load_rules
-from alerts.service import AlertService
-from collectors import wire
-from collectors.simulator import FacilitySimulator, Poster, backfill
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query import signals
+from afmon.aggregator.query.reads import LOCAL_ADMIN
+from afmon.aggregator.store.tsdb import Drainer
+from afmon.aggregator.web.app import create_app
+from afmon.alerts.rules import load_rules
+from afmon.alerts.service import AlertService
+from afmon.collectors import wire
+from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 from tests.conftest import free_port
 
 END = 1_790_006_400.0

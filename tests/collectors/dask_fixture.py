@@ -23,7 +23,7 @@ def tracked_cluster(
         from distributed import Client, LocalCluster
     except ImportError as exc:
         pytest.fail(f"dask and distributed are needed (the [dask] extra): {exc}")
-    from collectors.probes.dask_plugin import AfmonSchedulerPlugin, track_cluster
+    from afmon.collectors.probes.dask_plugin import AfmonSchedulerPlugin, track_cluster
 
     settings = {
         "server_url": server.url,

@@ -397,7 +397,7 @@ class Scenario:
         self.nvml = FakeNvml(self.gpus)
 
     def probe(self, node: str = "gpu-node-1") -> Any:
-        from collectors.probes.gpu import GpuProbe
+        from afmon.collectors.probes.gpu import GpuProbe
 
         return GpuProbe(
             node=node,

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from collectors import wire
+from afmon.collectors import wire
 
 REJECT_DETAIL = {"field": "$.series[0].unit", "message": "metric user_cpu_seconds is in 'seconds'"}
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from collectors.probes.jupyterhub import HubTotals, parse_hub_metrics
+from afmon.collectors.probes.jupyterhub import HubTotals, parse_hub_metrics
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

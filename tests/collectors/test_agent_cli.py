@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors import wire
-from collectors.agent import AgentSettings
+from afmon.collectors import wire
+from afmon.collectors.settings import AgentSettings
 
 from .ingest_server import IngestServer
 
@@ -25,7 +25,7 @@ def agent(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "collectors.agent", *args],
+        [sys.executable, "-m", "afmon.collectors.agent", *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         capture_output=True,
@@ -49,7 +49,7 @@ def test_help_names_every_setting_and_its_env_variable() -> None:
 
 def test_import_pulls_in_no_server_library() -> None:
     code = (
-        "import sys, collectors.agent; "
+        "import sys, afmon.collectors.agent; "
         "print([m for m in ('fastapi', 'dash', 'pandas', 'sqlalchemy') if m in sys.modules])"
     )
     result = subprocess.run(
@@ -149,7 +149,7 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_sigterm_stops_cleanly_after_flushing(tmp_path: Path, ingest_server: IngestServer) -> None:
     spool = tmp_path / "spool"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collectors.agent", "--interval", "0.2"]
+        [sys.executable, "-m", "afmon.collectors.agent", "--interval", "0.2"]
         + run_args(ingest_server, spool),
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), "AFMON_TOKEN": "tok"},

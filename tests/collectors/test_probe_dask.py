@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.db import make_engine
-from aggregator.query import LOCAL_ADMIN, Query
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Query
+from afmon.aggregator.store.db import make_engine
 from tests.collectors.dask_fixture import tracked_cluster, wait_workers
 from tests.conftest import ServerProcess
 

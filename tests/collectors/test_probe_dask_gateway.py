@@ -23,14 +23,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator.app import create_app
-from aggregator.query import LOCAL_ADMIN
-from aggregator.settings import ServerSettings
-from collectors import wire
-from collectors.agent import AgentSettings
-from collectors.probes.base import READY
-from collectors.probes.dask_gateway import DaskGatewayProbe, epoch_of_ms
-from collectors.probes.registry import build_probes
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
+from afmon.collectors.probes.base import READY
+from afmon.collectors.probes.dask_gateway import DaskGatewayProbe, epoch_of_ms
+from afmon.collectors.probes.registry import build_probes
+from afmon.collectors.settings import AgentSettings
 from tests.conftest import free_port
 
 PASSWORD = "afmon-gateway-password"

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collectors import wire
-from collectors.probes.gpu import STATES, GpuProbe, model_class
-from collectors.push import PushLoop
-from collectors.spool import Spool
+from afmon.collectors import wire
+from afmon.collectors.probes.gpu import STATES, GpuProbe, model_class
+from afmon.collectors.push import PushLoop
+from afmon.collectors.spool import Spool
 from tests.collectors import fake_nvml as fk
 
 
@@ -89,7 +89,7 @@ def test_agent_keeps_running_and_reports_the_state(tmp_path: Path) -> None:
 def test_real_agent_on_this_gpu_less_machine_reports_its_state(tmp_path: Path) -> None:
     """The real agent with the real pynvml: no NVIDIA library here, so a state, no crash."""
     env = {**os.environ, "AFMON_SPOOL_DIR": str(tmp_path), "AFMON_NODE": "n1"}
-    r = subprocess.run([sys.executable, "-m", "collectors.agent", "--print"], env=env,
+    r = subprocess.run([sys.executable, "-m", "afmon.collectors.agent", "--print"], env=env,
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     series = json.loads(r.stdout)["series"]

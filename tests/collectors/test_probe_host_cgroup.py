@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors import wire
-from collectors.probes.host import HostProbe
+from afmon.collectors import wire
+from afmon.collectors.probes.host import HostProbe
 
 Uids = namedtuple("Uids", "real effective saved")
 CpuTimes = namedtuple("CpuTimes", "user system children_user children_system iowait")

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from collectors.probes.host import HostProbe
+from afmon.collectors.probes.host import HostProbe
 
 # On a line from stdin: burns ~0.6 s of CPU, holds 64 MiB, prints the CPU seconds burnt, then
 # waits for another line before it exits.

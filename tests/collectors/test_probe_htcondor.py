@@ -18,10 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from aggregator.app import create_app
-from aggregator.settings import ServerSettings
-from collectors import wire
-from collectors.probes.htcondor import UNKNOWN_OWNER, HTCondorProbe, parse_history
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
+from afmon.collectors.probes.htcondor import UNKNOWN_OWNER, HTCondorProbe, parse_history
 
 HISTORY = (Path(__file__).parent / "data" / "condor_history.json").read_text()
 T0 = 1_795_597_200  # 2026-11-25T09:00:00Z, the first QDate of the fixture

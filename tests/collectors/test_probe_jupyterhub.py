@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator.app import create_app
-from aggregator.query import LOCAL_ADMIN
-from aggregator.settings import ServerSettings
-from collectors import wire
-from collectors.probes.hub_sessions import OpenSession, SessionStore
-from collectors.probes.jupyterhub import JupyterHubProbe, parse_hub_metrics, parse_time
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
+from afmon.collectors.probes.hub_sessions import OpenSession, SessionStore
+from afmon.collectors.probes.jupyterhub import JupyterHubProbe, parse_hub_metrics, parse_time
 from tests.collectors.jupyterhub_fixture import FAIL_MESSAGE, FAILING_USER, Hub, jupyterhub
 
 __all__ = ["jupyterhub"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.probes.slurm import (
+from afmon.collectors.probes.slurm import (
     END_STATES,
     FIELDS,
     SlurmProbe,
@@ -157,9 +157,9 @@ def test_a_failing_sacct_is_reported_and_the_window_kept(tmp_path: Path) -> None
 
 
 def test_the_agent_runs_the_batch_probes_when_enabled(tmp_path: Path) -> None:
-    from collectors.agent import AgentSettings
-    from collectors.probes.htcondor import HTCondorProbe
-    from collectors.probes.registry import build_probes
+    from afmon.collectors.probes.htcondor import HTCondorProbe
+    from afmon.collectors.probes.registry import build_probes
+    from afmon.collectors.settings import AgentSettings
 
     off = build_probes(AgentSettings(gpu_enabled=False), tmp_path)
     assert not {"slurm", "htcondor"} & {p.name for p in off}  # off by default

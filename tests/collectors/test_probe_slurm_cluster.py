@@ -18,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from aggregator.app import create_app
-from aggregator.query import LOCAL_ADMIN, Query
-from aggregator.settings import ServerSettings
-from collectors import wire
-from collectors.probes.slurm import SlurmProbe, parse_duration
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Query
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
+from afmon.collectors.probes.slurm import SlurmProbe, parse_duration
 from tests.collectors.slurm_cluster import NODE, PARTITION, SlurmCluster
 
 TOKEN = "slurm-test-token"

@@ -16,10 +16,10 @@ import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator.app import create_app
-from aggregator.query import LOCAL_ADMIN
-from aggregator.settings import ServerSettings
-from collectors import wire
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import LOCAL_ADMIN
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
 from tests.collectors import xrootd_netns as netns
 
 REPO = Path(__file__).resolve().parents[2]

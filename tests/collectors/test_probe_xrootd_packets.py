@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collectors.probes import xrootd_packets as xp
-from collectors.probes.xrootd import UNKNOWN_USER, Monitor, XRootDProbe
+from afmon.collectors.probes import xrootd_packets as xp
+from afmon.collectors.probes.xrootd import UNKNOWN_USER, Monitor, XRootDProbe
 
 ADDR = ("10.0.0.7", 40001)
 # Recorded by a UDP listener next to `xrootd -c ...` (see tests/collectors/xrootd_netns.py)

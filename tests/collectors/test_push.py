@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collectors import wire
-from collectors.probes.base import ProbeOutput, sample
-from collectors.push import PushLoop
-from collectors.spool import Spool
+from afmon.collectors import wire
+from afmon.collectors.probes.base import ProbeOutput, sample
+from afmon.collectors.push import PushLoop
+from afmon.collectors.spool import Spool
 
 from .ingest_server import REJECT_DETAIL, IngestServer
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors import wire
-from collectors.spool import Spool
+from afmon.collectors import wire
+from afmon.collectors.spool import Spool
 
 
 def make_batch(spool: Spool, samples: int, t0: float = 1_700_000_000.0) -> wire.Batch:

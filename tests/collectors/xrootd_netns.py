@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from collectors import wire
-from collectors.probes.xrootd import Monitor, XRootDProbe
+from afmon.collectors import wire
+from afmon.collectors.probes.xrootd import Monitor, XRootDProbe
 
 SUMMARY_PORT, DETAIL_PORT = 9931, 9930
 SERVERS = {"A": 21094, "B": 21095}

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import uvicorn
 
-from aggregator.app import create_app
-from aggregator.settings import ServerSettings
-from collectors import wire
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
 from tests.conftest import free_port
 
 TIMEOUT = 20  # seconds a browser test waits for something to show

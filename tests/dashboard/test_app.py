@@ -10,11 +10,11 @@ import pytest
 from dash import Dash
 from sqlalchemy import Engine, text
 
-from aggregator.db import create_schema, make_engine
-from aggregator.identity import load_identity_file
-from aggregator.query import Query
-from aggregator.settings import ServerSettings
-from dashboard.app import create_dash
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.identity.accounts import load_identity_file
+from afmon.aggregator.query.reads import Query
+from afmon.aggregator.store.db import create_schema, make_engine
+from afmon.dashboard.app import create_dash
 from tests.dash_callbacks import post_callback as _call
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
@@ -135,7 +135,7 @@ def test_two_apps_in_one_process(engine: Engine) -> None:
 
 
 def test_member_page_lists_the_newest_sessions_and_counts_the_rest(engine: Engine) -> None:
-    from dashboard.pages.member import MAX_SESSIONS
+    from afmon.dashboard.pages.member import MAX_SESSIONS
 
     n = MAX_SESSIONS + 3
     with engine.begin() as conn:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from selenium.webdriver.common.by import By
 
-from collectors import wire
+from afmon.collectors import wire
 from tests.dashboard.conftest import (
     BOB_ID,
     FACILITY,

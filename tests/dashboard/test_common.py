@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from aggregator.query import LOCAL_ADMIN
-from dashboard.pages import common
+from afmon.aggregator.query.reads import LOCAL_ADMIN
+from afmon.dashboard.pages import common
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC, a Thursday
 

@@ -12,7 +12,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from collectors import wire
+from afmon.collectors import wire
 from tests.dashboard.conftest import (
     ALICE_ID,
     FACILITY,

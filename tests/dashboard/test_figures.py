@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from dashboard import figures
+from afmon.dashboard import figures
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
 H = 3600

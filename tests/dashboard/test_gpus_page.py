@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from collectors import wire
+from afmon.collectors import wire
 from tests.aggregator.test_gpu_ledger import identity_toml, member_id, post_batch
 from tests.collectors.fake_nvml import CYCLES, STEP, Scenario
 from tests.dashboard.conftest import (

@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from dashboard.app import PAGES
+from afmon.dashboard.app import PAGES
 from tests.dashboard.conftest import console_errors
 
 TIMEOUT = 20

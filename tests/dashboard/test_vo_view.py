@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from aggregator import latency
-from aggregator.db import create_schema, make_engine
-from aggregator.identity import load_identity_file
-from aggregator.query import LOCAL_ADMIN, Principal, Query
-from aggregator.settings import ServerSettings
-from dashboard import vo_view as vv
-from dashboard.app import create_dash, sync_range
-from dashboard.facility_live import live_view
-from dashboard.pages import common
+from afmon.aggregator.core import latency
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.identity.accounts import load_identity_file
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
+from afmon.aggregator.store.db import create_schema, make_engine
+from afmon.dashboard import vo_view as vv
+from afmon.dashboard.app import create_dash, sync_range
+from afmon.dashboard.facility_live import live_view
+from afmon.dashboard.pages import common
 from tests.dash_callbacks import post_callback as _call
 
 T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC

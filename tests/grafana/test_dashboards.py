@@ -18,9 +18,9 @@ import httpx
 import pytest
 import yaml
 
-from aggregator.metric_catalog import series_names
-from collectors import wire
-from collectors.simulator import FacilitySimulator, Poster, backfill
+from afmon.aggregator.metrics.catalog import series_names
+from afmon.collectors import wire
+from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator.app import create_app
-from aggregator.query import Query
-from aggregator.report.week import DAY, Week
-from aggregator.settings import ServerSettings
-from collectors import wire
-from collectors.simulator import FacilitySimulator, Poster, backfill
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.reads import Query
+from afmon.aggregator.report.week import DAY, Week
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
+from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 
 FACILITY = "test-af"
 TOKEN = "report-test-token"

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from aggregator.query import LOCAL_ADMIN
-from aggregator.report import apel
-from aggregator.report.build import build_report
-from aggregator.report.week import Week
-from aggregator.schema import UNMAPPED, Resource
+from afmon.aggregator.query.reads import LOCAL_ADMIN
+from afmon.aggregator.report import apel
+from afmon.aggregator.report.build import build_report
+from afmon.aggregator.report.week import Week
+from afmon.aggregator.store.schema import UNMAPPED, Resource
 from tests.report.conftest import FACILITY, PREV, WEEK, World
 
 MANDATORY = (

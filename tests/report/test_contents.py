@@ -12,12 +12,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from aggregator import __version__
-from aggregator.query import LOCAL_ADMIN, Principal
-from aggregator.report.build import NO_LATENCY, build_report
-from aggregator.report.formats import render_csv, render_json
-from aggregator.report.quantities import LEVELS, quantities
-from aggregator.schema import RESOURCES
+from afmon.aggregator import __version__
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal
+from afmon.aggregator.report.build import NO_LATENCY, build_report
+from afmon.aggregator.report.formats import render_csv, render_json
+from afmon.aggregator.report.quantities import LEVELS, quantities
+from afmon.aggregator.store.schema import RESOURCES
 from tests.report.conftest import (
     FACILITY,
     PREV,

@@ -3,8 +3,8 @@ downloads a file of the report from the API."""
 
 from __future__ import annotations
 
-from dashboard import app as dash_app
-from dashboard.pages import reports
+from afmon.dashboard import app as dash_app
+from afmon.dashboard.pages import reports
 from tests.report.conftest import WEEK, World
 
 

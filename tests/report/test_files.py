@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.cli import main
+from afmon.aggregator.cli.main import main
 from tests.report.conftest import SILENCE_SECONDS, WEEK, World
 
 KINDS = {  # API format (and level) -> the CLI's file suffix

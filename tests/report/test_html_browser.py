@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from aggregator.query import LOCAL_ADMIN
-from aggregator.report.build import build_report
-from aggregator.report.html import render_html, shown_quantities
+from afmon.aggregator.query.reads import LOCAL_ADMIN
+from afmon.aggregator.report.build import build_report
+from afmon.aggregator.report.html import render_html, shown_quantities
 from tests.dashboard.conftest import CHROME_FLAGS, CHROMEDRIVER, CHROMIUM
 from tests.report.conftest import WEEK, World
 

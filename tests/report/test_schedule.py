@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator.app import create_app
-from aggregator.report.schedule import DONE, due_time
-from aggregator.settings import ServerSettings
-from collectors import wire
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.report.schedule import DONE, due_time
+from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
 from tests.conftest import free_port
 
 TOKEN = "sched-token"

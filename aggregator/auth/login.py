@@ -1,0 +1,158 @@
+"""Dashboard sign-in: the OIDC authorization-code flow (with PKCE) and a signed session.
+
+`/auth/login` sends the browser to the issuer; `/auth/callback` checks the state,
+exchanges the code for tokens, verifies the access token like any bearer token
+(`afmon.aggregator.auth.tokens.TokenVerifier`), and keeps the resulting principal in a signed,
+HttpOnly cookie that expires with the token. Dash callbacks and the read API both
+accept that cookie.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from afmon.aggregator.auth.tokens import AuthError, TokenVerifier
+from afmon.aggregator.query.reads import Principal
+
+SESSION_COOKIE = "afmon_session"
+LOGIN_COOKIE = "afmon_login"
+LOGIN_MAX_AGE = 600  # seconds a user may take at the issuer's login page
+
+
+class Sessions:
+    """Signs and reads the session cookie; `secret` comes from settings."""
+
+    def __init__(self, secret: str) -> None:
+        self._serializer = URLSafeTimedSerializer(secret, salt="afmon-session")
+        self._login = URLSafeTimedSerializer(secret, salt="afmon-login")
+
+    def dump(self, principal: Principal, expires: float) -> str:
+        return self._serializer.dumps({"p": asdict(principal), "exp": expires})
+
+    def load(self, cookie: str | None, now: float) -> Principal | None:
+        if not cookie:
+            return None
+        try:
+            data = self._serializer.loads(cookie)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or data.get("exp", 0) <= now:
+            return None
+        return Principal(**data["p"])
+
+    def dump_login(self, state: dict[str, str]) -> str:
+        return self._login.dumps(state)
+
+    def load_login(self, cookie: str | None) -> dict[str, str] | None:
+        if not cookie:
+            return None
+        try:
+            return self._login.loads(cookie, max_age=LOGIN_MAX_AGE)
+        except BadSignature:
+            return None
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def make_router(
+    verifier: TokenVerifier,
+    sessions: Sessions,
+    client_id: str,
+    client_secret: str,
+    issuers: list[str],
+    public_url: str | None,
+    clock: Any,
+    http: httpx.Client | None = None,
+) -> APIRouter:
+    router = APIRouter(prefix="/auth", tags=["sign-in"])
+    client = http or httpx.Client(timeout=10)
+
+    def redirect_uri(request: Request) -> str:
+        base = public_url.rstrip("/") if public_url else str(request.base_url).rstrip("/")
+        return f"{base}/auth/callback"
+
+    def endpoints(issuer: str) -> dict[str, Any]:
+        try:
+            r = client.get(issuer.rstrip("/") + "/.well-known/openid-configuration")
+            r.raise_for_status()
+            return r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise HTTPException(502, f"cannot reach the issuer {issuer}: {exc}") from None
+
+    @router.get("/login", summary="Start signing in at a trusted issuer (browser redirect)")
+    def login(request: Request, issuer: str | None = None, login_hint: str | None = None):
+        issuer = issuer or (issuers[0] if len(issuers) == 1 else None)
+        if issuer not in issuers:
+            raise HTTPException(400, f"pick an issuer: one of {', '.join(issuers)}")
+        state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        code_verifier, challenge = _pkce()
+        params = {
+            "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri(request),
+            "scope": "openid profile wlcg.groups", "state": state, "nonce": nonce,
+            "code_challenge": challenge, "code_challenge_method": "S256",
+        }
+        if login_hint:
+            params["login_hint"] = login_hint
+        target = f"{endpoints(issuer)['authorization_endpoint']}?{urlencode(params)}"
+        response = RedirectResponse(target, status_code=302)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            sessions.dump_login({"state": state, "issuer": issuer, "verifier": code_verifier}),
+            max_age=LOGIN_MAX_AGE, httponly=True, samesite="lax", path="/auth",
+        )
+        return response
+
+    @router.get("/callback", summary="Where the issuer sends the browser back")
+    def callback(request: Request, code: str = "", state: str = "", error: str = ""):
+        if error:
+            raise HTTPException(401, f"the issuer refused the sign-in: {error}")
+        pending = sessions.load_login(request.cookies.get(LOGIN_COOKIE))
+        if pending is None or not secrets.compare_digest(pending["state"], state):
+            raise HTTPException(400, "sign-in state missing or wrong; start again at /auth/login")
+        token_endpoint = endpoints(pending["issuer"])["token_endpoint"]
+        try:
+            r = client.post(token_endpoint, data={
+                "grant_type": "authorization_code", "code": code,
+                "redirect_uri": redirect_uri(request), "client_id": client_id,
+                "client_secret": client_secret, "code_verifier": pending["verifier"],
+            })
+            r.raise_for_status()
+            access_token = r.json()["access_token"]
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            raise HTTPException(502, f"the issuer did not hand out a token: {exc}") from None
+        try:
+            claims = verifier.verify(access_token)
+            principal = verifier.principal(access_token)
+        except AuthError as exc:
+            raise HTTPException(401, f"token refused: {exc}") from None
+        response = RedirectResponse("/", status_code=302)
+        expires = float(claims["exp"])
+        response.set_cookie(
+            SESSION_COOKIE, sessions.dump(principal, expires),
+            max_age=max(1, int(expires - clock())), httponly=True, samesite="lax", path="/",
+            secure=request.url.scheme == "https",
+        )
+        response.delete_cookie(LOGIN_COOKIE, path="/auth")
+        return response
+
+    @router.get("/logout", summary="Sign out (drops the session cookie)")
+    def logout() -> RedirectResponse:
+        response = RedirectResponse("/", status_code=302)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    return router

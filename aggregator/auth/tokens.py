@@ -1,0 +1,155 @@
+"""Readers' identity: WLCG-profile bearer tokens (OIDC JWTs) turned into a `Principal`.
+
+The member is (`iss`, `sub`), the VO comes from the issuer (one issuer, one VO),
+groups from `wlcg.groups` or from `eduperson_entitlement` URNs. Which groups make a
+VO manager or a facility admin is configuration. Signatures are checked against the
+issuer's JWKS, fetched over HTTPS(or HTTP for tests) and cached; `exp`, `aud` and
+`iss` are checked; nothing from a token is trusted before that.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+
+from afmon.aggregator.core.issuers import IssuerConfig
+from afmon.aggregator.identity.accounts import member_id
+from afmon.aggregator.query.reads import Principal
+
+ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+
+
+class AuthError(Exception):
+    """A token that is not accepted; the message says why (never the token itself)."""
+
+
+@dataclass
+class _Keys:
+    keys: dict[str, Any]
+    fetched: float
+
+
+class TokenVerifier:
+    """Verifies bearer tokens and maps their claims to a Principal."""
+
+    def __init__(
+        self,
+        issuers: dict[str, IssuerConfig],
+        audience: str,
+        admin_groups: list[str],
+        admin_facility: str | None = None,
+        client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+        jwks_ttl: float = 3600.0,
+        leeway: float = 30.0,
+    ) -> None:
+        self._issuers = issuers
+        self._audience = audience
+        self._admin_groups = set(admin_groups)
+        self._admin_facility = admin_facility
+        self._client = client or httpx.Client(timeout=10)
+        self._clock = clock
+        self._ttl = jwks_ttl
+        self._leeway = leeway
+        self._keys: dict[str, _Keys] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._issuers)
+
+    def principal(self, token: str) -> Principal:
+        claims = self.verify(token)
+        issuer = claims["iss"]
+        config = self._issuers[issuer]
+        groups = token_groups(claims)
+        mid = member_id(issuer, claims["sub"])
+        name = str(claims.get("preferred_username") or claims["sub"])
+        if groups & self._admin_groups:
+            return Principal(
+                "facility_admin",
+                member_id=mid,
+                vo=config.vo,
+                facility=self._admin_facility,
+                name=name,
+            )
+        if groups & set(config.manager_groups):
+            return Principal("vo_manager", member_id=mid, vo=config.vo, name=name)
+        return Principal("member", member_id=mid, vo=config.vo, name=name)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"malformed token: {exc}") from None
+        issuer = unverified.get("iss")
+        if issuer not in self._issuers:
+            raise AuthError(f"issuer {issuer!r} is not trusted here")
+        key = self._key(issuer, header.get("kid"))
+        try:
+            return jwt.decode(
+                token,
+                key=key,
+                algorithms=ALGORITHMS,
+                audience=self._audience,
+                issuer=issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "iss", "sub", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError(
+                f"token is not for this service (audience {self._audience!r})"
+            ) from None
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"token refused: {exc}") from None
+
+    def _key(self, issuer: str, kid: str | None) -> Any:
+        with self._lock:
+            cached = self._keys.get(issuer)
+            now = self._clock()
+            stale = cached is None or now - cached.fetched > self._ttl
+            if stale or (kid is not None and kid not in cached.keys):  # type: ignore[union-attr]
+                # an unknown kid may be a rotated key: refetch, but at most once a minute
+                if cached is None or now - cached.fetched > 60 or stale:
+                    cached = self._keys[issuer] = _Keys(self._fetch(issuer), now)
+        if kid is None and len(cached.keys) == 1:
+            return next(iter(cached.keys.values()))
+        if kid not in cached.keys:
+            raise AuthError(f"no signing key {kid!r} at issuer {issuer!r}")
+        return cached.keys[kid]
+
+    def _fetch(self, issuer: str) -> dict[str, Any]:
+        url = self._issuers[issuer].jwks_url
+        try:
+            if url is None:
+                config = self._client.get(issuer.rstrip("/") + "/.well-known/openid-configuration")
+                config.raise_for_status()
+                url = config.json()["jwks_uri"]
+            r = self._client.get(url)
+            r.raise_for_status()
+            keys = {}
+            for jwk in r.json()["keys"]:
+                keys[jwk.get("kid")] = jwt.PyJWK.from_json(json.dumps(jwk)).key
+            return keys
+        except (httpx.HTTPError, KeyError, ValueError, jwt.PyJWTError) as exc:
+            raise AuthError(f"cannot fetch the signing keys of {issuer!r}: {exc}") from None
+
+
+def token_groups(claims: dict[str, Any]) -> set[str]:
+    """Groups from `wlcg.groups`, or from INDIGO IAM's `eduperson_entitlement` URNs."""
+    groups = {g for g in claims.get("wlcg.groups", []) if isinstance(g, str)}
+    for urn in claims.get("eduperson_entitlement", []):
+        if isinstance(urn, str) and ":group:" in urn:
+            name = urn.split(":group:", 1)[1].split("#", 1)[0]
+            groups.add("/" + name.replace(":", "/").strip("/"))
+    return groups

@@ -1,0 +1,187 @@
+"""Settings of the aggregator process: one class, `AFMON_` environment prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from afmon.aggregator.core.issuers import IssuerConfig
+from afmon.aggregator.core.latency import DEFAULT_SLO_SECONDS
+
+DEFAULT_DATABASE = "sqlite:///afmon.sqlite"
+
+
+class ServerSettings(BaseSettings):
+    """Everything `afmon serve` needs. Built once at start and passed into factories."""
+
+    model_config = SettingsConfigDict(env_prefix="AFMON_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the server listens on.")
+    port: int = Field(8600, description="Port the server listens on.")
+    database_url: str = Field(
+        DEFAULT_DATABASE,
+        description="SQLAlchemy URL of the ledger and the embedded time-series store "
+        "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB).",
+    )
+    facility_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description='Agent bearer token per facility, as JSON: {"my-af": "s3cret"}. '
+        "A token may only write its own facility's data.",
+    )
+    identity_file: Path | None = Field(
+        None, description="TOML file mapping local accounts to VO members (see docs/identity.md)."
+    )
+    retention_days: float = Field(
+        30.0, description="Raw samples older than this are deleted; the ledger keeps everything."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, description="Largest ingest body accepted, compressed or not (else 413)."
+    )
+    max_future_skew_seconds: float = Field(
+        300.0, description="Samples further than this in the future are refused (agent clock skew)."
+    )
+    gauge_max_gap_seconds: float = Field(
+        600.0,
+        description="A gauge (such as memory) is integrated between two samples only when they "
+        "are at most this far apart; a longer gap is treated as no data.",
+    )
+    default_hepscore23_per_core: float = Field(
+        10.0, description="HEPscore23 per core used for nodes that have not reported their own."
+    )
+    gpu_model_factors: dict[str, float] = Field(
+        default_factory=dict,
+        description='Normalisation factor per GPU model class, as JSON: {"h100": 2.0}; '
+        "normalised GPU hours = factor x allocated hours; a model not listed counts 1.0.",
+    )
+    local_mode: bool = Field(
+        False,
+        description="Demo only: readers are not authenticated and pick their principal "
+        "(member, VO manager, facility admin) in the dashboard.",
+    )
+    oidc_issuers: dict[str, IssuerConfig] = Field(
+        default_factory=dict,
+        description="Trusted token issuers, as JSON: "
+        '{"https://atlas-auth.cern.ch/": {"vo": "atlas", "manager_groups": ["/atlas/af-managers"]}}'
+        "; each may name its jwks_url (default: from its OpenID configuration).",
+    )
+    oidc_audience: str = Field(
+        "afmon", description="The `aud` that readers' tokens must carry for this service."
+    )
+    admin_groups: list[str] = Field(
+        default_factory=list,
+        description='Token groups that make a facility admin, as JSON: ["/af-admins"].',
+    )
+    admin_facility: str | None = Field(
+        None, description="The facility that token admins administer; unset: every facility."
+    )
+    oidc_client_id: str | None = Field(
+        None, description="OIDC client id of the dashboard's sign-in; unset: no sign-in."
+    )
+    oidc_client_secret: SecretStr | None = Field(None, description="Its client secret.")
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Key that signs sign-in sessions (at least 32 random characters); the same "
+        "on every worker. Required with sign-in outside local mode.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="The URL users reach afmon at (for the sign-in redirect); "
+        "default: taken from each request.",
+    )
+    ingest_rate_per_agent: float = Field(
+        20.0, gt=0, description="Batches per second one agent may post (bursts up to 5 s of it)."
+    )
+    dashboard: bool = Field(
+        True, description="Serve the Dash app at /; false for API-only workers."
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    alert_rules_file: Path | None = Field(
+        None, description="YAML alert rules (see docs/alerts.md); default: alerts/rules/afmon.yaml."
+    )
+    alert_interval_seconds: float = Field(
+        60.0, ge=0, description="How often alert rules are evaluated; 0 turns evaluation off."
+    )
+    alert_webhook_url: str | None = Field(
+        None, description="Alertmanager-compatible webhook that receives alert transitions."
+    )
+    alert_mail_to: list[str] = Field(
+        default_factory=list,
+        description='Recipients of alert mail (through AFMON_SMTP_HOST), as JSON: ["ops@af.org"].',
+    )
+    latency_slo_seconds: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SLO_SECONDS),
+        description="Target per latency kind, as JSON (the seed's: time_to_session 10, "
+        "time_to_first_worker 60, time_to_scale_up 300, time_to_finish 3600); see "
+        "docs/interactive.md.",
+    )
+    # -- weekly report (aggregator/report, docs/report.md) --
+    report_dir: Path | None = Field(
+        None, description="Where the scheduled weekly report is written; unset: no schedule."
+    )
+    report_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = Field(
+        "mon", description="UTC weekday of the scheduled weekly report."
+    )
+    report_time: str = Field(
+        "06:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="UTC time (HH:MM) of it."
+    )
+    report_formats: str = Field("csv,json,html,apel", description="Formats it writes.")
+    report_check_seconds: float = Field(
+        60.0, gt=0, description="How often the server checks whether a report is due."
+    )
+    report_silence_seconds: float = Field(
+        900.0, gt=0, description="A node whose batches stop for longer counts as silent."
+    )
+    report_hs06_per_hs23: float | None = Field(
+        None, gt=0, description="HEPSPEC06 per HEPscore23; set to add hepspec to APEL v0.4."
+    )
+    # -- InfluxDB-v2-API time-series store (aggregator/store/tsdb.py, docs/scale.md) --
+    tsdb_url: str | None = Field(
+        None,
+        description="InfluxDB v2 API URL of a time-series store for raw samples (InfluxDB 2/3, "
+        "VictoriaMetrics); unset: raw samples stay in the database only.",
+    )
+    tsdb_org: str = Field("afmon", description="Its organisation.")
+    tsdb_bucket: str = Field("afmon", description="Its bucket.")
+    tsdb_token: SecretStr | None = Field(None, description="Its API token.")
+    tsdb_flush_seconds: float = Field(
+        1.0, gt=0, description="How often the outbox is drained into the store when idle."
+    )
+    tsdb_rows_per_write: int = Field(
+        200, gt=0, description="Outbox rows (one per ingested batch) per write to the store."
+    )
+    tsdb_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one store write.")
+    tsdb_raw_only: bool = Field(
+        False,
+        description="With AFMON_TSDB_URL: raw samples go only to the time-series store, not also "
+        "into the database's `sample` table (faster ingest, a smaller database); the few series "
+        "afmon reads back itself (XRootD server counters, GPU utilisation, agent spool depth) "
+        "stay in the database too. See docs/scale.md.",
+    )
+    # -- mail (alerts and reports) --
+    smtp_host: str | None = Field(None, description="SMTP server for mail; unset: no mail.")
+    smtp_port: int = Field(25, description="SMTP port.")
+    smtp_starttls: bool = Field(False, description="Use STARTTLS with the SMTP server.")
+    smtp_user: str | None = Field(None, description="SMTP login user, if the server needs one.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
+    mail_from: str = Field("afmon@localhost", description="From: of afmon's mail.")
+    report_mail_to: list[str] = Field(
+        default_factory=list, description='Recipients of report mail, as JSON: ["a@b.org"].'
+    )
+
+    @model_validator(mode="after")
+    def _raw_only_needs_a_store(self) -> ServerSettings:
+        if self.tsdb_raw_only and not self.tsdb_url:
+            raise ValueError(
+                "AFMON_TSDB_RAW_ONLY needs AFMON_TSDB_URL: without a store, raw samples are lost"
+            )
+        return self
+
+    @field_validator("retention_days", "max_future_skew_seconds", "gauge_max_gap_seconds")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value

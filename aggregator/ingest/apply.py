@@ -1,0 +1,457 @@
+"""Applying one decoded batch: exactly once, in one transaction.
+
+The raw samples, the ledger increments, the events, the series state and the
+(agent, seq) guard are written together, so a batch is either wholly applied
+or not at all, and a batch seen again is acknowledged without being applied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain, repeat
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy import Connection, Engine
+
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.identity.accounts import IdentityMap, MemberRef
+from afmon.aggregator.ledger.base import (
+    ACCOUNTED_METRICS,
+    EVENT_RULES,
+    HOUR,
+    AttrError,
+    Increments,
+    MetricRule,
+    counter_increases,
+    counter_increases_per_hour,
+    fresh_count,
+    gauge_integral,
+)
+from afmon.aggregator.store.db import insert_rows, placeholder
+from afmon.aggregator.store.rollup import DAY
+from afmon.aggregator.store.schema import RESOURCES, UNMAPPED_ISSUER
+from afmon.aggregator.store.tsdb import Outbox, Points, series_head
+from afmon.collectors import wire
+
+log = logging.getLogger(__name__)
+
+NODE_METRICS = {
+    "node_cpu_cores": "cpu_cores",
+    "node_memory_bytes": "memory_bytes",
+    "node_hepscore23_per_core": "hepscore23_per_core",
+    "node_cpu_busy_ratio": "cpu_busy_ratio",
+}
+
+
+# Raw series that afmon reads back from the `sample` table (query/operations.py: data_servers,
+# gpu_utilisation; signals.py: agent_spool_growth_batches): kept there even when raw samples
+# otherwise live only in the time-series store (AFMON_TSDB_RAW_ONLY). Node-level series, a
+# small share of the samples.
+READ_BACK_METRICS = frozenset(
+    {
+        "xrootd_server_read_bytes",
+        "xrootd_server_written_bytes",
+        "xrootd_server_files_opened",
+        "xrootd_server_link_out_bytes",
+        "xrootd_server_link_in_bytes",
+        "xrootd_server_restarts",
+        "gpu_utilization_ratio",
+        "agent_spool_batches",
+    }
+)
+
+SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
+"""(facility, metric, sorted label items): a series, without serialising its labels."""
+FreshSamples = tuple[int, list[float], list[float]]
+"""A series id with the times and values of its samples that are new to the store."""
+
+
+def sample_rows(fresh: Iterable[FreshSamples]) -> Iterator[tuple[int, float, float]]:
+    """The rows (series id, time, value) of the fresh samples, made lazily: the driver drops
+    each row before it takes the next, so `zip` hands it one reused tuple and a batch of
+    samples allocates no row objects (no list of tuples, no garbage collection)."""
+    return chain.from_iterable(zip(repeat(sid), times, values) for sid, times, values in fresh)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: Literal["applied", "duplicate"]
+    seq: int
+    samples: int = 0
+    stale_samples: int = 0
+    events: int = 0
+    ledger_rows: int = 0
+
+
+def _labels_json(s: wire.Series) -> str:
+    """The labels as the `series` table stores them (its key, with facility and metric)."""
+    return json.dumps(s.labels, sort_keys=True, separators=(",", ":"))
+
+
+class Ingestor:
+    def __init__(
+        self,
+        engine: Engine,
+        identity: IdentityMap,
+        settings: ServerSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self._identity = identity
+        self._settings = settings
+        self._clock = clock
+        self._series_ids: dict[SeriesKey, int] = {}
+        self._outbox = Outbox(engine) if settings.tsdb_url else None  # docs/scale.md
+        self._all_in_database = not settings.tsdb_raw_only
+        p = placeholder(engine)
+        self._p = p
+        self._pg = engine.dialect.name == "postgresql"
+        self._for_update = "" if engine.dialect.name == "sqlite" else " FOR UPDATE"
+        self._sql_ledger = (
+            "INSERT INTO usage (facility, vo, grp, member_id, resource, hour, amount, unit) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (facility, vo, grp, member_id, resource, hour) "
+            "DO UPDATE SET amount = usage.amount + excluded.amount"
+        )
+        self._sql_ledger_day = (
+            "INSERT INTO usage_day (facility, vo, grp, member_id, resource, day, amount, unit) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (facility, vo, grp, member_id, resource, day) "
+            "DO UPDATE SET amount = usage_day.amount + excluded.amount"
+        )
+        self._sql_latency = (
+            "INSERT INTO latency (facility, vo, grp, member_id, kind, profile, hour, le, count, "
+            f"sum_seconds) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (facility, vo, grp, member_id, kind, profile, hour, le) DO UPDATE SET "
+            "count = latency.count + excluded.count, "
+            "sum_seconds = latency.sum_seconds + excluded.sum_seconds"
+        )
+
+    def apply(self, batch: wire.Batch) -> IngestResult:
+        p = self._p
+        now = self._clock()
+        with self._engine.begin() as conn:
+            claimed = conn.exec_driver_sql(
+                "INSERT INTO applied_batch (agent_id, seq, facility, received_at, samples) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+                (batch.agent_id, batch.seq, batch.facility, now, batch.sample_count),
+            ).rowcount
+            if claimed == 0:
+                return IngestResult("duplicate", batch.seq)
+            new_series: dict[SeriesKey, int] = {}
+            result = self._apply(conn, batch, now, new_series)
+        # Only ids of committed series may be remembered: a rolled-back id can be reused.
+        self._series_ids.update(new_series)
+        return result
+
+    # -- the parts of one transaction -------------------------------------------------
+
+    def _apply(
+        self,
+        conn: Connection,
+        batch: wire.Batch,
+        now: float,
+        new_series: dict[SeriesKey, int],
+    ) -> IngestResult:
+        facility = batch.facility
+        ids = self._series_ids_for(conn, batch, new_series)
+        state = self._series_state(conn, ids)
+        hepscore = self._update_nodes(conn, batch, now)
+        inc = Increments()
+        members: dict[str, MemberRef] = {}
+        fresh: list[FreshSamples] = []  # into the `sample` table
+        points: list[Points] = []  # into the time-series store's outbox
+        new_state: list[tuple[float, float, int]] = []
+        stale = written = 0
+        gap = self._settings.gauge_max_gap_seconds
+        for i, (s, sid) in enumerate(zip(batch.series, ids, strict=True)):
+            times, values = s.times, s.values
+            last_t, last_v = state[sid]
+            n = fresh_count(times, last_t)
+            stale += len(times) - n
+            if n == 0:
+                continue
+            if n < len(times):  # copies only when part of the series was seen before
+                times, values = times[-n:], values[-n:]
+            written += n
+            if self._all_in_database or s.metric in READ_BACK_METRICS:
+                fresh.append((sid, times, values))
+            if self._outbox is not None:
+                points.append((series_head(batch, s), times, values))
+            new_state.append((times[-1], values[-1], sid))
+            rule = ACCOUNTED_METRICS.get(s.metric)
+            user = s.labels.get("user")
+            if rule is None or user is None:
+                continue
+            resource = self._resource(rule, s, i)
+            node = s.labels.get("node", batch.node)
+            pieces: Iterable[tuple[float, float]] | None = None
+            if rule.how == "counter":
+                # per hour when the whole series maps to one member, else per sample
+                if self._one_member(facility, user, times[0], times[-1]):
+                    pieces = counter_increases_per_hour(times, values, last_t, last_v, s.created)
+                if pieces is None:
+                    pieces = counter_increases(times, values, last_t, last_v, s.created)
+            else:
+                pieces = gauge_integral(times, values, last_t, last_v, gap)
+            per_hour: dict[tuple[int, str], float] = defaultdict(float)
+            rid, lo, hi = "", 0.0, -1.0
+            for t, amount in pieces:
+                if not lo <= t < hi:
+                    ref, lo, hi = self._identity.resolve_span(facility, user, t)
+                    members[ref.id] = ref
+                    rid = ref.id
+                per_hour[(int(t // HOUR) * HOUR, rid)] += amount
+            factor = hepscore.get(node, self._settings.default_hepscore23_per_core)
+            for (h, rid), amount in per_hour.items():
+                inc.add(facility, members[rid], resource, h, amount)
+                if rule.normalised is not None:
+                    inc.add(facility, members[rid], rule.normalised, h, amount * factor)
+        if fresh:
+            insert_rows(conn, "sample", ("series_id", "time", "value"), sample_rows(fresh))
+        if points and self._outbox is not None:
+            self._outbox.stage(conn, points, written, now)
+        if new_state:
+            self._write_state(conn, new_state)
+        events = self._apply_events(conn, batch, inc, members, hepscore)
+        self._ensure_unmapped(conn, members)
+        if inc.amounts:
+            conn.exec_driver_sql(
+                self._sql_ledger,
+                # in key order, so that concurrent workers lock rows in the same order
+                [
+                    (*key, amount, RESOURCES[key[4]].unit)
+                    for key, amount in sorted(inc.amounts.items())
+                ],
+            )
+            daily: dict[tuple[str, str, str, str, str, int], float] = defaultdict(float)
+            for (f, vo, grp, mid, resource, hour), amount in inc.amounts.items():
+                daily[(f, vo, grp, mid, resource, hour // DAY * DAY)] += amount
+            conn.exec_driver_sql(
+                self._sql_ledger_day,
+                [(*key, amount, RESOURCES[key[4]].unit) for key, amount in sorted(daily.items())],
+            )
+        if inc.latencies:
+            conn.exec_driver_sql(
+                self._sql_latency, [(*k, int(c), s) for k, (c, s) in inc.latencies.items()]
+            )
+        self._touch_agent(conn, batch, now, written)
+        return IngestResult("applied", batch.seq, written, stale, events, len(inc))
+
+    def _one_member(self, facility: str, user: str, first: float, last: float) -> bool:
+        """Whether `user` maps to the same member from `first` to `last` (inclusive)."""
+        _ref, lo, hi = self._identity.resolve_span(facility, user, first)
+        return lo <= first and last < hi
+
+    @staticmethod
+    def _resource(rule: MetricRule, s: wire.Series, i: int) -> str:
+        try:
+            resource = rule.resource_for(s.labels)
+        except KeyError as exc:
+            raise wire.WireError(
+                f"$.series[{i}].labels", f"{s.metric} needs the label {exc.args[0]!r}"
+            ) from None
+        if resource not in RESOURCES:
+            raise wire.WireError(
+                f"$.series[{i}].labels",
+                f"labels {s.labels} of {s.metric} name no ledger resource ({resource!r})",
+            )
+        return resource
+
+    def _member(
+        self, facility: str, user: str, when: float, seen: dict[str, MemberRef]
+    ) -> MemberRef:
+        ref = self._identity.resolve(facility, user, when)
+        seen[ref.id] = ref
+        return ref
+
+    def _series_ids_for(
+        self, conn: Connection, batch: wire.Batch, new_series: dict[SeriesKey, int]
+    ) -> list[int]:
+        p = self._p
+        ids: list[int] = []
+        first_index: dict[int, int] = {}
+        for i, s in enumerate(batch.series):
+            key = (batch.facility, s.metric, tuple(sorted(s.labels.items())))
+            sid = self._series_ids.get(key) or new_series.get(key)
+            if sid is None:
+                labels = _labels_json(s)
+                conn.exec_driver_sql(
+                    "INSERT INTO series (facility, metric, labels, unit, kind, node, local_user) "
+                    f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+                    (
+                        batch.facility,
+                        s.metric,
+                        labels,
+                        s.unit,
+                        s.kind,
+                        s.labels.get("node", batch.node),
+                        s.labels.get("user"),
+                    ),
+                )
+                sid = conn.exec_driver_sql(
+                    f"SELECT id FROM series WHERE facility = {p} AND metric = {p} AND labels = {p}",
+                    (batch.facility, s.metric, labels),
+                ).scalar_one()
+                new_series[key] = sid
+            if sid in first_index:
+                raise wire.WireError(
+                    f"$.series[{i}]",
+                    f"repeats the series of $.series[{first_index[sid]}] "
+                    f"({s.metric} {_labels_json(s)}); send each series once per batch",
+                )
+            first_index[sid] = i
+            ids.append(sid)
+        return ids
+
+    def _series_state(
+        self, conn: Connection, ids: list[int]
+    ) -> dict[int, tuple[float | None, float | None]]:
+        state: dict[int, tuple[float | None, float | None]] = {}
+        unique = sorted(set(ids))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i : i + 500]
+            marks = ", ".join([self._p] * len(chunk))
+            rows = conn.exec_driver_sql(
+                f"SELECT id, last_time, last_value FROM series WHERE id IN ({marks})"
+                f"{self._for_update}",
+                tuple(chunk),
+            )
+            state.update((r[0], (r[1], r[2])) for r in rows)
+        return state
+
+    def _write_state(self, conn: Connection, new_state: list[tuple[float, float, int]]) -> None:
+        """Each series' newest (time, value). On PostgreSQL in one statement: an executemany
+        is a round trip per series there."""
+        if self._pg:
+            times, values, ids = zip(*new_state, strict=True)
+            conn.exec_driver_sql(
+                "UPDATE series SET last_time = u.t, last_value = u.v FROM unnest("
+                "%s::float8[], %s::float8[], %s::integer[]) AS u(t, v, id) WHERE series.id = u.id",
+                (list(times), list(values), list(ids)),
+            )
+            return
+        conn.exec_driver_sql(
+            f"UPDATE series SET last_time = {self._p}, last_value = {self._p} WHERE id = {self._p}",
+            new_state,
+        )
+
+    def _update_nodes(self, conn: Connection, batch: wire.Batch, now: float) -> dict[str, float]:
+        """Record node capacity from node_* series; return HEPscore23/core per node."""
+        p = self._p
+        latest: dict[str, dict[str, float]] = {}
+        for s in batch.series:
+            column = NODE_METRICS.get(s.metric)
+            if column and s.values:
+                latest.setdefault(s.labels.get("node", batch.node), {})[column] = s.values[-1]
+        for node, values in latest.items():
+            cols = ", ".join(values)
+            sets = ", ".join(f"{c} = excluded.{c}" for c in values)
+            conn.exec_driver_sql(
+                f"INSERT INTO node (facility, node, updated, {cols}) "
+                f"VALUES ({', '.join([p] * (3 + len(values)))}) "
+                f"ON CONFLICT (facility, node) DO UPDATE SET updated = excluded.updated, {sets}",
+                (batch.facility, node, now, *values.values()),
+            )
+        rows = conn.exec_driver_sql(
+            f"SELECT node, hepscore23_per_core FROM node WHERE facility = {p}", (batch.facility,)
+        )
+        return {r[0]: r[1] for r in rows if r[1]}
+
+    def _apply_events(
+        self,
+        conn: Connection,
+        batch: wire.Batch,
+        inc: Increments,
+        members: dict[str, MemberRef],
+        hepscore: dict[str, float] | None = None,
+    ) -> int:
+        p = self._p
+        applied = 0
+        for i, e in enumerate(batch.events):
+            row = conn.exec_driver_sql(
+                f'SELECT "end" FROM event WHERE facility = {p} AND kind = {p} AND id = {p}'
+                f"{self._for_update}",
+                (batch.facility, e.kind, e.id),
+            ).first()
+            if row is not None and row[0] is not None:
+                continue  # already ended and accounted: a repeat changes nothing
+            ref = self._member(batch.facility, e.user, e.start, members)
+            attrs = json.dumps(e.attrs, sort_keys=True)
+            if row is None:
+                conn.exec_driver_sql(
+                    "INSERT INTO event (facility, kind, id, node, local_user, member_id, start, "
+                    f'"end", attrs) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})',
+                    (
+                        batch.facility,
+                        e.kind,
+                        e.id,
+                        batch.node,
+                        e.user,
+                        ref.id,
+                        e.start,
+                        e.end,
+                        attrs,
+                    ),
+                )
+            elif e.end is None:
+                continue  # still open, already recorded: nothing changes
+            else:
+                conn.exec_driver_sql(
+                    f'UPDATE event SET "end" = {p}, attrs = {p} '
+                    f"WHERE facility = {p} AND kind = {p} AND id = {p}",
+                    (e.end, attrs, batch.facility, e.kind, e.id),
+                )
+            if e.end is not None:
+                # rules see the HEPscore23 per core of the event's node (attrs.node, else the
+                # batch's node; the default when that node has not reported one)
+                hs = (hepscore or {}).get(str(e.attrs.get("node") or batch.node))
+                hs = self._settings.default_hepscore23_per_core if hs is None else hs
+                e = msgspec.structs.replace(e, attrs={**e.attrs, "node_hepscore23_per_core": hs})
+                try:
+                    EVENT_RULES[e.kind](inc, batch.facility, ref, e)
+                except AttrError as exc:
+                    raise wire.WireError(f"$.events[{i}].attrs.{exc.attr}", exc.message) from None
+            applied += 1
+        return applied
+
+    def _ensure_unmapped(self, conn: Connection, members: dict[str, MemberRef]) -> None:
+        p = self._p
+        rows: list[tuple[Any, ...]] = []
+        for ref in members.values():
+            issuer, _, subject = ref.id.partition("|")
+            if issuer == UNMAPPED_ISSUER:
+                rows.append(
+                    (
+                        ref.id,
+                        issuer,
+                        subject,
+                        ref.vo,
+                        ref.grp,
+                        f"unmapped accounts at {subject}",
+                        "[]",
+                    )
+                )
+        if rows:
+            conn.exec_driver_sql(
+                "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+    def _touch_agent(self, conn: Connection, batch: wire.Batch, now: float, samples: int) -> None:
+        p = self._p
+        conn.exec_driver_sql(
+            "INSERT INTO agent (agent_id, facility, node, last_seen, last_seq, batches, samples) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, 1, {p}) ON CONFLICT (agent_id) DO UPDATE SET "
+            "facility = excluded.facility, node = excluded.node, last_seen = excluded.last_seen, "
+            "last_seq = excluded.last_seq, batches = agent.batches + 1, "
+            "samples = agent.samples + excluded.samples",
+            (batch.agent_id, batch.facility, batch.node, now, batch.seq, samples),
+        )

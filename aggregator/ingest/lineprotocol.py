@@ -1,0 +1,269 @@
+"""InfluxDB line protocol (what Telegraf's `outputs.influxdb_v2` sends) -> an afmon batch.
+
+`LP_MAP` is the one table of what is mapped (docs/scale.md shows it): a (measurement,
+field) pair names an afmon metric, with an optional linear conversion into the metric's
+unit, tag conditions, and how points that land on the same series and time combine. The
+measurement `afmon` is the generic way in: its fields are afmon metric names
+(`afmon,user=alice,node=n1 user_cpu_seconds=12.5 1767225600000000000`), its other tags
+become labels, and an optional `unit` tag must match the metric's unit.
+Identity labels: `user` from the tag `user`, `node` from the tag `node`, else `host`
+(Telegraf adds `host` to every point). Fields that no row maps are ignored and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+from afmon.collectors import wire
+
+GENERIC_MEASUREMENT = "afmon"
+PRECISION_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """One mapped field: afmon value = offset + scale x field value."""
+
+    metric: str
+    scale: float = 1.0
+    offset: float = 0.0
+    combine: Literal["one", "sum"] = "one"
+    where: tuple[tuple[str, str], ...] = ()
+
+
+LP_MAP: dict[tuple[str, str], FieldMap] = {
+    # Telegraf inputs.procstat with `user` set (tag user): one point per process, summed
+    ("procstat", "memory_rss"): FieldMap("user_memory_rss_bytes", combine="sum"),
+    # Telegraf inputs.mem / inputs.system / inputs.cpu (totalcpu = true)
+    ("mem", "total"): FieldMap("node_memory_bytes"),
+    ("system", "n_cpus"): FieldMap("node_cpu_cores"),
+    ("cpu", "usage_idle"): FieldMap(
+        "node_cpu_busy_ratio", scale=-0.01, offset=1.0, where=(("cpu", "cpu-total"),)
+    ),
+}
+LABEL_NAME = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:.\-]{0,127}$")
+
+
+class LineError(ValueError):
+    """A line that cannot be accepted; `line` is its 1-based number in the body."""
+
+    def __init__(self, line: int, message: str, text: str = "") -> None:
+        shown = text if len(text) <= 120 else text[:117] + "..."
+        super().__init__(f"line {line}: {message}" + (f": {shown!r}" if shown else ""))
+        self.line = line
+
+
+@dataclass
+class Point:
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, float | int | str | bool]
+    time: float | None
+
+
+def _split(s: str, sep: str, limit: int = -1) -> list[str]:
+    """Split on `sep` outside double quotes and not escaped by a backslash."""
+    if "\\" not in s and '"' not in s:
+        return s.split(sep, limit)
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            cur.append(s[i : i + 2])
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        if c == sep and not quoted and (limit < 0 or len(out) < limit):
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def _unescape(s: str) -> str:
+    if "\\" not in s:
+        return s
+    for a in ("\\,", "\\=", "\\ ", '\\"', "\\\\"):
+        s = s.replace(a, a[1])
+    return s
+
+
+def _field_value(raw: str) -> float | int | str | bool:
+    if raw.startswith('"'):
+        if len(raw) < 2 or not raw.endswith('"'):
+            raise ValueError(f"unterminated string field value {raw!r}")
+        return raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    if raw in ("t", "T", "true", "True", "TRUE"):
+        return True
+    if raw in ("f", "F", "false", "False", "FALSE"):
+        return False
+    if raw.endswith(("i", "u")):
+        return int(raw[:-1])
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"field value {raw!r} is not finite")
+    return value
+
+
+def parse_line(line: str, scale: float) -> Point:
+    """One non-empty, non-comment line; raises ValueError with the reason."""
+    parts = _split(line, " ")
+    parts = [p for p in parts if p != ""]
+    if len(parts) not in (2, 3):
+        raise ValueError("expected `measurement[,tags] fields [timestamp]`")
+    key = _split(parts[0], ",")
+    measurement = _unescape(key[0])
+    if not measurement:
+        raise ValueError("missing measurement")
+    tags: dict[str, str] = {}
+    for item in key[1:]:
+        kv = _split(item, "=", 1)
+        if len(kv) != 2 or not kv[0] or not kv[1]:
+            raise ValueError(f"bad tag {item!r}")
+        tags[_unescape(kv[0])] = _unescape(kv[1])
+    fields: dict[str, float | int | str | bool] = {}
+    for item in _split(parts[1], ","):
+        kv = _split(item, "=", 1)
+        if len(kv) != 2 or not kv[0]:
+            raise ValueError(f"bad field {item!r}")
+        try:
+            fields[_unescape(kv[0])] = _field_value(kv[1])
+        except ValueError as exc:
+            raise ValueError(f"field {kv[0]!r}: {exc}") from None
+    time: float | None = None
+    if len(parts) == 3:
+        if not parts[2].lstrip("-").isdigit():
+            raise ValueError(f"timestamp {parts[2]!r} is not an integer")
+        time = int(parts[2]) * scale
+    return Point(measurement, tags, fields, time)
+
+
+@dataclass
+class Converted:
+    batch: wire.Batch
+    ignored_fields: int
+
+
+def to_batch(
+    text: str,
+    *,
+    precision: str,
+    facility: str,
+    agent_id: str,
+    seq: int,
+    now: float,
+) -> Converted:
+    """Parse a body and map it onto afmon series; raises LineError naming the line."""
+    if precision not in PRECISION_SECONDS:
+        raise LineError(0, f"precision must be one of {', '.join(PRECISION_SECONDS)}")
+    scale = PRECISION_SECONDS[precision]
+    # (metric, labels) -> time -> (value, line number)
+    series: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, tuple[float, int]]] = (
+        defaultdict(dict)
+    )
+    ignored = 0
+    first_node = ""
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            p = parse_line(line, scale)
+        except ValueError as exc:
+            raise LineError(n, str(exc), line) from None
+        t = now if p.time is None else p.time
+        if t < 0:
+            raise LineError(n, "timestamp before 1970", line)
+        for field, value in p.fields.items():
+            if p.measurement == GENERIC_MEASUREMENT and field not in wire.KNOWN_METRICS:
+                raise LineError(n, f"{field!r} is not an afmon metric (docs/wire-format.md)", line)
+            try:
+                mapped = _map(p, field)
+            except ValueError as exc:
+                raise LineError(n, str(exc), line) from None
+            if mapped is None:
+                ignored += 1
+                continue
+            fmap, labels = mapped
+            metric = fmap.metric
+            unit, kind = wire.KNOWN_METRICS[metric]
+            if isinstance(value, (bool, str)):
+                raise LineError(n, f"field {field!r} of {metric} must be a number", line)
+            if metric.startswith("user_") and "user" not in labels:
+                raise LineError(n, f"{metric} needs a `user` tag (the local account)", line)
+            if "node" not in labels:
+                raise LineError(n, f"{metric} needs a `node` or `host` tag", line)
+            if p.tags.get("unit", unit) != unit:
+                raise LineError(n, f"{metric} is in {unit!r}, not {p.tags['unit']!r}", line)
+            v = fmap.offset + fmap.scale * float(value)
+            if kind == "counter" and v < 0:
+                raise LineError(n, f"counter {metric} has a negative value", line)
+            first_node = first_node or labels["node"]
+            key = (metric, tuple(sorted(labels.items())))
+            points = series[key]
+            if t in points:
+                if fmap.combine != "sum":
+                    raise LineError(
+                        n,
+                        f"repeats {metric} {dict(key[1])} at the time of line {points[t][1]}",
+                        line,
+                    )
+                v += points[t][0]
+            points[t] = (v, n)
+    out: list[wire.Series] = []
+    for (metric, labels), points in series.items():
+        unit, kind = wire.KNOWN_METRICS[metric]
+        times = sorted(points)
+        out.append(
+            wire.Series(
+                metric=metric,
+                unit=unit,
+                kind=kind,  # type: ignore[arg-type]
+                labels=dict(labels),
+                times=times,
+                values=[points[t][0] for t in times],
+            )
+        )
+    batch = wire.Batch(
+        version=wire.WIRE_VERSION,
+        agent_id=agent_id,
+        facility=facility,
+        node=first_node or "line-protocol",
+        seq=seq,
+        sent_at=now,
+        series=out,
+    )
+    return Converted(batch, ignored)
+
+
+def _map(p: Point, field: str) -> tuple[FieldMap, dict[str, str]] | None:
+    """The mapping row and the afmon labels of one field, or None when unmapped."""
+    if p.measurement == GENERIC_MEASUREMENT:
+        if field not in wire.KNOWN_METRICS:
+            return None
+        fmap = FieldMap(field)
+        labels = {k: v for k, v in p.tags.items() if k not in ("host", "unit")}
+        bad = [k for k in labels if not LABEL_NAME.match(k)]
+        if bad:
+            raise ValueError(f"tag name {bad[0]!r} is not a valid label name")
+    else:
+        found = LP_MAP.get((p.measurement, field))
+        if found is None or any(p.tags.get(k) != v for k, v in found.where):
+            return None
+        fmap = found
+        labels = {k: p.tags[k] for k in ("user",) if k in p.tags}
+    node = p.tags.get("node") or p.tags.get("host")
+    if node:
+        labels["node"] = node
+    return fmap, labels

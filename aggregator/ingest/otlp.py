@@ -1,0 +1,244 @@
+"""OTLP/HTTP metrics (protobuf or JSON, as the opentelemetry-sdk exporter sends) -> a batch.
+
+What is mapped (docs/scale.md shows the table):
+- a metric named like an afmon metric (`user_cpu_seconds`) in the matching UCUM unit
+  (`UCUM` below: seconds -> `s`, bytes -> `By`, ...); its point attributes other than the
+  identity ones become labels;
+- the OpenTelemetry semantic-convention process and system metrics in `OTLP_MAP`, per
+  process (`pid` label from the resource's `process.pid`).
+Identity: `user` from the point attribute `user`, else the resource's `process.owner` or
+`user.name`; `node` from the point attribute `node`, else the resource's `host.name`.
+An afmon counter must arrive as a monotonic cumulative Sum (its start time becomes the
+series' `created`, so the first export counts in full); a gauge as a Gauge or a
+non-monotonic Sum. Metrics that nothing maps are ignored and counted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+
+from afmon.collectors import wire
+
+UCUM = {
+    "seconds": "s",
+    "bytes": "By",
+    "1": "1",
+    "ratio": "1",
+    "joules": "J",
+    "watts": "W",
+    "cores": "{cpu}",
+    "HS23": "{HS23}",
+}
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+NO_RECORDED_VALUE = 1
+
+
+@dataclass(frozen=True)
+class OtlpMap:
+    """A semantic-convention metric (points filtered by `where`) -> an afmon metric."""
+
+    metric: str
+    unit: str
+    where: tuple[tuple[str, frozenset[str]], ...] = ()
+    combine: Literal["one", "sum"] = "one"
+
+
+OTLP_MAP: dict[str, tuple[OtlpMap, ...]] = {
+    "process.cpu.time": (
+        OtlpMap("user_cpu_seconds", "s", (("cpu.mode", frozenset({"user", "system"})),), "sum"),
+    ),
+    "process.memory.usage": (OtlpMap("user_memory_rss_bytes", "By"),),
+    "process.disk.io": (
+        OtlpMap("user_io_read_bytes", "By", (("disk.io.direction", frozenset({"read"})),)),
+        OtlpMap("user_io_write_bytes", "By", (("disk.io.direction", frozenset({"write"})),)),
+    ),
+    "system.memory.limit": (OtlpMap("node_memory_bytes", "By"),),
+    "system.cpu.logical.count": (OtlpMap("node_cpu_cores", "{cpu}"),),
+}
+
+
+class OtlpError(ValueError):
+    """A request that cannot be accepted; `where` names the metric or point."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message
+
+
+def parse_request(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
+    request = ExportMetricsServiceRequest()
+    if content_type.startswith("application/json"):
+        try:
+            json_format.Parse(body.decode("utf-8"), request, ignore_unknown_fields=True)
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            raise OtlpError("$", f"not an OTLP JSON metrics request: {exc}") from None
+    elif content_type.startswith("application/x-protobuf"):
+        try:
+            request.ParseFromString(body)
+        except DecodeError as exc:
+            raise OtlpError("$", f"not an OTLP protobuf metrics request: {exc}") from None
+    else:
+        raise OtlpError(
+            "content-type", "send application/x-protobuf or application/json (OTLP/HTTP)"
+        )
+    return request
+
+
+def _value(any_value: Any) -> str:
+    kind = any_value.WhichOneof("value")
+    return "" if kind is None else str(getattr(any_value, kind))
+
+
+def _attrs(kvs: Any) -> dict[str, str]:
+    return {kv.key: _value(kv.value) for kv in kvs}
+
+
+@dataclass
+class Converted:
+    batch: wire.Batch
+    ignored_points: int
+
+
+def to_batch(
+    request: ExportMetricsServiceRequest, *, facility: str, agent_id: str, seq: int, now: float
+) -> Converted:
+    # (metric, labels) -> time -> (value, created)
+    series: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, tuple[float, float | None]]]
+    series = defaultdict(dict)
+    ignored = 0
+    first_node = ""
+    for r, rm in enumerate(request.resource_metrics):
+        res = _attrs(rm.resource.attributes)
+        for s, sm in enumerate(rm.scope_metrics):
+            for m, metric in enumerate(sm.metrics):
+                where = f"resource_metrics[{r}].scope_metrics[{s}].metrics[{m}] ({metric.name})"
+                candidates = _candidates(metric.name)
+                if not candidates:
+                    ignored += _point_count(metric)
+                    continue
+                points, is_counter_shape = _points(metric, where)
+                for fmap in candidates:
+                    unit, kind = wire.KNOWN_METRICS[fmap.metric]
+                    if metric.unit != fmap.unit:
+                        raise OtlpError(
+                            where, f"unit must be {fmap.unit!r} (for {unit}), not {metric.unit!r}"
+                        )
+                    if (kind == "counter") != is_counter_shape:
+                        shape = (
+                            "a monotonic cumulative Sum (a Counter)"
+                            if kind == "counter"
+                            else "a Gauge or a non-monotonic Sum"
+                        )
+                        raise OtlpError(where, f"{fmap.metric} is a {kind}: send {shape}")
+                    for i, dp in enumerate(points):
+                        if dp.flags & NO_RECORDED_VALUE:
+                            continue
+                        attrs = _attrs(dp.attributes)
+                        if any(attrs.get(k) not in allowed for k, allowed in fmap.where):
+                            continue
+                        labels = _labels(fmap, metric.name, attrs, res)
+                        if fmap.metric.startswith("user_") and "user" not in labels:
+                            raise OtlpError(
+                                f"{where}.data_points[{i}]",
+                                "no user: set the point attribute `user` or the resource "
+                                "attribute `process.owner`",
+                            )
+                        if "node" not in labels:
+                            raise OtlpError(
+                                f"{where}.data_points[{i}]",
+                                "no node: set the resource attribute `host.name`",
+                            )
+                        first_node = first_node or labels["node"]
+                        v = float(getattr(dp, dp.WhichOneof("value") or "as_double"))
+                        t = dp.time_unix_nano / 1e9
+                        created = dp.start_time_unix_nano / 1e9 if kind == "counter" else None
+                        key = (fmap.metric, tuple(sorted(labels.items())))
+                        slot = series[key]
+                        if t in slot:
+                            if fmap.combine != "sum":
+                                raise OtlpError(
+                                    f"{where}.data_points[{i}]",
+                                    f"repeats {fmap.metric} {labels} at the same time",
+                                )
+                            old_v, old_c = slot[t]
+                            v += old_v
+                            starts = [c for c in (created, old_c) if c]
+                            created = min(starts) if starts else None
+                        slot[t] = (v, created or None)
+    out = []
+    for (metric, labels), slot in series.items():
+        unit, kind = wire.KNOWN_METRICS[metric]
+        times = sorted(slot)
+        starts = [slot[t][1] for t in times if slot[t][1]]
+        out.append(
+            wire.Series(
+                metric=metric,
+                unit=unit,
+                kind=kind,  # type: ignore[arg-type]
+                labels=dict(labels),
+                times=times,
+                values=[slot[t][0] for t in times],
+                created=max(starts) if starts else None,
+            )
+        )
+    batch = wire.Batch(
+        version=wire.WIRE_VERSION,
+        agent_id=agent_id,
+        facility=facility,
+        node=first_node or "otlp",
+        seq=seq,
+        sent_at=now,
+        series=out,
+    )
+    return Converted(batch, ignored)
+
+
+def _candidates(name: str) -> tuple[OtlpMap, ...]:
+    if name in wire.KNOWN_METRICS:
+        return (OtlpMap(name, UCUM[wire.KNOWN_METRICS[name][0]]),)
+    return OTLP_MAP.get(name, ())
+
+
+def _point_count(metric: Any) -> int:
+    kind = metric.WhichOneof("data")
+    return len(getattr(metric, kind).data_points) if kind else 0
+
+
+def _points(metric: Any, where: str) -> tuple[Any, bool]:
+    """The number points of a mapped metric, and whether it is shaped like a counter."""
+    kind = metric.WhichOneof("data")
+    if kind == "gauge":
+        return metric.gauge.data_points, False
+    if kind == "sum":
+        if metric.sum.aggregation_temporality != CUMULATIVE:
+            raise OtlpError(
+                where,
+                "delta temporality is not accepted: configure the exporter for cumulative "
+                "(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=cumulative)",
+            )
+        return metric.sum.data_points, metric.sum.is_monotonic
+    raise OtlpError(where, f"a {kind} cannot map onto an afmon series; send a Sum or a Gauge")
+
+
+def _labels(fmap: OtlpMap, name: str, attrs: dict[str, str], res: dict[str, str]) -> dict[str, str]:
+    if name == fmap.metric:  # an afmon name: its attributes are its labels
+        labels = {k: v for k, v in attrs.items() if k not in ("user", "node")}
+    else:
+        labels = {"pid": res["process.pid"]} if "process.pid" in res else {}
+    user = attrs.get("user") or res.get("process.owner") or res.get("user.name")
+    node = attrs.get("node") or res.get("host.name")
+    if user:
+        labels["user"] = user
+    if node:
+        labels["node"] = node
+    return labels

@@ -1,0 +1,293 @@
+"""/metrics for Prometheus, on a registry the app owns; families come from the catalog.
+
+Labels are bounded (facility, VO, node, outcome); a user never appears in a
+label. Ledger-derived families (usage totals, node capacity, agent liveness,
+the time-series outbox's backlog) are read at scrape time from the database,
+so every worker of `afmon serve --workers N` reports the same values, cached
+for a few seconds so that several scrapers do not multiply the queries, and
+rendered by a small hand-written renderer: with 10k series prometheus_client's
+generic path is several times slower (see bench/metrics.py). The ingest
+instruments stay ordinary prometheus_client objects. Both the text format and
+OpenMetrics are served (content negotiation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import generate_latest as text_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, text
+
+from afmon.aggregator.metrics.catalog import MetricSpec, spec, usage_metric_name
+from afmon.aggregator.metrics.latency import LatencyCollector
+from afmon.aggregator.store.db import read_connection
+from afmon.aggregator.store.schema import RESOURCES
+
+Row = tuple[tuple[str, ...], float]
+OPENMETRICS = "application/openmetrics-text"
+
+
+def _counter(name: str, registry: CollectorRegistry) -> Counter:
+    s = spec(name)
+    return Counter(s.name, s.help, list(s.labels), registry=registry)
+
+
+class IngestMetrics:
+    """Instruments that the ingest route updates."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batches = _counter("afmon_ingest_batches", registry)
+        self.samples = _counter("afmon_ingest_samples", registry)
+        self.stale_samples = _counter("afmon_ingest_stale_samples", registry)
+        d = spec("afmon_ingest_duration_seconds")
+        self.duration = Histogram(d.name, d.help, buckets=d.buckets, registry=registry)
+
+
+@dataclass
+class Family:
+    """A catalog family and its rows (label values in catalog order, value)."""
+
+    spec: MetricSpec
+    rows: list[Row]
+
+    def to_metric(self) -> Metric:
+        cls = CounterMetricFamily if self.spec.type == "counter" else GaugeMetricFamily
+        m = cls(self.spec.name, self.spec.help, labels=list(self.spec.labels))
+        for values, value in self.rows:
+            m.add_metric(list(values), value)
+        return m
+
+
+def _escape_label(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    return repr(float(value))
+
+
+def render_families(families: Iterable[Family], openmetrics: bool = False) -> str:
+    """Text (0.0.4) or OpenMetrics lines of counter and gauge families (no `# EOF`).
+
+    Families without rows are left out, as prometheus_client does.
+    """
+    out: list[str] = []
+    for fam in families:
+        if not fam.rows:
+            continue
+        s = fam.spec
+        sample = f"{s.name}_total" if s.type == "counter" else s.name
+        doc = s.help.replace("\\", "\\\\").replace("\n", "\\n")
+        if openmetrics:
+            doc = doc.replace('"', '\\"')
+        header = s.name if openmetrics else sample
+        out.append(f"# HELP {header} {doc}\n# TYPE {header} {s.type}\n")
+        names = s.labels
+        for values, value in fam.rows:
+            labels = ",".join(
+                f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)
+            )
+            braces = f"{{{labels}}}" if names else ""  # no `{}` on a family without labels
+            out.append(f"{sample}{braces} {_number(value)}\n")
+    return "".join(out)
+
+
+_USAGE_SQL = (  # all-time totals: the daily rollup holds the same sums in 24x fewer rows
+    "SELECT facility, vo, resource, SUM(amount) FROM usage_day "
+    "GROUP BY facility, vo, resource ORDER BY facility, vo, resource"
+)
+_NODE_SQL = (
+    "SELECT facility, node, cpu_cores, memory_bytes, cpu_busy_ratio FROM node "
+    "ORDER BY facility, node"
+)
+_AGENT_SQL = (
+    "SELECT facility, node, MAX(last_seen) FROM agent GROUP BY facility, node "
+    "ORDER BY facility, node"
+)
+_SPOOL_SQL = (
+    "SELECT facility, node, MAX(last_value) FROM series "
+    "WHERE metric = 'agent_spool_batches' AND last_value IS NOT NULL "
+    "GROUP BY facility, node ORDER BY facility, node"
+)
+_SESSIONS_SQL = (
+    "SELECT e.facility, m.vo, COUNT(*) FROM event e JOIN member m ON m.id = e.member_id "
+    "WHERE e.kind = 'session' AND e.\"end\" IS NULL GROUP BY e.facility, m.vo "
+    "ORDER BY e.facility, m.vo"
+)
+
+
+# The time-series outbox (aggregator/store/tsdb.py): one aggregate pass over a table that is
+# near empty while the store keeps up. Rows carry no facility: the backlog is the server's.
+_OUTBOX_SQL = "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created) FROM tsdb_outbox"
+
+
+_GPU_SQL = (
+    "SELECT facility, node, metric, labels, last_value FROM series "
+    "WHERE metric IN ('gpu_utilization_ratio', 'gpu_held') AND last_value IS NOT NULL"
+)
+
+
+def _gpu_families(rows: Iterable[tuple[str, str, str, str, float]]) -> list[Family]:
+    """Per GPU (or MIG unit): its busy ratio, and whether anyone holds it (max over users:
+    the user stays out of the labels)."""
+    util: dict[tuple[str, str], float] = {}
+    held: dict[tuple[str, str], float] = {}
+    for facility, node, metric, labels, value in rows:
+        key = (facility, node, json.loads(labels).get("gpu", ""))
+        if metric == "gpu_held":
+            held[key] = max(held.get(key, 0.0), float(value))
+        else:
+            util[key] = float(value)
+    return [
+        Family(spec("afmon_gpu_utilization_ratio"), sorted(util.items())),
+        Family(spec("afmon_gpu_held"), sorted(held.items())),
+    ]
+
+
+def _outbox_families(batches: int, samples: float, oldest: float | None) -> list[Family]:
+    """Rows and samples waiting for the store (0 when none), and when the oldest waiting row
+    was staged (no row while the outbox is empty)."""
+    return [
+        Family(spec("afmon_tsdb_outbox_batches"), [((), float(batches))]),
+        Family(spec("afmon_tsdb_outbox_samples"), [((), float(samples))]),
+        Family(
+            spec("afmon_tsdb_outbox_oldest_timestamp_seconds"),
+            [] if oldest is None else [((), float(oldest))],
+        ),
+    ]
+
+
+def read_families(engine: Engine) -> list[Family]:
+    """Ledger-derived families, read in one short read-only transaction."""
+    usage = {r: Family(spec(usage_metric_name(r)), []) for r in RESOURCES}
+    node = [
+        Family(spec(n), [])
+        for n in ("afmon_node_cpu_cores", "afmon_node_memory_bytes", "afmon_node_cpu_busy_ratio")
+    ]
+    seen = Family(spec("afmon_agent_last_seen_timestamp_seconds"), [])
+    spool = Family(spec("afmon_agent_spool_batches"), [])
+    sessions = Family(spec("afmon_sessions_active"), [])
+    with read_connection(engine) as conn:
+        for facility, vo, resource, amount in conn.execute(text(_USAGE_SQL)):
+            if resource in usage:
+                usage[resource].rows.append(((facility, vo), float(amount)))
+        for facility, name, *values in conn.execute(text(_NODE_SQL)):
+            for fam, value in zip(node, values, strict=True):
+                if value is not None:
+                    fam.rows.append(((facility, name), float(value)))
+        for family, sql in ((seen, _AGENT_SQL), (spool, _SPOOL_SQL), (sessions, _SESSIONS_SQL)):
+            for a, b, value in conn.execute(text(sql)):
+                family.rows.append(((a, b), float(value)))
+        gpus = _gpu_families(conn.execute(text(_GPU_SQL)))
+        outbox = _outbox_families(*conn.execute(text(_OUTBOX_SQL)).one())
+    return [*usage.values(), *node, seen, spool, sessions, *gpus, *outbox]
+
+
+class LedgerCollector(Collector):
+    """The ledger-derived families, cached for `ttl` seconds, with their rendered text."""
+
+    def __init__(
+        self, engine: Engine, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._families: list[Family] = []
+        self._text: dict[bool, str] = {}
+        self._at = float("-inf")
+
+    def invalidate(self) -> None:
+        """The next scrape reads the database again."""
+        with self._lock:
+            self._at = float("-inf")
+
+    def families(self) -> list[Family]:
+        with self._lock:
+            now = self._clock()
+            if now - self._at > self._ttl:
+                self._families = read_families(self._engine)
+                self._text = {}
+                self._at = now
+            return self._families
+
+    def render(self, openmetrics: bool) -> str:
+        families = self.families()
+        with self._lock:
+            if openmetrics not in self._text:
+                self._text[openmetrics] = render_families(families, openmetrics)
+            return self._text[openmetrics]
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in self.families():
+            if fam.rows:
+                yield fam.to_metric()
+
+
+class MetricsRegistry(CollectorRegistry):
+    """The app's registry: prometheus_client instruments plus the ledger collector.
+
+    `collect()` yields everything (so any prometheus_client tool works on it);
+    `render()` is the fast path that /metrics uses.
+    """
+
+    def __init__(self, ledger: LedgerCollector) -> None:
+        super().__init__()
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        yield from super().collect()
+        yield from self.ledger.collect()
+
+    def render(self, openmetrics: bool) -> bytes:
+        instruments = _Instruments(self)
+        if openmetrics:
+            head = openmetrics_latest(instruments).decode()
+            head = head.removesuffix("# EOF\n")
+            return (head + self.ledger.render(True) + "# EOF\n").encode()
+        return text_latest(instruments) + self.ledger.render(False).encode()
+
+
+class _Instruments:
+    """A view of the registry without the ledger collector."""
+
+    def __init__(self, registry: MetricsRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        return CollectorRegistry.collect(self._registry)
+
+
+def render_exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """Body and content type for a scrape with this Accept header."""
+    encoder, content_type = choose_encoder(accept)
+    if isinstance(registry, MetricsRegistry):
+        return registry.render(content_type.startswith(OPENMETRICS)), content_type
+    return encoder(registry), content_type
+
+
+def make_registry(engine: Engine) -> tuple[MetricsRegistry, IngestMetrics]:
+    # `_created` series double the exposition and no afmon reader uses them.
+    disable_created_metrics()
+    registry = MetricsRegistry(LedgerCollector(engine))
+    registry.register(LatencyCollector(engine))
+    instruments = IngestMetrics(registry)
+    return registry, instruments

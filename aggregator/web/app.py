@@ -1,0 +1,247 @@
+"""The aggregator's app factory: ingest API, read API, /metrics, /healthz, and what the
+installed web extensions add (the dashboard, the alerts: `afmon.aggregator.web.extensions`)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Engine, text
+from starlette.concurrency import run_in_threadpool
+
+from afmon.aggregator import __version__
+from afmon.aggregator.auth.login import make_router as make_login_router
+from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.metrics.exporter import render_exposition
+from afmon.aggregator.query.reads import QueryError
+from afmon.aggregator.report.api import build_report_router
+from afmon.aggregator.report.schedule import scheduled_reports
+from afmon.aggregator.store.db import read_connection
+from afmon.aggregator.store.retention import prune_samples
+from afmon.aggregator.store.tsdb import outbox_loop
+from afmon.aggregator.web.extensions import Job, WebExtension, installed_extensions
+from afmon.aggregator.web.leader import leader_only
+from afmon.aggregator.web.producers import make_router as make_producers_router
+from afmon.aggregator.web.security import SecurityHeaders
+from afmon.aggregator.web.services import (
+    PrincipalDep,
+    Services,
+    ServicesDep,
+    build_services,
+    reader_principal,
+)
+from afmon.collectors import wire
+
+log = logging.getLogger(__name__)
+
+
+def _ingest_error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"detail": {"field": field, "message": message}}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    engine: Engine | None = None,
+    clock: Callable[[], float] = time.time,
+    with_dashboard: bool | None = None,
+    extensions: Sequence[WebExtension] | None = None,
+) -> FastAPI:
+    """The server's app. `extensions` default to the installed ones (the dashboard and the
+    alerts); `with_dashboard` overrides `settings.dashboard`."""
+    if with_dashboard is not None:
+        settings = settings.model_copy(update={"dashboard": with_dashboard})
+    if extensions is None:
+        extensions = installed_extensions()
+    services = build_services(settings, engine, clock)
+    # Periodic jobs of the server, each run in its own thread until shutdown; with several
+    # workers one of them runs the leader's jobs (docs/scale.md), every one drains the outbox.
+    jobs: list[Job] = [
+        *(leader_only(j) for j in (_retention_loop, scheduled_reports)),
+        _outbox_loop,  # raw samples into the InfluxDB-API store
+        *(job for ext in extensions for job in ext.jobs()),
+    ]
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        threads = [
+            threading.Thread(
+                target=job,
+                args=(services, stop),
+                name=f"afmon-{job.__name__.strip('_')}",
+                daemon=True,
+            )
+            for job in jobs
+        ]
+        for t in threads:
+            t.start()
+        # What start-up built (the app, the dashboard, their libraries) lives as long as the
+        # process: moved out of the collector's sight, a full collection no longer walks it
+        # (it cost ~100 ms pauses in dashboard callbacks, docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
+        yield
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+
+    app = FastAPI(
+        title="afmon",
+        version=__version__,
+        description="Monitoring and accounting for HEP Analysis Facilities, per VO member.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    if settings.oidc_client_id and settings.oidc_issuers:
+        secret = settings.oidc_client_secret
+        app.include_router(
+            make_login_router(
+                services.verifier,
+                services.sessions,
+                settings.oidc_client_id,
+                secret.get_secret_value() if secret else "",
+                list(settings.oidc_issuers),
+                settings.public_url,
+                clock,
+            )
+        )
+    app.add_middleware(SecurityHeaders)
+    app.include_router(build_report_router(reader_principal))
+    app.include_router(make_producers_router())  # Telegraf and OTLP (docs/scale.md)
+
+    @app.post(
+        "/api/v1/ingest",
+        summary="Apply one agent batch (wire format v1, JSON, optionally gzip)",
+        responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}},
+    )
+    async def ingest(request: Request, s: ServicesDep) -> JSONResponse:
+        started = time.perf_counter()
+        agent = s.agents.facility(request.headers.get("authorization", ""))
+        if agent is None:
+            s.instruments.batches.labels("unknown", "unauthorized").inc()
+            return _ingest_error(401, "authorization", "missing, unknown or revoked agent token")
+        facility, credential = agent
+        body = await _read_body(request, s.settings.max_body_bytes)
+        if body is None:
+            s.instruments.batches.labels(facility, "too_large").inc()
+            return _ingest_error(
+                413,
+                "$",
+                f"body larger than {s.settings.max_body_bytes} bytes; send smaller batches",
+            )
+        try:
+            batch = wire.decode(
+                body,
+                max_decompressed=s.settings.max_body_bytes * 8,
+                now=s.clock(),
+                max_future_skew=s.settings.max_future_skew_seconds,
+            )
+            if batch.facility != facility:
+                s.instruments.batches.labels(facility, "forbidden").inc()
+                return _ingest_error(
+                    403,
+                    "$.facility",
+                    f"this token writes facility {facility!r}, not {batch.facility!r}",
+                )
+            # per agent: a facility-wide static token is shared by all of its agents
+            wait = s.rate_limits.take(f"{credential}|{batch.agent_id}")
+            if wait > 0:
+                s.instruments.batches.labels(facility, "rate_limited").inc()
+                limit = s.settings.ingest_rate_per_agent
+                response = _ingest_error(429, "$", f"more than {limit:g} batches/s from this agent")
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response
+            result = await run_in_threadpool(s.ingestor.apply, batch)
+        except wire.TooLarge as exc:
+            s.instruments.batches.labels(facility, "too_large").inc()
+            return _ingest_error(413, exc.field, exc.message)
+        except wire.WireError as exc:
+            s.instruments.batches.labels(facility, "rejected").inc()
+            log.warning("rejected batch from facility %s: %s", facility, exc)
+            return _ingest_error(422, exc.field, exc.message)
+        s.instruments.batches.labels(facility, result.status).inc()
+        s.instruments.samples.labels(facility).inc(result.samples)
+        s.instruments.stale_samples.labels(facility).inc(result.stale_samples)
+        s.instruments.duration.observe(time.perf_counter() - started)
+        return JSONResponse(
+            {
+                "status": result.status,
+                "seq": result.seq,
+                "samples": result.samples,
+                "stale_samples": result.stale_samples,
+                "events": result.events,
+            }
+        )
+
+    @app.get("/healthz", summary="Liveness and database reachability")
+    def healthz(s: ServicesDep) -> dict[str, Any]:
+        try:
+            with read_connection(s.engine) as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001  (any database failure means unhealthy)
+            raise HTTPException(503, f"database unreachable: {exc.__class__.__name__}") from exc
+        return {"status": "ok", "version": __version__, "database": s.engine.dialect.name}
+
+    @app.get("/metrics", summary="Prometheus / OpenMetrics exposition", include_in_schema=True)
+    def metrics(request: Request, s: ServicesDep) -> Response:
+        body, content_type = render_exposition(s.registry, request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
+    for ext in extensions:
+        for router in ext.routers(reader_principal):
+            app.include_router(router)
+
+    @app.get("/api/v1/usage", summary="Ledger totals visible to the caller")
+    def usage(
+        start: float, end: float, s: ServicesDep, p: PrincipalDep, by: str = "vo"
+    ) -> list[dict[str, Any]]:
+        try:
+            df = s.query.usage_totals(p, start, end, by=tuple(by.split(",")))
+        except QueryError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        return df.to_dict(orient="records")
+
+    for ext in extensions:  # last: a mount at "/" (the dashboard) takes every other path
+        ext.mount(app, services)
+    return app
+
+
+def _outbox_loop(services: Services, stop: threading.Event) -> None:
+    outbox_loop(services.engine, services.settings, stop)
+
+
+def _retention_loop(services: Services, stop: threading.Event, every: float = 3600.0) -> None:
+    while True:
+        try:
+            removed = prune_samples(
+                services.engine, services.clock() - services.settings.retention_days * 86400
+            )
+            if removed:
+                log.info("retention: removed %d raw samples", removed)
+        except Exception:  # noqa: BLE001  (retention must never stop the server)
+            log.exception("retention pass failed")
+        if stop.wait(every):
+            return

@@ -1,0 +1,217 @@
+"""Routes for producers other than the afmon agent: Telegraf (InfluxDB v2 write API) and
+OpenTelemetry (OTLP/HTTP metrics).
+
+Both authenticate with the same agent credentials as `/api/v1/ingest` (`Authorization:
+Token <t>` as Telegraf sends it, or `Bearer <t>`), convert the body into a `wire.Batch`
+and apply it through the one `Ingestor`, so exactly-once, identity and the ledger have a
+single code path. These producers send no sequence number: the batch id is a hash of the
+decompressed body (and its precision), so a retried body applies once. Docs: docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from google.rpc import code_pb2, status_pb2
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from starlette.concurrency import run_in_threadpool
+
+from afmon.aggregator.ingest import lineprotocol as lp
+from afmon.aggregator.ingest import otlp
+from afmon.aggregator.ingest.apply import IngestResult
+from afmon.collectors import wire
+
+if TYPE_CHECKING:
+    from afmon.aggregator.web.services import Services
+
+SEQ_MASK = (1 << 63) - 1
+
+
+class Refused(Exception):
+    """An answer other than success: HTTP status, machine code, message."""
+
+    def __init__(
+        self, status: int, code: str, message: str, extra: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra or {}
+
+
+def content_seq(*parts: bytes) -> int:
+    """A 63-bit batch id from the content: the same body gets the same id."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return int.from_bytes(h.digest()[:8], "big") & SEQ_MASK
+
+
+async def _body(request: Request, s: Services) -> bytes:
+    limit = s.settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(413, "request too large", f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, "request too large", f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding == "gzip" or body[:2] == b"\x1f\x8b":
+        d = zlib.decompressobj(wbits=31)
+        try:
+            body = d.decompress(body, limit * 8)
+        except zlib.error as exc:
+            raise Refused(400, "invalid", f"bad gzip body: {exc}") from None
+        if d.unconsumed_tail:
+            raise Refused(413, "request too large", f"decompressed body over {limit * 8} bytes")
+    elif encoding not in ("", "identity"):
+        raise Refused(415, "unsupported", f"content-encoding {encoding!r}: send gzip or none")
+    return body
+
+
+def _credential(request: Request, s: Services) -> tuple[str, str]:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    agent = None
+    if scheme.lower() in ("token", "bearer") and token:
+        agent = s.agents.facility(f"Bearer {token.strip()}")
+    if agent is None:
+        s.instruments.batches.labels("unknown", "unauthorized").inc()
+        raise Refused(401, "unauthorized", "missing, unknown or revoked agent token")
+    return agent
+
+
+async def _apply(s: Services, batch: wire.Batch, credential: str, started: float) -> IngestResult:
+    facility = batch.facility
+    if s.rate_limits.take(f"{credential}|{batch.agent_id}") > 0:
+        s.instruments.batches.labels(facility, "rate_limited").inc()
+        limit = s.settings.ingest_rate_per_agent
+        raise Refused(429, "too many requests", f"more than {limit:g} requests/s")
+    try:
+        # encode + decode: the same validation as an agent's batch (names, lengths, skew)
+        batch = wire.decode(
+            wire.encode(batch), now=s.clock(), max_future_skew=s.settings.max_future_skew_seconds
+        )
+        result = await run_in_threadpool(s.ingestor.apply, batch)
+    except wire.WireError as exc:
+        s.instruments.batches.labels(facility, "rejected").inc()
+        raise Refused(400, "invalid", f"{_describe(batch, exc.field)}{exc.message}") from None
+    s.instruments.batches.labels(facility, result.status).inc()
+    s.instruments.samples.labels(facility).inc(result.samples)
+    s.instruments.stale_samples.labels(facility).inc(result.stale_samples)
+    s.instruments.duration.observe(time.perf_counter() - started)
+    return result
+
+
+def _describe(batch: wire.Batch, field: str) -> str:
+    """`$.series[3].values` -> the metric and labels of that series, for the message."""
+    if field.startswith("$.series["):
+        i = int(field[len("$.series[") :].split("]", 1)[0])
+        if i < len(batch.series):
+            return f"{batch.series[i].metric} {batch.series[i].labels}: "
+    return ""
+
+
+def make_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/api/v2/write",
+        summary="InfluxDB v2 line protocol (Telegraf outputs.influxdb_v2), mapped onto afmon",
+        status_code=204,
+        responses={400: {}, 401: {}, 413: {}, 429: {}},
+    )
+    async def write(request: Request, precision: str = "ns") -> Response:
+        started = time.perf_counter()
+        s: Services = request.app.state.services
+        try:
+            facility, credential = _credential(request, s)
+            body = await _body(request, s)
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise Refused(400, "invalid", f"body is not UTF-8: {exc}") from None
+            try:
+                converted = lp.to_batch(
+                    text,
+                    precision=precision,
+                    facility=facility,
+                    agent_id=f"lp/{credential}",
+                    seq=content_seq(b"lp", precision.encode(), body),
+                    now=s.clock(),
+                )
+            except lp.LineError as exc:
+                s.instruments.batches.labels(facility, "rejected").inc()
+                raise Refused(400, "invalid", str(exc), {"line": exc.line}) from None
+            headers = {"X-Afmon-Ignored-Fields": str(converted.ignored_fields)}
+            if not converted.batch.series:
+                return Response(status_code=204, headers={**headers, "X-Afmon-Status": "empty"})
+            result = await _apply(s, converted.batch, credential, started)
+        except Refused as exc:
+            return JSONResponse(
+                {"code": exc.code, "message": exc.message, **exc.extra}, status_code=exc.status
+            )
+        headers.update({"X-Afmon-Status": result.status, "X-Afmon-Samples": str(result.samples)})
+        return Response(status_code=204, headers=headers)
+
+    @router.post(
+        "/v1/metrics",
+        summary="OTLP/HTTP metrics (protobuf or JSON), mapped onto afmon",
+        responses={400: {}, 401: {}, 413: {}, 415: {}, 429: {}},
+    )
+    async def metrics(request: Request) -> Response:
+        started = time.perf_counter()
+        s: Services = request.app.state.services
+        ctype = request.headers.get("content-type", "").lower()
+        as_json = ctype.startswith("application/json")
+        try:
+            facility, credential = _credential(request, s)
+            body = await _body(request, s)
+            try:
+                req = otlp.parse_request(body, ctype)
+                converted = otlp.to_batch(
+                    req,
+                    facility=facility,
+                    agent_id=f"otlp/{credential}",
+                    seq=content_seq(b"otlp", body),
+                    now=s.clock(),
+                )
+            except otlp.OtlpError as exc:
+                s.instruments.batches.labels(facility, "rejected").inc()
+                status = 415 if exc.where == "content-type" else 400
+                raise Refused(status, "invalid", str(exc)) from None
+            if converted.batch.series:
+                await _apply(s, converted.batch, credential, started)
+        except Refused as exc:
+            code = code_pb2.UNAUTHENTICATED if exc.status == 401 else code_pb2.INVALID_ARGUMENT
+            if exc.status == 429:
+                code = code_pb2.RESOURCE_EXHAUSTED
+            if as_json:
+                return JSONResponse({"code": code, "message": exc.message}, status_code=exc.status)
+            status = status_pb2.Status(code=code, message=exc.message)
+            return Response(
+                status.SerializeToString(),
+                status_code=exc.status,
+                media_type="application/x-protobuf",
+            )
+        if as_json:
+            return JSONResponse({})
+        return Response(
+            ExportMetricsServiceResponse().SerializeToString(),
+            media_type="application/x-protobuf",
+        )
+
+    return router
