@@ -2,9 +2,11 @@
 
 The member is (`iss`, `sub`), the VO comes from the issuer (one issuer, one VO),
 groups from `wlcg.groups` or from `eduperson_entitlement` URNs. Which groups make a
-VO manager or a facility admin is configuration. Signatures are checked against the
-issuer's JWKS, fetched over HTTPS(or HTTP for tests) and cached; `exp`, `aud` and
-`iss` are checked; nothing from a token is trusted before that.
+VO manager or a facility admin is configuration *of each issuer*: authority is the pair
+(issuer, group), so a group asserted by another trusted issuer grants nothing. Signatures
+are checked against the issuer's JWKS, fetched over HTTPS (or HTTP for tests) and cached;
+`exp`, `aud` and `iss` are checked, and the claims afmon reads must have the WLCG profile's
+types; nothing from a token is trusted before that.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ class TokenVerifier:
         self,
         issuers: dict[str, IssuerConfig],
         audience: str,
-        admin_groups: list[str],
         admin_facility: str | None = None,
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
@@ -52,7 +53,6 @@ class TokenVerifier:
     ) -> None:
         self._issuers = issuers
         self._audience = audience
-        self._admin_groups = set(admin_groups)
         self._admin_facility = admin_facility
         self._client = client or httpx.Client(timeout=10)
         self._clock = clock
@@ -71,13 +71,14 @@ class TokenVerifier:
         config = self._issuers[issuer]
         groups = token_groups(claims)
         mid = member_id(issuer, claims["sub"])
-        name = str(claims.get("preferred_username") or claims["sub"])
-        if groups & self._admin_groups:
+        shown = claims.get("preferred_username")
+        name = shown if isinstance(shown, str) and 0 < len(shown) <= MAX_SUB else claims["sub"]
+        if groups & set(config.admin_groups):  # only this issuer's own admin groups
             return Principal(
                 "facility_admin",
                 member_id=mid,
                 vo=config.vo,
-                facility=self._admin_facility,
+                facility=config.admin_facility or self._admin_facility,
                 name=name,
             )
         if groups & set(config.manager_groups):
@@ -91,11 +92,14 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise AuthError(f"malformed token: {exc}") from None
         issuer = unverified.get("iss")
-        if issuer not in self._issuers:
+        if not isinstance(issuer, str) or issuer not in self._issuers:
             raise AuthError(f"issuer {issuer!r} is not trusted here")
-        key = self._key(issuer, header.get("kid"))
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("malformed token: header 'kid' is not a string")
+        key = self._key(issuer, kid)
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token,
                 key=key,
                 algorithms=ALGORITHMS,
@@ -112,6 +116,8 @@ class TokenVerifier:
             ) from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"token refused: {exc}") from None
+        check_claims(claims)
+        return claims
 
     def _key(self, issuer: str, kid: str | None) -> Any:
         with self._lock:
@@ -145,11 +151,31 @@ class TokenVerifier:
             raise AuthError(f"cannot fetch the signing keys of {issuer!r}: {exc}") from None
 
 
+MAX_SUB = 255  # the WLCG token profile's limit on `sub`
+
+
+def check_claims(claims: dict[str, Any]) -> None:
+    """The claims afmon reads have the WLCG profile's types, else AuthError naming the claim.
+
+    A malformed claim is the issuer's error or a forgery; refusing it (401) is safer than
+    guessing, and it must never reach code that assumes the type (a 500)."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub.strip():
+        raise AuthError("claim 'sub' must be a non-empty string")
+    if len(sub) > MAX_SUB:
+        raise AuthError(f"claim 'sub' is longer than {MAX_SUB} characters")
+    for name in ("wlcg.groups", "eduperson_entitlement"):
+        value = claims.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise AuthError(f"claim {name!r} must be a list of strings")
+
+
 def token_groups(claims: dict[str, Any]) -> set[str]:
-    """Groups from `wlcg.groups`, or from INDIGO IAM's `eduperson_entitlement` URNs."""
-    groups = {g for g in claims.get("wlcg.groups", []) if isinstance(g, str)}
+    """Groups from `wlcg.groups`, or from INDIGO IAM's `eduperson_entitlement` URNs
+    (claims already checked by `check_claims`)."""
+    groups = set(claims.get("wlcg.groups", []))
     for urn in claims.get("eduperson_entitlement", []):
-        if isinstance(urn, str) and ":group:" in urn:
+        if ":group:" in urn:
             name = urn.split(":group:", 1)[1].split("#", 1)[0]
             groups.add("/" + name.replace(":", "/").strip("/"))
     return groups

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -65,17 +66,23 @@ class ServerSettings(BaseSettings):
         default_factory=dict,
         description="Trusted token issuers, as JSON: "
         '{"https://atlas-auth.cern.ch/": {"vo": "atlas", "manager_groups": ["/atlas/af-managers"]}}'
-        "; each may name its jwks_url (default: from its OpenID configuration).",
+        "; each may name its jwks_url (default: from its OpenID configuration), the groups "
+        "that make a VO manager (`manager_groups`) and a facility admin (`admin_groups`, "
+        "granted only when this issuer asserts them) and the `admin_facility` they administer.",
     )
     oidc_audience: str = Field(
         "afmon", description="The `aud` that readers' tokens must carry for this service."
     )
     admin_groups: list[str] = Field(
         default_factory=list,
-        description='Token groups that make a facility admin, as JSON: ["/af-admins"].',
+        description="No longer accepted (refused at start-up): a group grants facility admin "
+        "only with the issuer that asserts it; list it in that issuer's `admin_groups` in "
+        "AFMON_OIDC_ISSUERS.",
     )
     admin_facility: str | None = Field(
-        None, description="The facility that token admins administer; unset: every facility."
+        None,
+        description="The facility that token admins administer, unless their issuer names its "
+        "own `admin_facility`; unset: every facility.",
     )
     oidc_client_id: str | None = Field(
         None, description="OIDC client id of the dashboard's sign-in; unset: no sign-in."
@@ -178,6 +185,18 @@ class ServerSettings(BaseSettings):
                 "AFMON_TSDB_RAW_ONLY needs AFMON_TSDB_URL: without a store, raw samples are lost"
             )
         return self
+
+    @field_validator("admin_groups")
+    @classmethod
+    def _no_issuerless_admin_groups(cls, groups: list[str]) -> list[str]:
+        if groups:
+            example = json.dumps({"https://iam.example/": {"vo": "atlas", "admin_groups": groups}})
+            raise ValueError(
+                "AFMON_ADMIN_GROUPS is no longer accepted: a group name alone would let any "
+                "trusted issuer (another VO's) grant facility admin. Move the groups to the "
+                f"issuer that asserts them, e.g. AFMON_OIDC_ISSUERS='{example}'"
+            )
+        return groups
 
     @field_validator("retention_days", "max_future_skew_seconds", "gauge_max_gap_seconds")
     @classmethod

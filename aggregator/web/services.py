@@ -68,7 +68,6 @@ def build_services(
         verifier=TokenVerifier(
             settings.oidc_issuers,
             settings.oidc_audience,
-            settings.admin_groups,
             settings.admin_facility,
             clock=clock,
         ),

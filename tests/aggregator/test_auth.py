@@ -67,11 +67,14 @@ def app(issuers: tuple[str, dict[str, Issuer]], tmp_path_factory: pytest.TempPat
         identity_file=tmp / "identity.toml",
         facility_tokens={"af": "static-token-of-the-af-facility-0123456789"},
         oidc_issuers={
-            f"{base}/atlas": {"vo": "atlas", "manager_groups": ["/atlas/af-managers"]},
+            f"{base}/atlas": {
+                "vo": "atlas",
+                "manager_groups": ["/atlas/af-managers"],
+                "admin_groups": ["/af-admins"],
+            },
             f"{base}/cms": {"vo": "cms", "manager_groups": ["/cms/af-managers"]},
         },
         oidc_audience=AUD,
-        admin_groups=["/af-admins"],
         ingest_rate_per_agent=1.0,
     )
     client = TestClient(create_app(settings, clock=lambda: NOW))
