@@ -184,6 +184,13 @@ def decode(
     return batch
 
 
+# Labels the server derives and a producer may not send: the facility comes from the
+# credential that posted the batch, the VO, group and member from the identity map
+# (docs/security.md). Letting a series carry one would let a producer write as another
+# facility or member in the time-series store.
+RESERVED_LABELS = frozenset({"facility", "vo", "group", "member"})
+
+
 def check_batch(
     batch: Batch, *, now: float | None = None, max_future_skew: float | None = None
 ) -> None:
@@ -198,6 +205,15 @@ def check_batch(
             raise WireError(
                 f"{where}.values",
                 f"{len(s.values)} values for {len(s.times)} times in series {s.metric}",
+            )
+        reserved = RESERVED_LABELS.intersection(s.labels)
+        if reserved:
+            name = min(reserved)
+            raise WireError(
+                f"{where}.labels.{name}",
+                f"label {name!r} of series {s.metric} is reserved: the server sets "
+                + ("it from the credential" if name == "facility" else "it from the identity map")
+                + "; remove it",
             )
         if not all(map(math.isfinite, s.values)):
             raise WireError(f"{where}.values", f"non-finite value in series {s.metric}")

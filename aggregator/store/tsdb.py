@@ -49,8 +49,9 @@ def _tag(s: str) -> str:
 
 
 def series_head(batch: wire.Batch, s: wire.Series) -> str:
-    """The line-protocol head of a series: measurement, sorted tags, the field's name."""
-    tags = {"facility": batch.facility, "node": batch.node, **s.labels}
+    """The line-protocol head of a series: measurement, sorted tags, the field's name.
+    The facility is the batch's (the credential's), whatever the series carries."""
+    tags = {"node": batch.node, **s.labels, "facility": batch.facility}
     tag_text = ",".join(f"{_tag(k)}={_tag(v)}" for k, v in sorted(tags.items()) if v)
     return f"{MEASUREMENT},{tag_text} {s.metric}="
 
