@@ -73,6 +73,13 @@ def weak_secrets(settings: ServerSettings) -> list[str]:
         for facility, token in sorted(settings.facility_tokens.items())
         if len(token) < MIN_TOKEN_CHARS or len(set(token)) < 8
     ]
+    for name, value in (
+        ("AFMON_METRICS_TOKEN", settings.metrics_token),
+        ("AFMON_METRICS_PASSWORD", settings.metrics_password),
+    ):
+        secret = value.get_secret_value() if value else None
+        if secret is not None and (len(secret) < MIN_TOKEN_CHARS or len(set(secret)) < 8):
+            weak.append(f"{name} is weak; use at least {MIN_TOKEN_CHARS} random characters")
     if settings.oidc_client_id:
         secret = settings.session_secret.get_secret_value() if settings.session_secret else ""
         if len(secret) < 32 or len(set(secret)) < 8:

@@ -98,6 +98,26 @@ class ServerSettings(BaseSettings):
         description="The URL users reach afmon at (for the sign-in redirect); "
         "default: taken from each request.",
     )
+    # -- /metrics (aggregator/web/scrape.py, docs/security.md) --
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token a scraper sends to read /metrics (Prometheus scrape config "
+        "`authorization: {credentials_file: ...}`); at least 24 random characters.",
+    )
+    metrics_username: str | None = Field(
+        None, description="Basic-auth user a scraper may read /metrics with (`basic_auth`)."
+    )
+    metrics_password: SecretStr | None = Field(None, description="Its password.")
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics to anyone who reaches the port (always so in local mode); "
+        "otherwise a scrape needs AFMON_METRICS_TOKEN or the basic-auth credentials.",
+    )
+    metrics_per_vo: bool = Field(
+        True,
+        description="Include the per-(facility, VO) families in /metrics (usage totals, latency "
+        "histograms); false: operational families only (ingest, nodes, agents, GPUs, outbox).",
+    )
     ingest_rate_per_agent: float = Field(
         20.0, gt=0, description="Batches per second one agent may post (bursts up to 5 s of it)."
     )
@@ -183,6 +203,14 @@ class ServerSettings(BaseSettings):
         if self.tsdb_raw_only and not self.tsdb_url:
             raise ValueError(
                 "AFMON_TSDB_RAW_ONLY needs AFMON_TSDB_URL: without a store, raw samples are lost"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _basic_auth_is_a_pair(self) -> ServerSettings:
+        if bool(self.metrics_username) != bool(self.metrics_password):
+            raise ValueError(
+                "AFMON_METRICS_USERNAME and AFMON_METRICS_PASSWORD go together: set both or neither"
             )
         return self
 

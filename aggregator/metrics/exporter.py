@@ -175,9 +175,10 @@ def _outbox_families(batches: int, samples: float, oldest: float | None) -> list
     ]
 
 
-def read_families(engine: Engine) -> list[Family]:
-    """Ledger-derived families, read in one short read-only transaction."""
-    usage = {r: Family(spec(usage_metric_name(r)), []) for r in RESOURCES}
+def read_families(engine: Engine, usage_totals: bool = True) -> list[Family]:
+    """Ledger-derived families, read in one short read-only transaction; `usage_totals`
+    False leaves out the per-(facility, VO) usage families."""
+    usage = {r: Family(spec(usage_metric_name(r)), []) for r in RESOURCES} if usage_totals else {}
     node = [
         Family(spec(n), [])
         for n in ("afmon_node_cpu_cores", "afmon_node_memory_bytes", "afmon_node_cpu_busy_ratio")
@@ -186,7 +187,7 @@ def read_families(engine: Engine) -> list[Family]:
     spool = Family(spec("afmon_agent_spool_batches"), [])
     sessions = Family(spec("afmon_sessions_active"), [])
     with read_connection(engine) as conn:
-        for facility, vo, resource, amount in conn.execute(text(_USAGE_SQL)):
+        for facility, vo, resource, amount in conn.execute(text(_USAGE_SQL)) if usage else ():
             if resource in usage:
                 usage[resource].rows.append(((facility, vo), float(amount)))
         for facility, name, *values in conn.execute(text(_NODE_SQL)):
@@ -205,9 +206,14 @@ class LedgerCollector(Collector):
     """The ledger-derived families, cached for `ttl` seconds, with their rendered text."""
 
     def __init__(
-        self, engine: Engine, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self,
+        engine: Engine,
+        ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        usage_totals: bool = True,
     ) -> None:
         self._engine = engine
+        self._usage_totals = usage_totals
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
@@ -224,7 +230,7 @@ class LedgerCollector(Collector):
         with self._lock:
             now = self._clock()
             if now - self._at > self._ttl:
-                self._families = read_families(self._engine)
+                self._families = read_families(self._engine, self._usage_totals)
                 self._text = {}
                 self._at = now
             return self._families
@@ -284,10 +290,13 @@ def render_exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, 
     return encoder(registry), content_type
 
 
-def make_registry(engine: Engine) -> tuple[MetricsRegistry, IngestMetrics]:
+def make_registry(engine: Engine, per_vo: bool = True) -> tuple[MetricsRegistry, IngestMetrics]:
+    """The registry of /metrics; `per_vo` False leaves out every family labelled by VO
+    (usage totals and latency histograms): operational families only."""
     # `_created` series double the exposition and no afmon reader uses them.
     disable_created_metrics()
-    registry = MetricsRegistry(LedgerCollector(engine))
-    registry.register(LatencyCollector(engine))
+    registry = MetricsRegistry(LedgerCollector(engine, usage_totals=per_vo))
+    if per_vo:
+        registry.register(LatencyCollector(engine))
     instruments = IngestMetrics(registry)
     return registry, instruments

@@ -205,8 +205,19 @@ def create_app(
             raise HTTPException(503, f"database unreachable: {exc.__class__.__name__}") from exc
         return {"status": "ok", "version": __version__, "database": s.engine.dialect.name}
 
-    @app.get("/metrics", summary="Prometheus / OpenMetrics exposition", include_in_schema=True)
+    @app.get(
+        "/metrics",
+        summary="Prometheus / OpenMetrics exposition (a scrape credential outside demo mode)",
+        responses={401: {}},
+    )
     def metrics(request: Request, s: ServicesDep) -> Response:
+        refusal = s.scrape.refusal(request.headers.get("authorization", ""))
+        if refusal is not None:
+            return JSONResponse(
+                {"detail": refusal},
+                status_code=401,
+                headers={"WWW-Authenticate": s.scrape.challenge},
+            )
         body, content_type = render_exposition(s.registry, request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
 

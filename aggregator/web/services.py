@@ -24,6 +24,7 @@ from afmon.aggregator.metrics.exporter import IngestMetrics, make_registry
 from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
 from afmon.aggregator.store.db import create_schema, make_engine
 from afmon.aggregator.web.ratelimit import RateLimiter
+from afmon.aggregator.web.scrape import ScrapeAccess
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Services:
     agents: AgentAuthenticator
     rate_limits: RateLimiter
     sessions: Sessions
+    scrape: ScrapeAccess
 
 
 def build_services(
@@ -55,7 +57,7 @@ def build_services(
         n = load_identity_file(engine, settings.identity_file)
         log.info("identity map: %d accounts from %s", n, settings.identity_file)
     identity = IdentityMap(engine)
-    registry, instruments = make_registry(engine)
+    registry, instruments = make_registry(engine, per_vo=settings.metrics_per_vo)
     return Services(
         settings=settings,
         engine=engine,
@@ -78,6 +80,7 @@ def build_services(
             if settings.session_secret
             else secrets.token_urlsafe(32)  # local mode or no sign-in: per process is fine
         ),
+        scrape=ScrapeAccess(settings),
     )
 
 

@@ -53,6 +53,7 @@ def client(tmp_path: Path) -> TestClient:
         database_url=f"sqlite:///{tmp_path}/a.sqlite",
         facility_tokens={"af": TOKEN, "other": "x"},
         max_body_bytes=200_000,
+        metrics_public=True,
     )
     return TestClient(create_app(settings, clock=lambda: NOW, with_dashboard=False))
 

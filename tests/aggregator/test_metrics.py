@@ -24,6 +24,7 @@ from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 
 END = 1_790_006_400.0
 ROOT = Path(__file__).resolve().parents[2]
+SCRAPE_TOKEN = "scrape-token-of-the-test-prometheus-0123"
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,10 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
         database_url=f"sqlite:///{tmp}/m.sqlite",
         identity_file=identity,
         facility_tokens={"af": "t"},
+        metrics_token=SCRAPE_TOKEN,
     )
     client = TestClient(create_app(settings, with_dashboard=False, clock=lambda: END))
+    client.headers["Authorization"] = f"Bearer {SCRAPE_TOKEN}"  # as the scraper sends it
     backfill(sim, Poster("http://testserver", "t", client), END - 3 * 3600, END, report=None)
     return client
 
