@@ -118,6 +118,28 @@ class ServerSettings(BaseSettings):
         description="Include the per-(facility, VO) families in /metrics (usage totals, latency "
         "histograms); false: operational families only (ingest, nodes, agents, GPUs, outbox).",
     )
+    # -- cardinality limits (aggregator/ingest/limits.py, docs/security.md) --
+    limit_series_per_batch: int = Field(
+        20_000, gt=0, description="Series one batch may carry (else the batch is refused, 422)."
+    )
+    limit_labels_per_series: int = Field(
+        16, gt=0, description="Labels one series may carry (else the batch is refused, 422)."
+    )
+    limit_nodes_per_facility: int = Field(
+        10_000,
+        gt=0,
+        description="Distinct nodes one facility may report; a batch that would add more is "
+        "refused (422) and counted as outcome `over_limit`.",
+    )
+    limit_gpus_per_facility: int = Field(
+        20_000, gt=0, description="Distinct GPUs (and MIG units) one facility may report."
+    )
+    metrics_node_silence_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="A node (or its agent, or its GPUs) that has reported nothing for this long "
+        "leaves the per-node families of /metrics, as a stale target does.",
+    )
     ingest_rate_per_agent: float = Field(
         20.0, gt=0, description="Batches per second one agent may post (bursts up to 5 s of it)."
     )

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine
 
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.identity.accounts import IdentityMap, MemberRef
+from afmon.aggregator.ingest.limits import Cardinality, Limits, check_shape
 from afmon.aggregator.ledger.base import (
     ACCOUNTED_METRICS,
     EVENT_RULES,
@@ -107,6 +108,8 @@ class Ingestor:
         self._settings = settings
         self._clock = clock
         self._series_ids: dict[SeriesKey, int] = {}
+        self._limits = Limits.from_settings(settings)
+        self._cardinality = Cardinality(self._limits)
         self._outbox = Outbox(engine) if settings.tsdb_url else None  # docs/scale.md
         self._all_in_database = not settings.tsdb_raw_only
         p = placeholder(engine)
@@ -134,6 +137,9 @@ class Ingestor:
         )
 
     def apply(self, batch: wire.Batch) -> IngestResult:
+        """Apply a batch exactly once; raises `wire.WireError` (or its `LimitExceeded`) for
+        a batch refused as a whole, with nothing of it written."""
+        check_shape(batch, self._limits)
         p = self._p
         now = self._clock()
         with self._engine.begin() as conn:
@@ -275,10 +281,17 @@ class Ingestor:
         self, conn: Connection, batch: wire.Batch, new_series: dict[SeriesKey, int]
     ) -> list[int]:
         p = self._p
+        keys = [(batch.facility, s.metric, tuple(sorted(s.labels.items()))) for s in batch.series]
+        unknown = [
+            (i, s)
+            for i, (s, key) in enumerate(zip(batch.series, keys, strict=True))
+            if key not in self._series_ids and key not in new_series
+        ]
+        if unknown:  # new nodes and GPUs are admitted before anything is written
+            self._cardinality.admit(conn, batch, unknown)
         ids: list[int] = []
         first_index: dict[int, int] = {}
-        for i, s in enumerate(batch.series):
-            key = (batch.facility, s.metric, tuple(sorted(s.labels.items())))
+        for i, (s, key) in enumerate(zip(batch.series, keys, strict=True)):
             sid = self._series_ids.get(key) or new_series.get(key)
             if sid is None:
                 labels = _labels_json(s)

@@ -31,6 +31,7 @@ INGEST_OUTCOMES = (
     "forbidden",
     "too_large",
     "rate_limited",
+    "over_limit",
 )
 INGEST_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # SLO-aligned buckets for the interactive latencies (seconds), planned in issue #3.

@@ -114,17 +114,19 @@ _USAGE_SQL = (  # all-time totals: the daily rollup holds the same sums in 24x f
     "SELECT facility, vo, resource, SUM(amount) FROM usage_day "
     "GROUP BY facility, vo, resource ORDER BY facility, vo, resource"
 )
+# Per-node families leave out nodes silent since before `:since` (a stale target's series
+# disappear the same way), so nodes that are gone do not stay in every scrape for ever.
 _NODE_SQL = (
     "SELECT facility, node, cpu_cores, memory_bytes, cpu_busy_ratio FROM node "
-    "ORDER BY facility, node"
+    "WHERE updated >= :since ORDER BY facility, node"
 )
 _AGENT_SQL = (
     "SELECT facility, node, MAX(last_seen) FROM agent GROUP BY facility, node "
-    "ORDER BY facility, node"
+    "HAVING MAX(last_seen) >= :since ORDER BY facility, node"
 )
 _SPOOL_SQL = (
     "SELECT facility, node, MAX(last_value) FROM series "
-    "WHERE metric = 'agent_spool_batches' AND last_value IS NOT NULL "
+    "WHERE metric = 'agent_spool_batches' AND last_value IS NOT NULL AND last_time >= :since "
     "GROUP BY facility, node ORDER BY facility, node"
 )
 _SESSIONS_SQL = (
@@ -141,7 +143,8 @@ _OUTBOX_SQL = "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created) FROM tsd
 
 _GPU_SQL = (
     "SELECT facility, node, metric, labels, last_value FROM series "
-    "WHERE metric IN ('gpu_utilization_ratio', 'gpu_held') AND last_value IS NOT NULL"
+    "WHERE metric IN ('gpu_utilization_ratio', 'gpu_held') AND last_value IS NOT NULL "
+    "AND last_time >= :since"
 )
 
 
@@ -175,9 +178,11 @@ def _outbox_families(batches: int, samples: float, oldest: float | None) -> list
     ]
 
 
-def read_families(engine: Engine, usage_totals: bool = True) -> list[Family]:
+def read_families(engine: Engine, usage_totals: bool = True, since: float = 0.0) -> list[Family]:
     """Ledger-derived families, read in one short read-only transaction; `usage_totals`
-    False leaves out the per-(facility, VO) usage families."""
+    False leaves out the per-(facility, VO) usage families, and nodes silent since before
+    `since` (epoch seconds) are left out of the per-node families."""
+    recent = {"since": max(since, 0.0)}
     usage = {r: Family(spec(usage_metric_name(r)), []) for r in RESOURCES} if usage_totals else {}
     node = [
         Family(spec(n), [])
@@ -190,14 +195,14 @@ def read_families(engine: Engine, usage_totals: bool = True) -> list[Family]:
         for facility, vo, resource, amount in conn.execute(text(_USAGE_SQL)) if usage else ():
             if resource in usage:
                 usage[resource].rows.append(((facility, vo), float(amount)))
-        for facility, name, *values in conn.execute(text(_NODE_SQL)):
+        for facility, name, *values in conn.execute(text(_NODE_SQL), recent):
             for fam, value in zip(node, values, strict=True):
                 if value is not None:
                     fam.rows.append(((facility, name), float(value)))
         for family, sql in ((seen, _AGENT_SQL), (spool, _SPOOL_SQL), (sessions, _SESSIONS_SQL)):
-            for a, b, value in conn.execute(text(sql)):
+            for a, b, value in conn.execute(text(sql), recent):
                 family.rows.append(((a, b), float(value)))
-        gpus = _gpu_families(conn.execute(text(_GPU_SQL)))
+        gpus = _gpu_families(conn.execute(text(_GPU_SQL), recent))
         outbox = _outbox_families(*conn.execute(text(_OUTBOX_SQL)).one())
     return [*usage.values(), *node, seen, spool, sessions, *gpus, *outbox]
 
@@ -211,9 +216,13 @@ class LedgerCollector(Collector):
         ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         usage_totals: bool = True,
+        node_silence: float = float("inf"),
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
         self._usage_totals = usage_totals
+        self._node_silence = node_silence
+        self._now = now
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
@@ -230,7 +239,9 @@ class LedgerCollector(Collector):
         with self._lock:
             now = self._clock()
             if now - self._at > self._ttl:
-                self._families = read_families(self._engine, self._usage_totals)
+                self._families = read_families(
+                    self._engine, self._usage_totals, self._now() - self._node_silence
+                )
                 self._text = {}
                 self._at = now
             return self._families
@@ -290,12 +301,19 @@ def render_exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, 
     return encoder(registry), content_type
 
 
-def make_registry(engine: Engine, per_vo: bool = True) -> tuple[MetricsRegistry, IngestMetrics]:
+def make_registry(
+    engine: Engine,
+    per_vo: bool = True,
+    node_silence: float = float("inf"),
+    now: Callable[[], float] = time.time,
+) -> tuple[MetricsRegistry, IngestMetrics]:
     """The registry of /metrics; `per_vo` False leaves out every family labelled by VO
-    (usage totals and latency histograms): operational families only."""
+    (usage totals and latency histograms): operational families only; nodes silent for
+    longer than `node_silence` seconds leave the per-node families."""
     # `_created` series double the exposition and no afmon reader uses them.
     disable_created_metrics()
-    registry = MetricsRegistry(LedgerCollector(engine, usage_totals=per_vo))
+    ledger = LedgerCollector(engine, usage_totals=per_vo, node_silence=node_silence, now=now)
+    registry = MetricsRegistry(ledger)
     if per_vo:
         registry.register(LatencyCollector(engine))
     instruments = IngestMetrics(registry)

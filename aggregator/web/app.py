@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from afmon.aggregator import __version__
 from afmon.aggregator.auth.login import make_router as make_login_router
 from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.ingest.limits import LimitExceeded
 from afmon.aggregator.metrics.exporter import render_exposition
 from afmon.aggregator.query.reads import QueryError
 from afmon.aggregator.report.api import build_report_router
@@ -178,6 +179,10 @@ def create_app(
         except wire.TooLarge as exc:
             s.instruments.batches.labels(facility, "too_large").inc()
             return _ingest_error(413, exc.field, exc.message)
+        except LimitExceeded as exc:
+            s.instruments.batches.labels(facility, "over_limit").inc()
+            log.warning("batch over a limit from facility %s: %s", facility, exc.message)
+            return _ingest_error(422, exc.field, exc.message)
         except wire.WireError as exc:
             s.instruments.batches.labels(facility, "rejected").inc()
             log.warning("rejected batch from facility %s: %s", facility, exc)

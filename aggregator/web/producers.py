@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from afmon.aggregator.ingest import lineprotocol as lp
 from afmon.aggregator.ingest import otlp
 from afmon.aggregator.ingest.apply import IngestResult
+from afmon.aggregator.ingest.limits import LimitExceeded
 from afmon.collectors import wire
 
 if TYPE_CHECKING:
@@ -106,6 +107,9 @@ async def _apply(s: Services, batch: wire.Batch, credential: str, started: float
             wire.encode(batch), now=s.clock(), max_future_skew=s.settings.max_future_skew_seconds
         )
         result = await run_in_threadpool(s.ingestor.apply, batch)
+    except LimitExceeded as exc:
+        s.instruments.batches.labels(facility, "over_limit").inc()
+        raise Refused(422, "over limit", f"{_describe(batch, exc.field)}{exc.message}") from None
     except wire.WireError as exc:
         s.instruments.batches.labels(facility, "rejected").inc()
         raise Refused(400, "invalid", f"{_describe(batch, exc.field)}{exc.message}") from None
@@ -132,7 +136,7 @@ def make_router() -> APIRouter:
         "/api/v2/write",
         summary="InfluxDB v2 line protocol (Telegraf outputs.influxdb_v2), mapped onto afmon",
         status_code=204,
-        responses={400: {}, 401: {}, 413: {}, 429: {}},
+        responses={400: {}, 401: {}, 413: {}, 422: {}, 429: {}},
     )
     async def write(request: Request, precision: str = "ns") -> Response:
         started = time.perf_counter()
@@ -170,7 +174,7 @@ def make_router() -> APIRouter:
     @router.post(
         "/v1/metrics",
         summary="OTLP/HTTP metrics (protobuf or JSON), mapped onto afmon",
-        responses={400: {}, 401: {}, 413: {}, 415: {}, 429: {}},
+        responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 429: {}},
     )
     async def metrics(request: Request) -> Response:
         started = time.perf_counter()

@@ -57,7 +57,12 @@ def build_services(
         n = load_identity_file(engine, settings.identity_file)
         log.info("identity map: %d accounts from %s", n, settings.identity_file)
     identity = IdentityMap(engine)
-    registry, instruments = make_registry(engine, per_vo=settings.metrics_per_vo)
+    registry, instruments = make_registry(
+        engine,
+        per_vo=settings.metrics_per_vo,
+        node_silence=settings.metrics_node_silence_seconds,
+        now=clock,
+    )
     return Services(
         settings=settings,
         engine=engine,
