@@ -5,6 +5,8 @@ alerts, XRootD servers, capacity and GPUs; principal-scoped like the ledger read
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import text
@@ -146,6 +148,109 @@ class OperationsQueries(QueryBase):
         )
         return out.sort_values(["read_bytes", "server"], ascending=[False, True], ignore_index=True)
 
+    def _latency_waits(
+        self, p: Principal, kind: str, start: float, end: float, step: str | None, population: str
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The waits of `kind` that began in [start, end), within the principal's scope, of
+        `population`, as (records, buckets); both have columns facility, vo, group, member,
+        profile, step_start (the start of their `step`, or 0).
+
+        records: the waits with a per-wait record (an event, `latency.EVENTS_OF_KIND`), taken
+        by the exact time they began: + seconds, ok. buckets: the waits known only by their
+        histogram bucket: + le, count, sum_seconds. These are the latency rows of every hour
+        that overlaps [start, end) (the hour holding `start` too), less the waits the records
+        of those hours account for, so no wait counts twice and none is lost at an hour
+        boundary; failed starts are never in the histograms.
+        """
+        if kind not in latency.KINDS:
+            raise QueryError(f"unknown latency kind {kind!r}; known: {', '.join(latency.KINDS)}")
+        if population not in latency.POPULATIONS:
+            raise QueryError(f"population is one of {', '.join(latency.POPULATIONS)}")
+        if step is not None and step not in STEPS:
+            raise QueryError(f"step latencies by {', '.join(STEPS)}")
+        width = STEPS[step] if step is not None else None
+        first = int(start // HOUR) * HOUR  # the hour that holds `start`
+        last = int(math.ceil(end / HOUR)) * HOUR  # the end of the hour that holds `end`
+        cond, params = scope_sql(p)
+        keys = ["facility", "vo", "group", "member", "profile", "step_start"]
+        records: list[tuple[Any, ...]] = []
+        # (facility, member, profile, hour, le) -> [count, sum] of the records' successful waits
+        observed: dict[tuple[Any, ...], list[float]] = {}
+        with read_connection(self._engine) as conn:
+            hist = conn.execute(
+                text(
+                    "SELECT facility, vo, grp, member_id, profile, hour, le, count, sum_seconds "
+                    f"FROM latency WHERE kind = :kind AND hour >= :first AND hour < :last "
+                    f"AND {cond} ORDER BY facility, member_id, profile, hour, le, vo, grp"
+                ),
+                {"kind": kind, "first": first, "last": last, **params},
+            ).all()
+            if kind in latency.EVENTS_OF_KIND:
+                ecnd, eparams = scope_sql(p, member="e.member_id", vo="m.vo", facility="e.facility")
+                rows = conn.execute(
+                    text(
+                        'SELECT e.facility, m.vo, m.grp, e.member_id, e.start, e."end" - e.start, '
+                        "e.attrs FROM event e JOIN member m ON m.id = e.member_id "
+                        'WHERE e.kind = :ekind AND e."end" IS NOT NULL AND e.start >= :first '
+                        f"AND e.start < :last AND {ecnd}"
+                    ),
+                    {"ekind": latency.EVENTS_OF_KIND[kind], "first": first, "last": last,
+                     **eparams},
+                ).all()  # fmt: skip
+            else:
+                rows = []
+        everyone = population == latency.POPULATION_ALL
+        parsed: dict[str, tuple[str | None, str]] = {}  # attrs text -> (outcome, profile)
+        for fac, vo, grp, member, t, seconds, attrs_text in rows:
+            if attrs_text not in parsed:
+                attrs = latency.attrs_of(attrs_text)
+                parsed[attrs_text] = (latency.wait_outcome(kind, attrs), latency.profile_of(attrs))
+            outcome, profile = parsed[attrs_text]
+            if outcome is None or not seconds >= 0:
+                continue
+            ok = outcome == "ok"
+            if ok:
+                key = (fac, member, profile, int(t // HOUR) * HOUR, latency.bucket_of(seconds))
+                slot = observed.setdefault(key, [0, 0.0])
+                slot[0] += 1
+                slot[1] += seconds
+            if start <= t < end and (ok or everyone):
+                at = int(t // width) * width if width else 0
+                records.append((fac, vo, grp, member, profile, at, float(seconds), ok))
+        buckets: list[tuple[Any, ...]] = []
+        for fac, vo, grp, member, profile, hour, le, count, total in hist:
+            le, count, total = float(le), int(count), float(total)
+            slot = observed.get((fac, member, profile, int(hour), le))
+            if slot is not None and slot[0] > 0:
+                take = min(count, int(slot[0]))
+                share = slot[1] * take / slot[0]
+                slot[0] -= take
+                slot[1] -= share
+                count, total = count - take, max(0.0, total - share)
+            if count > 0:
+                at = (int(hour) // width) * width if width else 0
+                buckets.append((fac, vo, grp, member, profile, at, le, count, total))
+        return (
+            pd.DataFrame(records, columns=[*keys, "seconds", "ok"]),
+            pd.DataFrame(buckets, columns=[*keys, "le", "count", "sum_seconds"]),
+        )
+
+    @staticmethod
+    def _latency_keys(by: tuple[str, ...], step: str | None) -> list[str]:
+        cols = (*GROUP_COLUMNS, "profile")
+        bad = [b for b in by if b not in cols]
+        if bad or (step is not None and step not in STEPS):
+            raise QueryError(f"group latencies by {', '.join(cols)} and step by {', '.join(STEPS)}")
+        return (["step_start"] if step is not None else []) + list(by)
+
+    @staticmethod
+    def _with_time(df: pd.DataFrame, step: str | None) -> pd.DataFrame:
+        if step is not None:
+            df.insert(
+                0, "time", pd.to_datetime(df.pop("step_start").astype("int64"), unit="s", utc=True)
+            )
+        return df
+
     def latency_buckets(
         self,
         p: Principal,
@@ -154,32 +259,25 @@ class OperationsQueries(QueryBase):
         end: float,
         by: tuple[str, ...] = (),
         step: str | None = None,
+        population: str = latency.POPULATION_OK,
     ) -> pd.DataFrame:
-        """Latency buckets of `kind` summed over the hours in [start, end) (and per `step`):
-        columns [time,] `by`..., le, count, sum_seconds (aggregator/core/latency.py)."""
-        if kind not in latency.KINDS:
-            raise QueryError(f"unknown latency kind {kind!r}; known: {', '.join(latency.KINDS)}")
-        cols = {**GROUP_COLUMNS, "profile": "profile"}
-        bad = [b for b in by if b not in cols]
-        if bad or (step is not None and step not in STEPS):
-            raise QueryError(f"group latencies by {', '.join(cols)} and step by {', '.join(STEPS)}")
-        keys = [f'{cols[b]} AS "{b}"' for b in by]
-        if step is not None:
-            keys.insert(0, f"(hour / {STEPS[step]}) * {STEPS[step]} AS step_start")
-        group = "".join(n + ", " for n in (["step_start"] if step else []) + [f'"{b}"' for b in by])
-        cond, params = scope_sql(p)
-        df = self._frame(
-            f"SELECT {''.join(k + ', ' for k in keys)}le, SUM(count) AS count, "
-            "SUM(sum_seconds) AS sum_seconds FROM latency WHERE kind = :kind "
-            f"AND hour >= :start AND hour < :end AND {cond} "
-            f"GROUP BY {group}le ORDER BY {group}le",
-            {"kind": kind, "start": int(start), "end": int(end), **params},
+        """Latency buckets of the waits of `kind` that began in [start, end) (and per `step`):
+        columns [time,] `by`..., le, count, sum_seconds (aggregator/core/latency.py). Waits
+        with per-wait records are bucketed by their exact value and start, the others come
+        from the histograms of the hours that overlap the window (`_latency_waits`).
+        `population`: "ok" (successful waits only) or "all" (all starts, failed included)."""
+        keys = self._latency_keys(by, step)
+        records, buckets = self._latency_waits(p, kind, start, end, step, population)
+        records = records.assign(
+            le=[latency.bucket_of(x) for x in records["seconds"]], count=1
+        ).rename(columns={"seconds": "sum_seconds"})
+        both = pd.concat(
+            [f[[*keys, "le", "count", "sum_seconds"]] for f in (records, buckets) if len(f)]
+            or [pd.DataFrame(columns=[*keys, "le", "count", "sum_seconds"])]
         )
-        if step is not None:
-            df.insert(
-                0, "time", pd.to_datetime(df.pop("step_start").astype("int64"), unit="s", utc=True)
-            )
-        return df.astype({"le": float, "count": "int64", "sum_seconds": float})
+        df = both.groupby([*keys, "le"], sort=True, as_index=False)[["count", "sum_seconds"]].sum()
+        df = df.astype({"le": float, "count": "int64", "sum_seconds": float})
+        return self._with_time(df, step)
 
     def latency_percentiles(
         self,
@@ -191,35 +289,62 @@ class OperationsQueries(QueryBase):
         step: str | None = None,
         quantiles: tuple[float, ...] = (0.5, 0.9, 0.99),
         slo_seconds: float | None = None,
+        population: str = latency.POPULATION_OK,
     ) -> pd.DataFrame:
-        """Per group (and step): count, mean_seconds, p50_seconds..., within_slo_ratio."""
-        df = self.latency_buckets(p, kind, start, end, by, step)
-        return latency.summarize(df, (("time",) if step else ()) + by, quantiles, slo_seconds)
+        """Per group (and step) of the waits of `kind` that began in [start, end): count,
+        mean_seconds, p50_seconds..., within_slo_ratio (with an SLO), min_seconds,
+        max_seconds, exact_count (waits with a per-wait record), failed_count, population.
+
+        `population` says which waits a figure covers: "ok", successful waits only (what the
+        histograms hold; the default), or "all", every start including the failed ones (their
+        wait is the time to the failure). Percentiles are exact (the standard linear sample
+        quantile, `latency.quantiles_of`) over the per-wait records; only waits without one
+        are placed within their histogram bucket, and no percentile is outside [min, max]."""
+        keys = self._latency_keys(by, step)
+        records, buckets = self._latency_waits(p, kind, start, end, step, population)
+        df = latency.summarize_waits(records, buckets, keys, quantiles, slo_seconds, population)
+        return self._with_time(df, step)
 
     def latency_events(
-        self, p: Principal, kind: str, start: float, end: float, limit: int = 20
+        self,
+        p: Principal,
+        kind: str,
+        start: float,
+        end: float,
+        limit: int = 20,
+        population: str = latency.POPULATION_ALL,
     ) -> pd.DataFrame:
         """The waits of `kind` that began in [start, end), one by one, slowest first:
-        facility, id, member_id, display_name, start, end, seconds, profile, outcome."""
+        facility, id, member_id, display_name, start, end, seconds, profile, outcome. By
+        default every start, the failed ones too (`outcome` says which); population "ok"
+        lists the successful waits only."""
         if kind not in latency.EVENTS_OF_KIND:
             raise QueryError(f"latency kind {kind!r} has no per-event record")
-        event_kind, like = latency.EVENTS_OF_KIND[kind]
+        if population not in latency.POPULATIONS:
+            raise QueryError(f"population is one of {', '.join(latency.POPULATIONS)}")
         cond, params = scope_sql(p, member="e.member_id", vo="m.vo", facility="e.facility")
-        if like is not None:
-            cond += " AND e.id LIKE :like"
-            params["like"] = like
-        df = self._frame(
-            'SELECT e.facility, e.id, e.member_id, m.display_name, e.start, e."end", '
-            'e."end" - e.start AS seconds, e.attrs FROM event e '
-            "JOIN member m ON m.id = e.member_id WHERE e.kind = :ekind "
-            f'AND e."end" IS NOT NULL AND e.start >= :start AND e.start < :end AND {cond} '
-            'ORDER BY e."end" - e.start DESC, e.start LIMIT :limit',
-            {"ekind": event_kind, "start": start, "end": end, "limit": int(limit), **params},
-        )
-        attrs = [latency.attrs_of(a) for a in df.pop("attrs")]
-        df["profile"] = [a.get("profile", latency.DEFAULT_PROFILE) for a in attrs]
-        df["outcome"] = [a.get("outcome", "ok") for a in attrs]
-        return df
+        cols = ["facility", "id", "member_id", "display_name", "start", "end", "seconds"]
+        out: list[list[Any]] = []
+        with read_connection(self._engine) as conn:
+            result = conn.execute(
+                text(
+                    'SELECT e.facility, e.id, e.member_id, m.display_name, e.start, e."end", '
+                    'e."end" - e.start AS seconds, e.attrs FROM event e '
+                    "JOIN member m ON m.id = e.member_id WHERE e.kind = :ekind "
+                    f'AND e."end" IS NOT NULL AND e.start >= :start AND e.start < :end '
+                    f'AND {cond} ORDER BY e."end" - e.start DESC, e.start, e.id'
+                ),
+                {"ekind": latency.EVENTS_OF_KIND[kind], "start": start, "end": end, **params},
+            )
+            for row in result:
+                attrs = latency.attrs_of(row[-1])
+                outcome = latency.wait_outcome(kind, attrs)
+                if outcome is None or (population == latency.POPULATION_OK and outcome != "ok"):
+                    continue
+                out.append([*row[:-1], latency.profile_of(attrs), outcome])
+                if len(out) >= int(limit):
+                    break
+        return pd.DataFrame(out, columns=[*cols, "profile", "outcome"])
 
     def alerts(self, p: Principal, statuses: tuple[str, ...] = ("firing",)) -> pd.DataFrame:
         """Alerts (alerts/) in these statuses, newest first: a facility admin sees their

@@ -1,9 +1,12 @@
 """The Interactive page (`/interactive`): how long analysts wait for sessions, Dask workers,
 scale-ups and results, against the SLOs.
 
-Per latency kind: the distribution of waits (bucket counts from the hourly latency ledger) with
-the SLO as a line, percentiles over time, a breakdown by profile, and the slowest waits one by
-one (outliers, not only medians). A member sees only their own waits; a VO manager their VO's.
+Per latency kind: the distribution of waits with the SLO as a line, percentiles over time, a
+breakdown by profile, and the slowest waits one by one (outliers, not only medians). Every
+figure covers one population, named on the page: successful waits only (the default) or all
+starts, the failed ones included with their time to failure. Percentiles are exact from the
+per-wait records (aggregator/core/latency.py). A member sees only their own waits; a VO
+manager their VO's.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ SHOWN = (
 )
 QUANTILES = (0.5, 0.9, 0.99)
 NO_WAITS = "No waits of this kind recorded in this range."
+POPULATION_LABELS = {
+    latency.POPULATION_OK: "Successful waits only",
+    latency.POPULATION_ALL: "All starts, failed ones included",
+}
 
 
 def layout() -> html.Div:
@@ -45,6 +52,13 @@ def layout() -> html.Div:
                 inline=True,
                 className="radio-inline",
             ),
+            dcc.RadioItems(
+                id="int-population",
+                options=[{"label": v, "value": k} for k, v in POPULATION_LABELS.items()],
+                value=latency.POPULATION_OK,
+                inline=True,
+                className="radio-inline",
+            ),
             html.Div(id="int-summary", className="card"),
             html.Div(dcc.Graph(id="int-dist", config={"displaylogo": False}), className="card"),
             html.Div(
@@ -53,6 +67,7 @@ def layout() -> html.Div:
             html.H3("By profile"),
             html.Div(id="int-profiles", className="card"),
             html.H3("Slowest waits"),
+            html.Div(id="int-slowest-caption", className="hint"),
             html.Div(id="int-slowest", className="card"),
         ],
         id="interactive-page",
@@ -177,19 +192,36 @@ def slowest_table(events: pd.DataFrame, slo: float | None) -> TableData:
     return table
 
 
-def summary_line(total: pd.DataFrame, kind: str, slo: float | None) -> str:
+def population_caption(population: str) -> str:
+    """Which waits the figures cover, in words."""
+    return POPULATION_LABELS.get(population, population) + (
+        ": a failed start counts with its time to failure."
+        if population == latency.POPULATION_ALL
+        else ": failed starts are left out (choose all starts to include them)."
+    )
+
+
+def summary_line(
+    total: pd.DataFrame, kind: str, slo: float | None, population: str = latency.POPULATION_OK
+) -> str:
     if total.empty:
         return NO_WAITS
     r = total.iloc[0]
+    n = int(r["count"])
+    count = f"{n:,} {'wait' if n == 1 else 'waits'}"
+    if population == latency.POPULATION_ALL:
+        failed = int(r.get("failed_count", 0) or 0)
+        count += f" ({failed:,} of them failed starts)"
     parts = [
-        f"{int(r['count']):,} waits",
+        count,
         f"median {_s(r['p50_seconds'])} s",
         f"p90 {_s(r['p90_seconds'])} s",
         f"p99 {_s(r['p99_seconds'])} s",
     ]
     if slo is not None:
         parts.append(f"{100 * r['within_slo_ratio']:.1f} % within the SLO of {slo:g} s")
-    return f"{latency.KINDS[kind]}: " + ", ".join(parts) + "."
+    label = POPULATION_LABELS.get(population, population).lower()
+    return f"{latency.KINDS[kind]}: " + ", ".join(parts) + f" ({label})."
 
 
 # -- callbacks -------------------------------------------------------------------------------
@@ -203,18 +235,24 @@ def register(app: Dash, ctx: Context) -> None:
         Output("int-over-time", "figure"),
         Output("int-profiles", "children"),
         Output("int-slowest", "children"),
+        Output("int-slowest-caption", "children"),
         Input("principal-picker", "value"),
         Input("range", "value"),
         Input("int-kind", "value"),
+        Input("int-population", "value"),
     )
     def _interactive(
-        principal_key: str | None, range_key: str | None, kind: str | None
+        principal_key: str | None,
+        range_key: str | None,
+        kind: str | None,
+        population: str | None,
     ) -> tuple[Any, ...]:
         p = ctx.principal(principal_key)
         if p is None:
             empty = figures.empty_figure("Wait [s]", PICK_MESSAGE)
-            return notice(PICK_MESSAGE), "", empty, empty, [], []
+            return notice(PICK_MESSAGE), "", empty, empty, [], [], ""
         kind = kind if kind in SHOWN else latency.TIME_TO_SESSION
+        pop = population if population in latency.POPULATIONS else latency.POPULATION_OK
         slo = ctx.settings.latency_slo_seconds.get(kind)
         w = ctx.window(range_key)
         q = ctx.query
@@ -223,20 +261,23 @@ def register(app: Dash, ctx: Context) -> None:
             if p.role == "member"
             else f"Waits of everyone you may see ({role_caption(p)})."
         )
-        total = q.latency_percentiles(p, kind, w.start, w.end, quantiles=QUANTILES, slo_seconds=slo)
-        buckets = q.latency_buckets(p, kind, w.start, w.end)
-        over_time = q.latency_percentiles(
-            p, kind, w.start, w.end, step=w.step, quantiles=QUANTILES, slo_seconds=slo
-        )
-        profiles = q.latency_percentiles(
-            p, kind, w.start, w.end, by=("profile",), quantiles=QUANTILES, slo_seconds=slo
-        )
-        slowest = q.latency_events(p, kind, w.start, w.end, limit=10)
+        stats: dict[str, Any] = {"quantiles": QUANTILES, "slo_seconds": slo, "population": pop}
+        total = q.latency_percentiles(p, kind, w.start, w.end, **stats)
+        buckets = q.latency_buckets(p, kind, w.start, w.end, population=pop)
+        over_time = q.latency_percentiles(p, kind, w.start, w.end, step=w.step, **stats)
+        profiles = q.latency_percentiles(p, kind, w.start, w.end, by=("profile",), **stats)
+        slowest = q.latency_events(p, kind, w.start, w.end, limit=10, population=pop)
         return (
             html.Div(intro, id="int-viewer"),
-            html.Div(summary_line(total, kind, slo), id="int-summary-text"),
+            html.Div(
+                [
+                    html.Div(summary_line(total, kind, slo, pop), id="int-summary-text"),
+                    html.Div(population_caption(pop), id="int-population-note", className="hint"),
+                ]
+            ),
             distribution_figure(buckets, kind, slo),
             percentiles_figure(over_time, kind, slo),
             render_table(profiles_table(profiles, slo), "int-profiles-table"),
             render_table(slowest_table(slowest, slo), "int-slowest-table"),
+            POPULATION_LABELS[pop],
         )

@@ -1,15 +1,21 @@
-"""The latency ledger: hourly buckets per member and profile, percentiles from summed buckets,
-Dask worker time, spawn failures, exactly once, /metrics histograms; SQLite and PostgreSQL."""
+"""The latency ledger: hourly buckets per member and profile; exact percentiles from the per-wait
+records (histogram buckets only beyond them, never outside [min, max]); windows that start inside
+an hour; the successful-waits and all-starts populations; Dask worker time, spawn failures,
+exactly once, /metrics histograms; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from afmon.aggregator.core import latency
@@ -28,8 +34,13 @@ START = (NOW // 3600 - 6) * 3600  # whole hours
 def client(database_url: str, tmp_path: Path) -> TestClient:
     identity = tmp_path / "identity.toml"
     identity.write_text(IDENTITY_TOML)
+    # /metrics readable without a scrape credential, where the server has that setting
+    public = {"metrics_public": True} if "metrics_public" in ServerSettings.model_fields else {}
     settings = ServerSettings(
-        database_url=database_url, facility_tokens={FACILITY: TOKEN}, identity_file=identity
+        database_url=database_url,
+        facility_tokens={FACILITY: TOKEN},
+        identity_file=identity,
+        **public,
     )
     return TestClient(create_app(settings, clock=lambda: NOW, with_dashboard=False))
 
@@ -67,11 +78,6 @@ def spawns(n: int, seed: int = 7) -> list[wire.Event]:
     return out
 
 
-def bucket_width_of(value: float) -> float:
-    le = latency.bucket_of(value)
-    return (le if not math.isinf(le) else value) - latency.lower_bound(le)
-
-
 def test_percentiles_from_hourly_buckets_match_raw_events(client: TestClient) -> None:
     events = spawns(300)
     for i in range(0, 300, 100):
@@ -95,11 +101,11 @@ def test_percentiles_from_hourly_buckets_match_raw_events(client: TestClient) ->
         (0.95, "p95_seconds"),
         (0.99, "p99_seconds"),
     ):
-        exact = float(np.quantile(raw, qq, method="inverted_cdf"))  # nearest rank
-        assert abs(got[col][0] - exact) <= bucket_width_of(exact), (qq, got[col][0], exact)
-        assert latency.bucket_of(got[col][0]) == latency.bucket_of(exact) or math.isclose(
-            got[col][0], latency.lower_bound(latency.bucket_of(exact))
-        )
+        # every wait has its record: the standard (linear, numpy's default) sample quantile
+        assert got[col][0] == pytest.approx(float(np.quantile(raw, qq)), rel=1e-12), qq
+    assert got["exact_count"][0] == 300 and got["failed_count"][0] == 0
+    assert (got["min_seconds"][0], got["max_seconds"][0]) == (raw.min(), raw.max())
+    assert got["population"][0] == "ok"
 
     # per profile and per hour: the buckets hold every event once
     by_profile = q.latency_percentiles(
@@ -200,10 +206,234 @@ def test_dask_events_worker_time_failures_and_metrics(client: TestClient) -> Non
         assert conn.execute(text("SELECT COUNT(*) FROM event WHERE id = 'c1/w9'")).scalar() == 0
 
 
+def spawn(i: str, user: str, start: float, wait: float, **attrs: object) -> wire.Event:
+    return wire.Event("spawn", i, user, start, start + wait, {"profile": "small", **attrs})
+
+
+def test_a_window_that_starts_inside_an_hour_keeps_that_hours_waits(client: TestClient) -> None:
+    """A query made 30 s after a UTC hour boundary for "the last hour" starts 59.5 min into
+    the previous hour: the waits after that instant count, the ones before it do not."""
+    boundary = START + 3 * 3600
+    now = boundary + 30  # a fixed clock, just after the hour boundary
+    events = [
+        spawn("before", "alice", boundary - 3590, 1.0),  # before the window: left out
+        spawn("early", "alice", boundary - 3000, 2.0),  # early in the hour that holds `start`
+        spawn("late", "bob", boundary - 60, 4.0),
+        spawn("after", "carol", boundary + 10, 8.0),
+    ]
+    assert post(client, events, seq=1)["status"] == "applied"
+    q = client.app.state.services.query
+    lo, hi = now - 3600, now + 3600
+    got = q.latency_percentiles(LOCAL_ADMIN, "time_to_session", lo, hi, quantiles=(0.0, 1.0))
+    assert got["count"].tolist() == [3] and got["exact_count"].tolist() == [3]
+    assert (got["p0_seconds"][0], got["p100_seconds"][0]) == (2.0, 8.0)
+    assert got["mean_seconds"][0] == pytest.approx(14.0 / 3)
+    buckets = q.latency_buckets(LOCAL_ADMIN, "time_to_session", lo, hi)
+    assert dict(zip(buckets["le"], buckets["count"], strict=True)) == {2.5: 1, 5.0: 1, 10.0: 1}
+    hourly = q.latency_percentiles(LOCAL_ADMIN, "time_to_session", lo, hi, step="hour")
+    assert hourly["count"].tolist() == [2, 1]
+    assert hourly["time"].tolist() == [
+        pd.Timestamp(boundary - 3600, unit="s", tz="UTC"),
+        pd.Timestamp(boundary, unit="s", tz="UTC"),
+    ]
+    # a window that ends inside an hour stops at its end too
+    early = q.latency_percentiles(LOCAL_ADMIN, "time_to_session", boundary - 3585, boundary - 100)
+    assert early["count"].tolist() == [1] and early["p50_seconds"].tolist() == [2.0]
+
+    # waits known only by their hour's histogram (no per-wait record, e.g. kept before the
+    # records were): the hour overlaps the window, so they count
+    with client.app.state.services.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO latency VALUES (:f, 'atlas', '/atlas', :m, 'time_to_session', "
+                "'small', :h, 30.0, 1, 15.29)"
+            ),
+            {"f": FACILITY, "m": ALICE_ID, "h": int(boundary - 3600)},
+        )
+    mixed = q.latency_percentiles(LOCAL_ADMIN, "time_to_session", lo, hi, quantiles=(1.0,))
+    assert mixed["count"].tolist() == [4] and mixed["exact_count"].tolist() == [3]
+    assert mixed["p100_seconds"][0] == pytest.approx(15.29)  # one bucketed wait: its own value
+
+
+def test_a_single_wait_is_every_percentile_of_itself(client: TestClient) -> None:
+    """One 15.29 s wait: median = p99 = 15.29 s, never interpolated to 22.5 s or 29.85 s."""
+    one = spawn("one", "alice", START + 600, 15.29)
+    wait = one.end - one.start  # 15.29 s to within the float resolution of epoch seconds
+    assert post(client, [one], seq=1)["status"] == "applied"
+    q = client.app.state.services.query
+    win = (START, NOW + 3600)
+    for by in ((), ("facility",), ("member", "profile")):
+        got = q.latency_percentiles(
+            LOCAL_ADMIN, "time_to_session", *win, by=by, quantiles=(0.5, 0.9, 0.99)
+        )
+        assert len(got) == 1 and got["count"][0] == 1
+        for col in ("p50_seconds", "p90_seconds", "p99_seconds", "min_seconds", "max_seconds"):
+            assert got[col][0] == wait, (by, col)
+    hourly = q.latency_percentiles(LOCAL_ADMIN, "time_to_session", *win, step="hour")
+    assert hourly["p99_seconds"].tolist() == [wait]
+    # the same wait known only by its histogram bucket (its record gone) is still itself
+    with client.app.state.services.engine.begin() as conn:
+        conn.execute(text("DELETE FROM event WHERE id = 'one'"))
+    alone = q.latency_percentiles(LOCAL_ADMIN, "time_to_session", *win)
+    assert alone["exact_count"][0] == 0
+    assert alone[["p50_seconds", "p99_seconds"]].values.tolist() == [[wait, wait]]
+
+
+def test_failed_starts_are_a_population_of_their_own(client: TestClient) -> None:
+    t0 = START + 60
+    events = [
+        spawn("ok-1", "alice", t0, 2.0, outcome="ok"),
+        spawn("ok-2", "bob", t0 + 10, 4.0, outcome="ok"),
+        spawn("fail", "alice", t0 + 20, 30.0, outcome="failed", error="boom"),
+        spawn("slow", "carol", t0 + 30, 60.0, outcome="timeout", error="timed out"),
+        wire.Event(
+            "dask_scale", "c/up-1", "alice", t0, t0 + 9.0,
+            {"reason": "scale", "target": 4, "from": 1, "outcome": "superseded"},
+        ),
+        wire.Event(
+            "dask_scale", "c/up-2", "alice", t0 + 9.0, t0 + 12.0,
+            {"reason": "scale", "target": 3, "from": 1},
+        ),
+        wire.Event(
+            "dask_scale", "c/down-3", "alice", t0 + 20, t0 + 21.0,
+            {"reason": "scale", "target": 1, "from": 3},
+        ),
+    ]  # fmt: skip
+    assert post(client, events, seq=1)["status"] == "applied"
+    q = client.app.state.services.query
+    win = (START, NOW + 3600)
+    ok = q.latency_percentiles(LOCAL_ADMIN, "time_to_session", *win, slo_seconds=10.0)
+    assert ok["population"].tolist() == ["ok"]  # the default: successful waits only
+    assert (ok["count"][0], ok["failed_count"][0], ok["max_seconds"][0]) == (2, 0, 4.0)
+    assert ok["within_slo_ratio"][0] == 1.0
+    everyone = q.latency_percentiles(
+        LOCAL_ADMIN, "time_to_session", *win, slo_seconds=10.0, population="all"
+    )
+    assert everyone["population"].tolist() == ["all"]
+    assert (everyone["count"][0], everyone["failed_count"][0]) == (4, 2)
+    assert everyone["within_slo_ratio"][0] == 0.5
+    assert everyone["mean_seconds"][0] == pytest.approx(24.0)
+    assert everyone["p50_seconds"][0] == pytest.approx(17.0)  # between 4 and 30 s
+    assert everyone["max_seconds"][0] == 60.0 and everyone["p99_seconds"][0] <= 60.0
+    per_member = q.latency_percentiles(
+        LOCAL_ADMIN, "time_to_session", *win, by=("member",), population="all"
+    )
+    assert dict(zip(per_member["member"], per_member["failed_count"], strict=True))[ALICE_ID] == 1
+    assert q.latency_buckets(LOCAL_ADMIN, "time_to_session", *win)["count"].sum() == 2
+    all_buckets = q.latency_buckets(LOCAL_ADMIN, "time_to_session", *win, population="all")
+    assert dict(zip(all_buckets["le"], all_buckets["count"], strict=True)) == {
+        2.5: 1, 5.0: 1, 30.0: 1, 60.0: 1
+    }  # fmt: skip
+    # the listing of waits one by one says which population it is: all starts by default
+    listed = q.latency_events(LOCAL_ADMIN, "time_to_session", *win)
+    assert listed["outcome"].tolist() == ["timeout", "failed", "ok", "ok"]
+    only_ok = q.latency_events(LOCAL_ADMIN, "time_to_session", *win, population="ok")
+    assert only_ok["id"].tolist() == ["ok-2", "ok-1"]
+    # a superseded scale request is a start that did not succeed; a scale-down is no wait
+    up = q.latency_percentiles(LOCAL_ADMIN, "time_to_scale_up", *win)
+    assert (up["count"][0], up["p50_seconds"][0]) == (1, 3.0)
+    up_all = q.latency_percentiles(LOCAL_ADMIN, "time_to_scale_up", *win, population="all")
+    assert (up_all["count"][0], up_all["failed_count"][0]) == (2, 1)
+    assert q.latency_events(LOCAL_ADMIN, "time_to_scale_up", *win)["id"].tolist() == [
+        "c/up-1",
+        "c/up-2",
+    ]
+    with pytest.raises(QueryError, match="population"):
+        q.latency_percentiles(LOCAL_ADMIN, "time_to_session", *win, population="some")
+
+
+_example = itertools.count()
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    waits=st.lists(
+        st.tuples(
+            st.floats(0.0, 7 * 3600, allow_nan=False),  # when, from the example's start
+            st.floats(0.0, 9000.0, allow_nan=False),  # the wait
+            st.sampled_from(latency.SPAWN_OUTCOMES),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    window=st.tuples(st.floats(0.0, 7 * 3600), st.floats(1.0, 7 * 3600)),
+    population=st.sampled_from(sorted(latency.POPULATIONS)),
+)
+def test_percentiles_are_exact_and_within_min_max_through_the_app(
+    client: TestClient,
+    waits: list[tuple[float, float, str]],
+    window: tuple[float, float],
+    population: str,
+) -> None:
+    """Waits ingested as spawn events: for any window (starting anywhere in an hour) and
+    either population, the percentiles are numpy's linear quantiles of exactly the waits that
+    began in the window, hence within [min, max] of them."""
+    k = next(_example)
+    base = START - (k + 1) * 10 * 86400  # each example in its own days
+    events = [
+        spawn(f"h{k}-{i}", ("alice", "bob", "carol")[i % 3], base + t, w, outcome=o)
+        for i, (t, w, o) in enumerate(waits)
+    ]
+    assert post(client, events, seq=k + 1000)["status"] == "applied"
+    lo, hi = base + window[0], base + window[0] + window[1]
+    inside = np.array(
+        [e.end - e.start for e in events
+         if lo <= e.start < hi and (population == "all" or e.attrs["outcome"] == "ok")]
+    )  # fmt: skip
+    q = client.app.state.services.query
+    qs = (0.0, 0.25, 0.5, 0.9, 0.99, 1.0)
+    got = q.latency_percentiles(
+        LOCAL_ADMIN, "time_to_session", lo, hi, quantiles=qs, population=population
+    )
+    if inside.size == 0:
+        assert got.empty
+        return
+    assert got["count"].tolist() == [inside.size]
+    for qq in qs:
+        value = got[latency.quantile_column(qq)][0]
+        assert inside.min() <= value <= inside.max()
+        assert value == pytest.approx(float(np.quantile(inside, qq)), rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    waits=st.lists(st.floats(0.0, 20000.0, allow_nan=False), min_size=1, max_size=60),
+    recorded=st.lists(st.booleans(), min_size=60, max_size=60),
+    q=st.floats(0.0, 1.0),
+)
+def test_no_percentile_outside_min_max_with_or_without_records(
+    waits: list[float], recorded: list[bool], q: float
+) -> None:
+    """Some waits with records, the rest only in their buckets: every quantile lies within
+    [min, max] of all the waits; with every wait recorded it is numpy's exactly."""
+    exact = [w for w, r in zip(waits, recorded, strict=False) if r]
+    rest: dict[float, list[float]] = {}
+    for w, r in zip(waits, recorded, strict=False):
+        if not r:
+            rest.setdefault(latency.bucket_of(w), []).append(w)
+    buckets = [(le, len(ws), sum(ws)) for le, ws in rest.items()]
+    (value,) = latency.quantiles_of(exact, buckets, (q,))
+    assert min(waits) - 1e-9 <= value <= max(waits) + 1e-9
+    if not buckets:
+        assert value == pytest.approx(float(np.quantile(exact, q)), rel=1e-12, abs=1e-12)
+    if len(waits) == 1:
+        assert value == pytest.approx(waits[0], abs=1e-9)
+
+
 def test_quantile_edges() -> None:
     assert math.isnan(latency.quantile([], 0.5))
     assert latency.quantile([(math.inf, 2, 20000.0)], 0.5) == 10000.0  # open bucket: its mean
-    assert latency.quantile([(10.0, 4, 30.0)], 0.5) == pytest.approx(7.5)  # 5 + 5 x 2/4
+    # four waits known only by their (5, 10] bucket, summing to 30 s: spread evenly around
+    # their mean 7.5 s within the bucket; the median is the mean
+    assert latency.quantile([(10.0, 4, 30.0)], 0.5) == pytest.approx(7.5)
+    assert latency.quantile([(30.0, 1, 15.29)], 0.99) == 15.29  # one wait: itself
+    assert latency.quantiles_of([15.29], [], (0.5, 0.99)) == [15.29, 15.29]
+    # records and bucketed waits mixed: never beyond the records and the buckets' means
+    assert latency.quantiles_of([3.0], [(30.0, 2, 40.0)], (0.0, 1.0)) == [3.0, 20.0]
     assert latency.bucket_of(10.0) == 10.0 and latency.bucket_of(10.01) == 15.0
     with pytest.raises(ValueError):
         latency.bucket_of(-1.0)

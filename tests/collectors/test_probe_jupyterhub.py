@@ -125,12 +125,14 @@ def test_time_to_session_agrees_with_the_hub(jupyterhub: Hub, tmp_path: Path) ->
     )
     assert r.status_code == 200, r.text
     q = api.app.state.services.query
-    now = time.time()
-    stats = q.latency_percentiles(
-        LOCAL_ADMIN, "time_to_session", now - 3600, now + 3600, by=("profile",)
-    )
+    # a window from the events' own times, whole UTC hours (the ledger's), never the wall
+    # clock's: "the last hour" asked just after an hour boundary would start inside the hour
+    # that holds the spawns
+    lo = min(e.start for e in out.events) // 3600 * 3600
+    hi = (max(e.end or e.start for e in out.events) // 3600 + 2) * 3600
+    stats = q.latency_percentiles(LOCAL_ADMIN, "time_to_session", lo, hi, by=("profile",))
     assert dict(zip(stats["profile"], stats["count"], strict=True)) == {"small": 2, "large": 1}
-    totals = q.usage_totals(LOCAL_ADMIN, now - 3600, now + 3600, by=("facility",))
+    totals = q.usage_totals(LOCAL_ADMIN, lo, hi, by=("facility",))
     got = dict(zip(totals["resource"], totals["amount"], strict=True))
     assert got["spawn_failures"] == 1.0 and got["sessions"] == 1.0
 

@@ -191,19 +191,17 @@ def prometheus(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
+        last = "no answer yet"
         while time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            try:
-                # two scrapes or more in the last minute, so that rate() has two samples
-                r = _query(url, 'count_over_time(up{job="afmon"}[1m]) >= 3 and up == 1')
-                if r:
-                    break
-            except httpx.HTTPError:
-                pass
+            # two scrapes or more in the last minute, so that rate() has two samples
+            ready, last = _try_query(url, 'count_over_time(up{job="afmon"}[1m]) >= 3 and up == 1')
+            if ready:
+                break
             time.sleep(0.5)
         else:
-            pytest.fail("Prometheus did not scrape afmon 3 times within 60 s")
+            pytest.fail(f"Prometheus did not scrape afmon 3 times within 90 s; last: {last}")
         yield url, [server.facility]
     finally:
         proc.terminate()
@@ -215,11 +213,69 @@ def prometheus(
         log.close()
 
 
+def _try_query(url: str, expr: str) -> tuple[list[dict[str, Any]], str]:
+    """A readiness probe: (the result, or [] while Prometheus is not ready, and what it
+    answered). Any answer is tolerated, a refused connection, a 503 "Service Unavailable"
+    while it starts, a body that is not JSON or not a success, so that the caller polls on
+    until its deadline."""
+    try:
+        r = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10)
+    except httpx.HTTPError as exc:
+        return [], f"{type(exc).__name__}: {exc}"
+    seen = f"HTTP {r.status_code}: {r.text[:200]!r}"
+    if r.status_code != 200:
+        return [], seen
+    try:
+        body = r.json()
+        result = body["data"]["result"] if body.get("status") == "success" else []
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return [], seen
+    return (result if isinstance(result, list) else []), seen
+
+
 def _query(url: str, expr: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10)
     body = r.json()
     assert body["status"] == "success", f"{expr}: {body}"
     return body["data"]["result"]
+
+
+def test_the_readiness_probe_tolerates_any_answer() -> None:
+    """What a starting Prometheus may answer (503 "Service Unavailable", a body that is not
+    JSON, an error status, nothing at all) is "not ready yet", never an exception."""
+    import http.server
+    import threading
+
+    answers = [
+        (503, "text/plain", b"Service Unavailable"),
+        (200, "text/html", b"<html>starting</html>"),
+        (200, "application/json", b'{"status": "error", "error": "not ready"}'),
+        (200, "application/json", b'{"status": "success", "data": {"result": [{"v": 1}]}}'),
+    ]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            code, kind, body = answers.pop(0)
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    assert _try_query(f"http://127.0.0.1:{free_port()}", "up")[0] == []  # connection refused
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        seen = [_try_query(url, "up") for _ in range(4)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r for r, _ in seen] == [[], [], [], [{"v": 1}]]
+    assert "503" in seen[0][1] and "Service Unavailable" in seen[0][1]
 
 
 def test_every_dashboard_expression_returns_data(prometheus: tuple[str, list[str]]) -> None:
