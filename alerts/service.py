@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from afmon.aggregator.web.services import Services
 
 log = logging.getLogger(__name__)
-REFUSED_OUTCOMES = ("rejected", "forbidden", "too_large", "unauthorized")
+REFUSED_OUTCOMES = ("rejected", "too_large", "unauthorized", "over_limit")
 
 
 def refused_batches(instruments: IngestMetrics) -> dict[Labels, float]:

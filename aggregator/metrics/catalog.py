@@ -28,7 +28,6 @@ INGEST_OUTCOMES = (
     "duplicate",
     "rejected",
     "unauthorized",
-    "forbidden",
     "too_large",
     "rate_limited",
     "over_limit",

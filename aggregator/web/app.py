@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
@@ -160,13 +161,12 @@ def create_app(
                 now=s.clock(),
                 max_future_skew=s.settings.max_future_skew_seconds,
             )
-            if batch.facility != facility:
-                s.instruments.batches.labels(facility, "forbidden").inc()
-                return _ingest_error(
-                    403,
-                    "$.facility",
-                    f"this token writes facility {facility!r}, not {batch.facility!r}",
-                )
+            stamped = batch.facility
+            if stamped != facility:
+                # The facility is the credential's (docs/security.md); the batch's field is
+                # only the agent's belief. Re-stamping, not refusing, means a batch spooled
+                # under a wrong AFMON_FACILITY never blocks the spool once the token is right.
+                batch = msgspec.structs.replace(batch, facility=facility)
             # per agent: a facility-wide static token is shared by all of its agents
             wait = s.rate_limits.take(f"{credential}|{batch.agent_id}")
             if wait > 0:
@@ -194,6 +194,8 @@ def create_app(
         return JSONResponse(
             {
                 "status": result.status,
+                "facility": facility,
+                **({"stamped_facility": stamped} if stamped != facility else {}),
                 "seq": result.seq,
                 "samples": result.samples,
                 "stale_samples": result.stale_samples,

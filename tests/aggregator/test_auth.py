@@ -199,7 +199,15 @@ def test_agent_tokens_are_bound_to_a_facility_and_revocable(app: TestClient) -> 
         ).status_code
 
     assert post(token, 1) == 200
-    assert post(other, 1) == 403  # a token for other-af cannot write af's data
+    # a token for other-af cannot write af's data: what it posts, whatever the batch's own
+    # facility field says, is other-af's (so a batch spooled under a wrong AFMON_FACILITY is
+    # delivered, not stuck, once the agent has the right token)
+    assert post(other, 1) == 200
+    with services.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT facility FROM applied_batch WHERE agent_id = ?", (f"agent-{other[-6:]}",)
+        ).fetchall()
+    assert rows == [("other-af",)]
     revoke_token(services.engine, "node-17")
     assert post(token, 2) == 401
     with services.engine.connect() as conn:

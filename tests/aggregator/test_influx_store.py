@@ -351,6 +351,7 @@ def test_raw_only_keeps_raw_samples_in_the_store(
     batch = _raw_only_batch(t0)
     assert _post(server, batch) == {
         "status": "applied",
+        "facility": server.facility,
         "seq": 1,
         "samples": 12,
         "stale_samples": 0,

@@ -86,6 +86,7 @@ def test_batch_applied_once_even_when_sent_twice(client: TestClient) -> None:
     assert first.status_code == 200
     assert first.json() == {
         "status": "applied",
+        "facility": "af",
         "seq": 1,
         "samples": 2,
         "stale_samples": 0,
@@ -196,15 +197,18 @@ def test_oversize_body_is_413(client: TestClient) -> None:
     assert "decompressed body is larger than 1600000 bytes" in bomb.json()["detail"]["message"]
 
 
-def test_unknown_token_is_401_and_other_facility_is_403(client: TestClient) -> None:
+def test_unknown_token_is_401_and_the_facility_is_the_credentials(client: TestClient) -> None:
     assert post(client, batch(), token="nope").status_code == 401
-    r = post(client, batch(), token="x")
-    assert r.status_code == 403
-    assert r.json()["detail"] == {
-        "field": "$.facility",
-        "message": "this token writes facility 'other', not 'af'",
-    }
     assert counts(client)["applied_batch"] == 0
+    # stamped "af" by an agent whose token is other's: the data is other's, never af's
+    r = post(client, batch(1, [cpu([NOW - 20, NOW - 10], [1.0, 3.0])]), token="x")
+    assert r.status_code == 200
+    assert r.json()["facility"] == "other" and r.json()["stamped_facility"] == "af"
+    with client.app.state.services.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT DISTINCT facility FROM usage").fetchall() == [
+            ("other",)
+        ]
+        assert conn.exec_driver_sql("SELECT facility FROM series").fetchall() == [("other",)]
 
 
 def test_events_are_accounted_once_when_they_end(client: TestClient) -> None:
