@@ -253,7 +253,9 @@ class ReportBuilder:
             "status": "ok",
             "kinds": sorted(latency.KINDS),
             "levels": levels,
-            "note": "p50/p95 interpolated in fixed buckets (aggregator/core/latency.py); "
+            "note": "successful starts only (failed starts are listed on the Interactive page); "
+            "p50/p95 exact from the per-wait records, linear between waits "
+            "(aggregator/core/latency.py), never outside the measured range; "
             "within_slo_ratio is exact when the SLO is a bucket bound.",
         }
 

@@ -34,13 +34,11 @@ START = (NOW // 3600 - 6) * 3600  # whole hours
 def client(database_url: str, tmp_path: Path) -> TestClient:
     identity = tmp_path / "identity.toml"
     identity.write_text(IDENTITY_TOML)
-    # /metrics readable without a scrape credential, where the server has that setting
-    public = {"metrics_public": True} if "metrics_public" in ServerSettings.model_fields else {}
     settings = ServerSettings(
         database_url=database_url,
         facility_tokens={FACILITY: TOKEN},
         identity_file=identity,
-        **public,
+        metrics_public=True,  # /metrics readable without a scrape credential
     )
     return TestClient(create_app(settings, clock=lambda: NOW, with_dashboard=False))
 
