@@ -200,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop = threading.Event()
         _on_signals(stop)
         loop.run_forever(stop)
+        for probe in loop.probes:  # probes with state checkpoint it on the way out
+            getattr(probe, "close", lambda: None)()
     return EXIT_OK
 
 

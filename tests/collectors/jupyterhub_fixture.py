@@ -25,9 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CHP_DIR = ROOT / ".cache" / "npm-chp"
 CHP = CHP_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
 TOKEN = "afmon-service-token-0123456789"
-USERS = ("alice", "bob", "carol", "dave", "mallory")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "mallory")
 FAILING_USER = "mallory"  # its server never answers: a real spawn timeout (after 3 s)
 FAIL_MESSAGE = "didn't respond in 3 seconds"
+INSTANT_FAILURE_USER = "erin"  # Spawner.start raises at once
+INSTANT_FAILURE_MESSAGE = "erin has no quota left"
+START_TIMEOUT_USER = "frank"  # Spawner.start never returns: Spawner.start_timeout (2 s)
+SLOW_USER = "grace"  # Spawner.start takes 4.5 s more than usual (about 6 s in all)
 
 CONFIG = """
 c = get_config()  # noqa
@@ -41,8 +45,23 @@ c.JupyterHub.db_url = "sqlite:///{work}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{work}/cookie_secret"
 c.JupyterHub.pid_file = "{work}/jupyterhub.pid"
 c.JupyterHub.authenticator_class = "dummy"
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = "{work}/home/{{username}}"
+import asyncio
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+
+
+class TestSpawner(SimpleLocalProcessSpawner):
+    async def start(self):
+        if self.user.name == {instant!r}:
+            raise RuntimeError({instant_message!r})
+        if self.user.name == {start_timeout!r}:
+            await asyncio.sleep(60)
+        if self.user.name == {slow!r}:
+            await asyncio.sleep(4.5)
+        return await super().start()
+
+
+c.JupyterHub.spawner_class = TestSpawner
+c.TestSpawner.home_dir_template = "{work}/home/{{username}}"
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.args = ["--allow-root"]
 c.Spawner.default_url = "/tree"
@@ -60,6 +79,8 @@ def _hook(spawner):
     if spawner.user.name == {failing!r}:
         spawner.cmd = ["sleep", "60"]
         spawner.http_timeout = 3
+    if spawner.user.name == {start_timeout!r}:
+        spawner.start_timeout = 2
 
 c.Spawner.pre_spawn_hook = _hook
 """
@@ -77,7 +98,8 @@ class Hub:
         return self.client.request(method, f"{self.url}/hub/api{path}", **kw)
 
     def totals(self) -> HubTotals:
-        """The hub's own cumulative spawn + proxy-add measurements (successes)."""
+        """The hub's own cumulative measurements: successes (spawn + proxy add) and failed
+        starts (statuses failure and error)."""
         r = self.client.get(f"{self.url}/hub/metrics")
         r.raise_for_status()
         return parse_hub_metrics(r.text)
@@ -171,6 +193,10 @@ def jupyterhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
                 users=set(USERS),
                 token=TOKEN,
                 failing=FAILING_USER,
+                instant=INSTANT_FAILURE_USER,
+                instant_message=INSTANT_FAILURE_MESSAGE,
+                start_timeout=START_TIMEOUT_USER,
+                slow=SLOW_USER,
             )
         )
     )

@@ -1,9 +1,12 @@
 """The JupyterHub probe against a real hub: time-to-session per spawn agrees with the hub's own
-spawn + proxy-add measurements, a spawn between two polls is still recorded, a failing spawn is
-a failure event, sessions open and close; the events go through a real aggregator."""
+spawn + proxy-add measurements (its counters and its log), also for concurrent starts; a spawn
+between two polls is still recorded; failed starts (at once, by timeout, interrupted by a stop)
+have the hub's outcome and time to failure; sessions open and close, also across an agent
+restart; the events go through a real aggregator."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -15,14 +18,44 @@ from afmon.aggregator.query.reads import LOCAL_ADMIN
 from afmon.aggregator.web.app import create_app
 from afmon.collectors import wire
 from afmon.collectors.probes.hub_sessions import OpenSession, SessionStore
-from afmon.collectors.probes.jupyterhub import JupyterHubProbe, parse_hub_metrics, parse_time
-from tests.collectors.jupyterhub_fixture import FAIL_MESSAGE, FAILING_USER, Hub, jupyterhub
+from afmon.collectors.probes.jupyterhub import (
+    NO_MESSAGE_TIMEOUT,
+    JupyterHubProbe,
+    classify_failure,
+    parse_hub_metrics,
+    parse_time,
+)
+from tests.collectors.jupyterhub_fixture import (
+    FAIL_MESSAGE,
+    FAILING_USER,
+    INSTANT_FAILURE_MESSAGE,
+    INSTANT_FAILURE_USER,
+    SLOW_USER,
+    START_TIMEOUT_USER,
+    Hub,
+    jupyterhub,
+)
 
 __all__ = ["jupyterhub"]
 
 
 def tolerance(truth: float) -> float:
     return max(0.05, 0.02 * truth)
+
+
+def logged_start(hub: Hub, user: str) -> float:
+    """The hub's own log line for the user's last successful start (spawn, without proxy)."""
+    took = re.findall(rf"User {user} took ([0-9.]+) seconds to start", hub.log())
+    assert took, f"no start of {user} in the hub's log"
+    return float(took[-1])
+
+
+def wait_for(what: str, check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def test_time_to_session_agrees_with_the_hub(jupyterhub: Hub, tmp_path: Path) -> None:
@@ -64,6 +97,7 @@ def test_time_to_session_agrees_with_the_hub(jupyterhub: Hub, tmp_path: Path) ->
         e = spawns[user]
         assert e.end is not None and e.attrs["outcome"] == "ok"
         measured = e.end - e.start
+        print(f"COMPARE {user}: probe {measured:.4f} s, hub {truth[user]:.4f} s")
         assert abs(measured - truth[user]) <= tolerance(truth[user]), (user, measured, truth)
     # alice's and bob's spawns were followed on their progress streams, carol's never seen
     # pending; each was alone in its poll interval, so it gets the hub's own measurement
@@ -106,6 +140,46 @@ def test_time_to_session_agrees_with_the_hub(jupyterhub: Hub, tmp_path: Path) ->
     total = sum(e.end - e.start for e in again if e.end is not None)
     assert abs(total - grown) <= tolerance(grown)
 
+    # three concurrent starts the probe sees pending, all finishing within one poll: each
+    # gets what the hub measured for it (its log line plus its proxy add), not the progress
+    # stream's figure, which starts at `started` (20-410 ms after the request)
+    for user in ("bob", "carol"):
+        hub.stop_server(user)
+    for user in ("bob", "carol"):
+        hub.wait(user, "gone")
+    probe.poll()
+    probe.collect(time.time())
+    before = hub.totals()
+    trio = ("bob", "carol", "dave")
+    for user in trio:
+        hub.start_server(user, {"profile": "small"})
+    probe.poll()  # sees them pending: their progress streams are followed
+    for user in trio:
+        hub.wait(user, "ready")
+    after = hub.totals()
+    probe.poll()
+    assert after.spawns == before.spawns + 3
+    proxy_each = (after.seconds - before.seconds - sum(logged_start(hub, u) for u in trio)) / 3
+    assert 0 <= proxy_each < 0.05
+    trio_events = {e.user: e for e in probe.collect(time.time()).events if e.kind == "spawn"}
+    assert set(trio_events) == set(trio)
+    for user in trio:
+        e = trio_events[user]
+        assert e.end is not None and e.attrs["outcome"] == "ok"
+        truth = logged_start(hub, user) + proxy_each
+        measured = e.end - e.start
+        print(
+            f"COMPARE concurrent {user}: probe {measured:.4f} s ({e.attrs['source']}, "
+            f"stream {e.attrs.get('progress_seconds')}), hub log+proxy {truth:.4f} s"
+        )
+        assert abs(measured - truth) <= tolerance(truth), (user, measured, truth, e.attrs)
+    total = sum(e.end - e.start for e in trio_events.values() if e.end is not None)
+    assert abs(total - (after.seconds - before.seconds)) <= 0.01
+    for user in trio:
+        hub.stop_server(user)
+    for user in trio:
+        hub.wait(user, "gone")
+
     # the events are valid wire events and land in the ledger
     settings = ServerSettings(
         database_url=f"sqlite:///{tmp_path}/a.sqlite", facility_tokens={"af": "t"}
@@ -137,56 +211,133 @@ def test_time_to_session_agrees_with_the_hub(jupyterhub: Hub, tmp_path: Path) ->
     assert got["spawn_failures"] == 1.0 and got["sessions"] == 1.0
 
 
-def test_a_session_that_ends_while_the_agent_is_down_is_ended_after_restart(
-    jupyterhub: Hub, tmp_path: Path
-) -> None:
+def test_failed_starts_agree_with_the_hubs_counters(jupyterhub: Hub) -> None:
+    """A start that fails at once, one that hits Spawner.start_timeout, and one a stop
+    interrupts: each is a failed start with the hub's own time to failure; the interrupted
+    one, which the hub briefly reports ready but never counts, has no session."""
+    hub = jupyterhub
+    probe = JupyterHubProbe(hub.url, hub.token, poll_seconds=0.5)  # polls on its own thread
+    events: list[wire.Event] = []
+    events += probe.collect(time.time()).events  # baseline; starts the polling thread
+    try:
+        # Spawner.start raises at once: the hub counts a failure before any poll sees it
+        before = hub.totals()
+        hub.start_server(INSTANT_FAILURE_USER)
+        wait_for("the hub to count the failure", lambda: hub.totals().failures > before.failures)
+        after = hub.totals()
+        instant = after.failure_seconds - before.failure_seconds
+        assert after.failures == before.failures + 1 and after.spawns == before.spawns
+
+        # Spawner.start never returns: the hub gives up after start_timeout (2 s)
+        before = after
+        hub.start_server(START_TIMEOUT_USER)
+        wait_for("the start timeout", lambda: hub.totals().failures > before.failures)
+        hub.wait(START_TIMEOUT_USER, "gone")
+        after = hub.totals()
+        timed_out = after.failure_seconds - before.failure_seconds
+        assert after.failures == before.failures + 1 and timed_out >= 2.0
+        assert f"{START_TIMEOUT_USER}'s server failed to start in 2 seconds" in hub.log()
+
+        # a 6 s start that a stop interrupts 1.5 s in
+        before = after
+        asked = time.time()
+        hub.start_server(SLOW_USER)
+        time.sleep(1.5)
+        hub.stop_server(SLOW_USER)
+        hub.wait(SLOW_USER, "gone")
+        time.sleep(3.0)  # the probe settles an unexplained start within three polls
+        after = hub.totals()
+        assert after.spawns == before.spawns and after.failures == before.failures
+        assert f"Interrupting spawner {SLOW_USER}" in hub.log()
+        events += probe.collect(time.time()).events
+    finally:
+        probe.close()
+    events += probe.collect(time.time()).events
+
+    spawns = {e.user: e for e in events if e.kind == "spawn"}
+    assert set(spawns) == {INSTANT_FAILURE_USER, START_TIMEOUT_USER, SLOW_USER}, events
+    for user, truth in ((INSTANT_FAILURE_USER, instant), (START_TIMEOUT_USER, timed_out)):
+        e = spawns[user]
+        print(
+            f"COMPARE {user}: probe {e.end - e.start:.4f} s {e.attrs['outcome']}, hub {truth:.4f} s"
+        )
+    e = spawns[INSTANT_FAILURE_USER]
+    assert e.attrs["outcome"] == "failed" and e.attrs["source"] == "hub_metrics"
+    assert INSTANT_FAILURE_MESSAGE in str(e.attrs["error"])
+    assert e.end is not None and abs((e.end - e.start) - instant) <= tolerance(instant)
+    e = spawns[START_TIMEOUT_USER]
+    assert e.attrs["outcome"] == "timeout" and e.attrs["error"], e.attrs
+    assert e.end is not None and abs((e.end - e.start) - timed_out) <= tolerance(timed_out)
+    e = spawns[SLOW_USER]
+    assert e.attrs["outcome"] == "stopped", e.attrs
+    assert e.end is not None and e.start <= e.end <= time.time()
+    assert 1.0 <= e.end - asked <= 4.0  # interrupted after 1.5 s (the hub waits 1 s more)
+    assert [x for x in events if x.kind == "session"] == []
+    assert probe.unattributed_failures == 0
+
+
+def test_agent_restart_checkpoints_and_replays(jupyterhub: Hub, tmp_path: Path) -> None:
+    """The probe checkpoints at shutdown; after a restart, a session stopped while the agent
+    was down ends at the hub's own stop time, a start while it was down gets the hub's own
+    measurement, and events not handed over before the shutdown are sent (same ids)."""
     hub, state = jupyterhub, tmp_path / "jupyterhub-probe.json"
     before = JupyterHubProbe(hub.url, hub.token, poll_seconds=0, state_path=state)
     before.poll()
     hub.start_server("dave", {"profile": "small"})
     hub.wait("dave", "ready")
-    seen = time.time()
-    before.poll()  # sees dave's session open, and keeps it on disk as seen now
-    opened = [e for e in before.collect(time.time()).events if e.kind == "session"]
-    dave = next(e for e in opened if e.user == "dave")
-    assert dave.end is None
-    before.poll()  # nothing changed: the file is rewritten only every 30 s
-    before.close()  # the agent stops
+    before.poll()  # dave's spawn and session, not handed over before the agent stops
+    before.close()  # the agent stops: a checkpoint, events included
 
+    asked = time.time()
     hub.stop_server("dave")
     hub.wait("dave", "gone")
-    stopped = time.time()
+    gone = time.time()
+    totals = hub.totals()
+    hub.start_server("heidi", {"profile": "large"})  # a start while the agent is down
+    hub.wait("heidi", "ready")
+    heidi_truth = hub.totals().seconds - totals.seconds
+    time.sleep(1.0)
+
     after = JupyterHubProbe(hub.url, hub.token, poll_seconds=0, state_path=state)
     after.poll()
-    sessions = [e for e in after.collect(time.time()).events if e.kind == "session"]
-    ended = [e for e in sessions if e.end is not None]
-    # dave's session ends at the last sighting before the restart; the sessions still
-    # running (if any) are only reported open again, under the same ids
-    assert [(e.user, e.id, e.start) for e in ended] == [("dave", dave.id, dave.start)]
-    assert ended[0].end is not None and seen <= ended[0].end <= stopped
-    assert ended[0].attrs["end_source"] == "last_seen"
-    assert ended[0].attrs["profile"] == "small"
-    running = {e.id for e in opened if e.user != "dave"}
-    assert {e.id for e in sessions if e.end is None} == running
+    out = after.collect(time.time()).events
+    dave_spawn = [e for e in out if e.kind == "spawn" and e.user == "dave"]
+    assert len(dave_spawn) == 1 and dave_spawn[0].attrs["outcome"] == "ok"  # replayed
+    dave = [e for e in out if e.kind == "session" and e.user == "dave"]
+    ended = [e for e in dave if e.end is not None]
+    assert len(ended) == 1 and ended[0].id == dave_spawn[0].id
+    assert ended[0].attrs["end_source"] == "hub" and ended[0].attrs["profile"] == "small"
+    assert ended[0].end is not None and asked <= ended[0].end <= gone
+    heidi = [e for e in out if e.kind == "spawn" and e.user == "heidi"]
+    assert len(heidi) == 1 and heidi[0].attrs["outcome"] == "ok", out
+    assert heidi[0].attrs["source"] == "hub_metrics" and heidi[0].end is not None
+    print(
+        f"COMPARE heidi (agent down): probe {heidi[0].end - heidi[0].start:.4f} s, "
+        f"hub {heidi_truth:.4f} s; dave ended {ended[0].end - asked:.3f} s after the stop request"
+    )
+    assert abs((heidi[0].end - heidi[0].start) - heidi_truth) <= tolerance(heidi_truth)
+    assert [e.end for e in out if e.kind == "session" and e.user == "heidi"] == [None]
+    after.close()
 
-    # once ended, it is forgotten: a second restart reports nothing more for it
+    # once ended and handed over, it is forgotten: a second restart reports nothing more
     again = JupyterHubProbe(hub.url, hub.token, poll_seconds=0, state_path=state)
     again.poll()
     assert [e for e in again.collect(time.time()).events if e.end is not None] == []
+    again.close()
+    hub.stop_server("heidi")
+    hub.wait("heidi", "gone")
 
 
 def test_an_unreadable_state_file_starts_afresh(tmp_path: Path) -> None:
     state = tmp_path / "jupyterhub-probe.json"
     state.write_text("{not json")
-    assert SessionStore(state).load() == []
-    store = SessionStore(state, save_every=30.0)
-    kept = [OpenSession("dave", "", 1.0, "small", 5.0)]
-    store.save(kept, now=10.0)
-    assert SessionStore(state).load() == kept
-    store.save([OpenSession("dave", "", 1.0, "small", 9.0)], now=20.0)  # same set, too soon
-    assert SessionStore(state).load() == kept
-    store.save([OpenSession("dave", "", 1.0, "small", 40.0)], now=40.0)
-    assert SessionStore(state).load()[0].seen == 40.0
+    probe = JupyterHubProbe("http://127.0.0.1:9", "t", poll_seconds=0, state_path=state)
+    assert probe._servers == {} and probe._baseline  # noqa: SLF001
+    # the first format (open sessions only) is still read
+    SessionStore(state).save([OpenSession("dave", "", 1.0, "small", 5.0)], now=10.0)
+    probe = JupyterHubProbe("http://127.0.0.1:9", "t", poll_seconds=0, state_path=state)
+    kept = probe._servers[("dave", "")]  # noqa: SLF001
+    assert kept.session_open and kept.started == 1.0 and kept.seen == 5.0
 
 
 def test_parsers() -> None:
@@ -197,7 +348,18 @@ def test_parsers() -> None:
         'jupyterhub_proxy_add_duration_seconds_sum{status="success"} 0.25\n'
         'jupyterhub_proxy_add_duration_seconds_sum{status="failure"} 9.0\n'
     )
+    body += (
+        'jupyterhub_server_spawn_duration_seconds_count{reason="",status="error"} 2.0\n'
+        'jupyterhub_server_spawn_duration_seconds_sum{reason="error",status="failure"} 0.5\n'
+        'jupyterhub_server_spawn_duration_seconds_sum{reason="",status="error"} 4.25\n'
+    )
     totals = parse_hub_metrics(body)
     assert totals.spawns == 3.0 and totals.seconds == pytest.approx(12.75)
+    assert totals.failures == 3.0 and totals.failure_seconds == pytest.approx(4.75)
+    assert classify_failure("Spawn failed: ") == ("timeout", NO_MESSAGE_TIMEOUT)
+    assert classify_failure("Spawn failed: Server at x didn't respond in 3 seconds")[0] == (
+        "timeout"
+    )
+    assert classify_failure("Spawn failed: no quota") == ("failed", "Spawn failed: no quota")
     assert parse_time("2026-09-21T14:13:20.250000Z") == 1_790_000_000.25
     assert parse_time(None) is None
