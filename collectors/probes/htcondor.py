@@ -5,11 +5,19 @@ minus an overlap) and sends each job once, keyed by its GlobalJobId. HTCondor da
 run on afmon's test machines: this probe is tested against `condor_history -json` output
 shaped exactly like the documented format (tests/collectors/data/).
 
+Cores and GPUs are what the slot provisioned for the job (`CpusProvisioned`,
+`GPUsProvisioned`) when those are literal numbers, else what the job requested (`RequestCpus`,
+`RequestGpus`): a request may be an expression (condor_history -json prints it as a string,
+`/Expr(...)/` once decoded), which only the provisioned figure resolves. ClassAd attribute
+names are case-insensitive (`RequestGPUs` and `RequestGpus` are one attribute), and so is the
+lookup here. `attrs["cores_from"]` names the attribute the cores came from.
+
 A job with missing attributes is never dropped silently: what can be derived is derived
-(wall time from the dates, one core when RequestCpus is absent, no CPU time when the CPU
-attributes are absent), the job carries `attrs["missing"]` naming what was absent, and the
-probe logs a warning naming the job and the attributes. Only a job that never started (no
-JobStartDate and no wall time) or never ended is left out, and that is logged too.
+(wall time from the dates, one core when neither CpusProvisioned nor RequestCpus is a number,
+no CPU time when the CPU attributes are absent), the job carries `attrs["missing"]` naming what
+was absent, and the probe logs a warning naming the job and the attributes. Only a job that
+never started (no JobStartDate and no wall time) or never ended is left out, and that is
+logged too.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTES = (
     "GlobalJobId", "ClusterId", "ProcId", "Owner", "AcctGroup", "RemoteWallClockTime",
-    "RemoteUserCpu", "RemoteSysCpu", "RequestCpus", "RequestGpus", "QDate", "JobStartDate",
-    "CompletionDate", "EnteredCurrentStatus", "JobStatus", "ExitCode", "LastRemoteHost",
+    "RemoteUserCpu", "RemoteSysCpu", "RequestCpus", "RequestGpus", "CpusProvisioned",
+    "GPUsProvisioned", "QDate", "JobStartDate", "CompletionDate", "EnteredCurrentStatus",
+    "JobStatus", "ExitCode", "LastRemoteHost",
 )  # fmt: skip
 UNKNOWN_OWNER = "htcondor-unknown-owner"  # maps to the facility's unmapped member
 STATUS = {1: "IDLE", 2: "RUNNING", 3: "REMOVED", 4: "COMPLETED", 5: "HELD", 7: "SUSPENDED"}
@@ -45,8 +54,9 @@ class HistoryResult:
 
 
 def _number(ad: dict[str, Any], name: str) -> float | None:
-    """A numeric attribute, or None when absent or not a literal number (an expression)."""
-    value = ad.get(name)
+    """A numeric attribute, or None when absent or not a literal number (an expression).
+    `ad` has lower-case keys (`job_event` makes them so)."""
+    value = ad.get(name.lower())
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
@@ -54,6 +64,7 @@ def _number(ad: dict[str, Any], name: str) -> float | None:
 
 def job_event(ad: dict[str, Any], warnings: list[str]) -> wire.Event | None:
     """One history ClassAd -> a `batch_job` event (None: the job never ran or never ended)."""
+    ad = {str(k).lower(): v for k, v in ad.items()}  # ClassAd names are case-insensitive
     missing: list[str] = []
 
     def need(name: str) -> float | None:
@@ -62,7 +73,7 @@ def job_event(ad: dict[str, Any], warnings: list[str]) -> wire.Event | None:
             missing.append(name)
         return value
 
-    gid = ad.get("GlobalJobId")
+    gid = ad.get("globaljobid")
     if not isinstance(gid, str) or not gid:
         missing.append("GlobalJobId")
         cluster, proc = _number(ad, "ClusterId"), _number(ad, "ProcId")
@@ -89,22 +100,27 @@ def job_event(ad: dict[str, Any], warnings: list[str]) -> wire.Event | None:
     if wall is None:
         wall = end - start
     user_cpu, sys_cpu = need("RemoteUserCpu"), need("RemoteSysCpu")
-    cores = need("RequestCpus")
+    cores, cores_from = _resource(ad, "CpusProvisioned", "RequestCpus", 1)
+    if cores is None:
+        missing.append("RequestCpus")  # nothing numeric: HTCondor's default, one core
+        cores, cores_from = 1.0, "default"
+    gpus, _ = _resource(ad, "GPUsProvisioned", "RequestGpus", 0)
     qdate = need("QDate")
-    owner = ad.get("Owner")
+    owner = ad.get("owner")
     if not isinstance(owner, str) or not owner:
         missing.append("Owner")
         owner = UNKNOWN_OWNER
-    host = ad.get("LastRemoteHost")
+    host = ad.get("lastremotehost")
     status = _number(ad, "JobStatus")
     attrs: dict[str, str | int | float | bool] = {
         "scheduler": "htcondor",
-        "account": str(ad.get("AcctGroup") or ""),
+        "account": str(ad.get("acctgroup") or ""),
         "submit": start if qdate is None else qdate,
         "wall_seconds": wall,
         "cpu_seconds": (user_cpu or 0.0) + (sys_cpu or 0.0),
-        "cores": int(cores) if cores else 1,
-        "gpus": int(_number(ad, "RequestGpus") or 0),
+        "cores": int(cores),
+        "cores_from": cores_from,
+        "gpus": int(gpus or 0),
         "state": STATUS.get(int(status), str(int(status))) if status is not None else "UNKNOWN",
         "exit_code": int(_number(ad, "ExitCode") or 0),
         "queue_wait_seconds": 0.0 if qdate is None else max(0.0, start - qdate),
@@ -123,6 +139,19 @@ def job_event(ad: dict[str, Any], warnings: list[str]) -> wire.Event | None:
         end=max(end, start),
         attrs=attrs,
     )
+
+
+def _resource(
+    ad: dict[str, Any], provisioned: str, requested: str, least: float
+) -> tuple[float | None, str]:
+    """(amount, the attribute it came from): the slot's provisioned amount when it is a
+    literal number of at least `least`, else the job's request on the same terms, else
+    (None, "")."""
+    for name in (provisioned, requested):
+        value = _number(ad, name)
+        if value is not None and value >= least:
+            return value, name
+    return None, ""
 
 
 def parse_history(text: str) -> HistoryResult:

@@ -21,7 +21,12 @@ from sqlalchemy import text
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.web.app import create_app
 from afmon.collectors import wire
-from afmon.collectors.probes.htcondor import UNKNOWN_OWNER, HTCondorProbe, parse_history
+from afmon.collectors.probes.htcondor import (
+    ATTRIBUTES,
+    UNKNOWN_OWNER,
+    HTCondorProbe,
+    parse_history,
+)
 
 HISTORY = (Path(__file__).parent / "data" / "condor_history.json").read_text()
 T0 = 1_795_597_200  # 2026-11-25T09:00:00Z, the first QDate of the fixture
@@ -181,3 +186,124 @@ def test_totals_through_the_real_ingest_are_exact(tmp_path: Path) -> None:
     # the job without an Owner is the facility's unmapped member's, not lost
     assert got[("af", "batch_jobs")] == 1
     assert got[("af", "batch_cpu_seconds")] == pytest.approx(555, abs=1e-6)
+
+
+# condor_history -json as HTCondor prints jobs whose requests are expressions: the request
+# is a string "\/Expr(...)\/", the slot's provisioned amounts are numbers. 2001 asked for
+# "8 cores if the machine has them", got 8; 2002 asked for 2 and was given 4 (the pool rounds
+# requests up); 2003's expression was never resolved (no CpusProvisioned); 2004 names its GPU
+# attributes as condor_submit writes them (RequestGPUs), and was given 2 GPUs.
+PROVISIONED = r"""[
+{
+  "ClusterId": 2001,
+  "CompletionDate": 1795604400,
+  "CpusProvisioned": 8,
+  "GlobalJobId": "submit01.af.example.org#2001.0#1795597200",
+  "JobStartDate": 1795600800,
+  "JobStatus": 4,
+  "LastRemoteHost": "slot1_1@wn01.af.example.org",
+  "Owner": "alice",
+  "QDate": 1795597200,
+  "RemoteSysCpu": 1000.0,
+  "RemoteUserCpu": 25000.0,
+  "RemoteWallClockTime": 3600.0,
+  "RequestCpus": "\/Expr(ifThenElse(TARGET.TotalSlotCpus >= 8,8,1))\/"
+}
+,
+{
+  "ClusterId": 2002,
+  "CompletionDate": 1795602000,
+  "CpusProvisioned": 4,
+  "GlobalJobId": "submit01.af.example.org#2002.0#1795597200",
+  "JobStartDate": 1795600800,
+  "JobStatus": 4,
+  "LastRemoteHost": "slot1_2@wn01.af.example.org",
+  "Owner": "alice",
+  "QDate": 1795597200,
+  "RemoteSysCpu": 10.0,
+  "RemoteUserCpu": 2000.0,
+  "RemoteWallClockTime": 1200.0,
+  "RequestCpus": 2
+}
+,
+{
+  "ClusterId": 2003,
+  "CompletionDate": 1795601400,
+  "GlobalJobId": "submit01.af.example.org#2003.0#1795597200",
+  "JobStartDate": 1795600800,
+  "JobStatus": 4,
+  "LastRemoteHost": "slot1_3@wn01.af.example.org",
+  "Owner": "bob",
+  "QDate": 1795597200,
+  "RemoteSysCpu": 5.0,
+  "RemoteUserCpu": 500.0,
+  "RemoteWallClockTime": 600.0,
+  "RequestCpus": "\/Expr(MY.JobCores)\/"
+}
+,
+{
+  "ClusterId": 2004,
+  "CompletionDate": 1795604400,
+  "CpusProvisioned": 1,
+  "GPUsProvisioned": 2,
+  "GlobalJobId": "submit01.af.example.org#2004.0#1795597200",
+  "JobStartDate": 1795602600,
+  "JobStatus": 4,
+  "LastRemoteHost": "slot1_4@gpu01.af.example.org",
+  "Owner": "bob",
+  "QDate": 1795597200,
+  "RemoteSysCpu": 20.0,
+  "RemoteUserCpu": 1700.0,
+  "RemoteWallClockTime": 1800.0,
+  "RequestCpus": 1,
+  "RequestGPUs": "\/Expr(ifThenElse(TARGET.GPUs >= 2,2,1))\/"
+}
+]
+"""
+
+
+def test_provisioned_cores_and_gpus_are_preferred_over_requests(tmp_path: Path) -> None:
+    """A job whose RequestCpus is an expression, provisioned 8 cores, is accounted as 8
+    cores, to the core-second, through the real ingest."""
+    assert "CpusProvisioned" in ATTRIBUTES and "GPUsProvisioned" in ATTRIBUTES
+    result = parse_history(PROVISIONED)
+    jobs = {e.id.rsplit("#", 2)[1]: e for e in result.events}
+    assert {k: (e.attrs["cores"], e.attrs["cores_from"]) for k, e in jobs.items()} == {
+        "2001.0": (8, "CpusProvisioned"),
+        "2002.0": (4, "CpusProvisioned"),
+        "2003.0": (1, "default"),
+        "2004.0": (1, "CpusProvisioned"),
+    }
+    assert "missing" not in jobs["2001.0"].attrs  # the expression is resolved by the slot
+    assert jobs["2003.0"].attrs["missing"] == "RequestCpus"  # an expression and nothing else
+    assert jobs["2004.0"].attrs["gpus"] == 2  # GPUsProvisioned, whatever RequestGPUs says
+    assert result.warnings == [
+        "job submit01.af.example.org#2003.0#1795597200 (bob) lacks RequestCpus: "
+        "derived or defaulted, see the docs"
+    ]
+
+    identity = tmp_path / "identity.toml"
+    identity.write_text(IDENTITY)
+    settings = ServerSettings(
+        database_url=f"sqlite:///{tmp_path}/p.sqlite",
+        facility_tokens={"af": TOKEN},
+        identity_file=identity,
+        default_hepscore23_per_core=10.0,
+    )
+    client = TestClient(create_app(settings, clock=lambda: T0 + 9000.0, with_dashboard=False))
+    batch = wire.Batch(
+        version=1, agent_id="schedd", facility="af", node="submit01", sent_at=T0, seq=1,
+        events=result.events,
+    )  # fmt: skip
+    r = client.post(
+        "/api/v1/ingest", content=wire.encode(batch), headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert r.status_code == 200, r.text
+    with client.app.state.services.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT member_id, resource, SUM(amount) FROM usage GROUP BY member_id, resource")
+        )
+        got = {(m.split("|")[1], r): a for m, r, a in rows}
+    assert got[("alice", "batch_wall_core_seconds")] == 8 * 3600 + 4 * 1200
+    assert got[("bob", "batch_wall_core_seconds")] == 1 * 600 + 1 * 1800
+    assert got[("bob", "batch_gpu_seconds")] == 2 * 1800
