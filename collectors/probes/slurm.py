@@ -1,12 +1,24 @@
-"""The Slurm probe: finished jobs from `sacct`, one `batch_job` event per job allocation.
+"""The Slurm probe: finished jobs from `sacct`, one `batch_job` event per run of a job.
 
-Each collection asks sacct for the jobs that *ended* in a window (`--state` with end states
-and `-S`/`-E` select on the end time): from the cursor (minus an overlap, for records that
-reach slurmdbd late) to now. Steps (`123.batch`, `123.0`, `123_4.extern`) are not jobs: the
-allocation line already carries their summed TotalCPU, so only allocations become events,
-array tasks (`123_4`) each as their own job. A job seen twice is sent once (ids seen in the
-overlap are remembered), and the ingest counts an event once by (facility, kind, id) anyway.
-The cursor and those ids persist in `state_path`, so a restart neither misses nor repeats.
+Each collection asks sacct for the job runs that *ended* in a window (`--state` with end
+states and `-S`/`-E` select on the end time): from the cursor (minus an overlap, for records
+that reach slurmdbd late) to now. Steps (`123.batch`, `123.0`, `123_4.extern`) are not jobs:
+the allocation line already carries their summed TotalCPU, so only allocations become events,
+array tasks (`123_4`) each as their own job.
+
+Record identity is `JobIDRaw` plus the run's start: sacct prints an array task first under its
+raw id (`9`) and, once slurmdbd has its array fields, as `4_0`; the raw id never changes. A
+requeued job has one record per run, but only with `--duplicates`: each earlier run ends in
+state `REQUEUED` (an end state here), so every run is accounted once, under its own start.
+
+A record can reach sacct before slurmdbd has all of it: an array task that just ended is
+printed for a few seconds with no Partition and QOS `Unknown` (and under its raw id). Such a
+record is held back until it is complete, at most `settle_seconds` after its end (then it is
+sent as it is, with `attrs["incomplete"]`, and logged); the overlap re-reads it meanwhile.
+
+A run seen twice is sent once (ids seen in the overlap are remembered), and the ingest counts
+an event once by (facility, kind, id) anyway. The cursor and those ids persist in
+`state_path`, so a restart neither misses nor repeats.
 
 Jobs that ended without ever starting (cancelled while pending) used no resources and are
 not sent; they are counted in the log.
@@ -32,10 +44,11 @@ log = logging.getLogger(__name__)
 
 FIELDS = (
     "JobID", "JobIDRaw", "Cluster", "User", "Account", "Partition", "Submit", "Start", "End",
-    "ElapsedRaw", "AllocCPUS", "TotalCPU", "AllocTRES", "State", "ExitCode", "NodeList",
+    "ElapsedRaw", "AllocCPUS", "TotalCPU", "AllocTRES", "State", "ExitCode", "NodeList", "QOS",
 )  # fmt: skip
-# Every state a job can end in (sacct --state abbreviations).
-END_STATES = "BF,CA,CD,DL,F,NF,OOM,PR,RV,TO"
+# Every state a job run can end in (sacct --state abbreviations): with --duplicates a run
+# ended by a requeue is REQUEUED (RQ), one ended by a resize RESIZING (RS).
+END_STATES = "BF,CA,CD,DL,F,NF,OOM,PR,RQ,RS,RV,TO"
 # sacct prints and parses times in the local zone of its process: make that UTC.
 SACCT_ENV = {"TZ": "UTC", "SLURM_TIME_FORMAT": "%Y-%m-%dT%H:%M:%S"}
 
@@ -94,9 +107,10 @@ def first_node(nodelist: str) -> str:
 
 @dataclass(frozen=True)
 class SlurmJob:
-    """One finished job allocation as sacct reports it."""
+    """One finished run of a job allocation as sacct reports it."""
 
-    job_id: str
+    job_id: str  # as sacct prints it: `4_0` for an array task (or its raw id, early on)
+    job_id_raw: str  # the record's own id, stable from submission on
     cluster: str
     user: str
     account: str
@@ -112,12 +126,26 @@ class SlurmJob:
     exit_code: int
     signal: int
     nodelist: str
+    qos: str = ""
+
+    @property
+    def incomplete(self) -> bool:
+        """Not yet all in slurmdbd: every job runs in a partition and has a QoS."""
+        return not self.partition or self.qos in ("", "Unknown")
 
     @property
     def event_id(self) -> str:
-        return f"slurm:{self.cluster}:{self.job_id}"
+        """`slurm:<cluster>:<JobIDRaw>@<run start>`: one id per run, whatever sacct prints."""
+        return f"slurm:{self.cluster}:{self.job_id_raw}@{int(self.start)}"
+
+    @property
+    def legacy_ids(self) -> tuple[str, ...]:
+        """The ids afmon used before runs had their own (the printed JobID): a cursor saved
+        by an older agent remembers jobs under these."""
+        return (f"slurm:{self.cluster}:{self.job_id}", f"slurm:{self.cluster}:{self.job_id_raw}")
 
     def to_event(self) -> wire.Event:
+        extra: dict[str, str | int | float | bool] = {"incomplete": True} if self.incomplete else {}
         return wire.Event(
             kind="batch_job",
             id=self.event_id,
@@ -129,6 +157,10 @@ class SlurmJob:
                 "cluster": self.cluster,
                 "partition": self.partition,
                 "account": self.account,
+                "qos": self.qos,
+                "job_id": self.job_id,
+                "job_id_raw": self.job_id_raw,
+                "requeued": self.state == "REQUEUED",
                 "submit": self.submit,
                 "wall_seconds": self.wall_seconds,
                 "cpu_seconds": self.cpu_seconds,
@@ -140,6 +172,7 @@ class SlurmJob:
                 "queue_wait_seconds": max(0.0, self.start - self.submit),
                 "node": first_node(self.nodelist),
                 "nodes": self.nodelist,
+                **extra,
             },
         )
 
@@ -152,7 +185,7 @@ class ParseResult:
 
 
 def parse_sacct(text: str) -> ParseResult:
-    """`sacct -P -n --format=FIELDS` output -> finished job allocations (steps skipped)."""
+    """`sacct -P -n -D --format=FIELDS` output -> finished job runs (steps skipped)."""
     result = ParseResult([])
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -179,6 +212,7 @@ def parse_sacct(text: str) -> ParseResult:
             result.jobs.append(
                 SlurmJob(
                     job_id=f["JobID"],
+                    job_id_raw=f["JobIDRaw"] or f["JobID"],
                     cluster=f["Cluster"] or "slurm",
                     user=f["User"],
                     account=f["Account"],
@@ -194,6 +228,7 @@ def parse_sacct(text: str) -> ParseResult:
                     exit_code=int(code or 0),
                     signal=int(sig or 0),
                     nodelist=f["NodeList"],
+                    qos=f["QOS"],
                 )
             )
         except ValueError as exc:
@@ -233,9 +268,17 @@ class JobCursor:
             self._state = _CursorState(cursor=now - self.lookback_seconds)
         return self._state.cursor - self.overlap_seconds, float(int(now))
 
-    def fresh(self, event_id: str, end: float) -> bool:
+    def seen(self, event_id: str, aliases: Sequence[str] = ()) -> bool:
+        """Whether `event_id`, or one of `aliases` (an id the same record had in an older
+        agent's state), was seen."""
         assert self._state is not None, "call window() first"
-        if event_id in self._state.seen:
+        seen = self._state.seen
+        return event_id in seen or any(a in seen for a in aliases)
+
+    def fresh(self, event_id: str, end: float, aliases: Sequence[str] = ()) -> bool:
+        """True once per id (and never when `seen(event_id, aliases)`)."""
+        assert self._state is not None, "call window() first"
+        if self.seen(event_id, aliases):
             return False
         self._state.seen[event_id] = end
         return True
@@ -283,9 +326,14 @@ class SlurmProbe:
         state_path: str | os.PathLike[str] | None = None,
         lookback_seconds: float = 3600.0,
         overlap_seconds: float = 600.0,
+        settle_seconds: float | None = None,
     ) -> None:
+        """`settle_seconds`: how long after its end an incomplete record is held back
+        (default half the overlap, so the overlap still re-reads it)."""
         self.sacct = list(sacct)
         self.runner = runner
+        self.settle_seconds = overlap_seconds / 2 if settle_seconds is None else settle_seconds
+        self.held_back = 0  # incomplete records the last collection held back
         self.cursor = JobCursor(
             state_path,
             lookback_seconds=lookback_seconds,
@@ -295,9 +343,10 @@ class SlurmProbe:
         self.state = READY
 
     def query(self, start: float, end: float) -> list[str]:
-        """The sacct command line for jobs that ended in [start, end]."""
+        """The sacct command line for job runs that ended in [start, end] (`-D`: every run of
+        a requeued job, not only its last)."""
         return [
-            *self.sacct, "-P", "-n", "-a", "--format=" + ",".join(FIELDS),
+            *self.sacct, "-P", "-n", "-a", "-D", "--format=" + ",".join(FIELDS),
             f"--state={END_STATES}", "-S", _sacct_time(start), "-E", _sacct_time(end),
         ]  # fmt: skip
 
@@ -314,10 +363,22 @@ class SlurmProbe:
             log.warning("slurm probe: %s", self.state)
             return ProbeOutput()
         self.state = READY
-        events = [
-            j.to_event() for j in result.jobs
-            if start <= j.end <= end and self.cursor.fresh(j.event_id, j.end)
-        ]  # fmt: skip
+        events: list[wire.Event] = []
+        self.held_back = 0
+        for j in result.jobs:
+            if not start <= j.end <= end:
+                continue
+            if j.incomplete and j.end > end - self.settle_seconds:
+                self.held_back += not self.cursor.seen(j.event_id, j.legacy_ids)
+                continue  # read again next time, complete by then
+            if self.cursor.fresh(j.event_id, j.end, j.legacy_ids):
+                if j.incomplete:
+                    log.warning(
+                        "slurm probe: job %s (run %s) still has no partition or QoS %.0f s "
+                        "after its end; sent as it is",
+                        j.job_id, j.event_id, end - j.end,
+                    )  # fmt: skip
+                events.append(j.to_event())
         if result.never_started:
             log.info(
                 "slurm probe: %d jobs ended without starting; not accounted", result.never_started

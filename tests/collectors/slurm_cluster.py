@@ -5,6 +5,10 @@ database), slurmctld and slurmd run inside a private network namespace held by a
 process, because the daemons bind 0.0.0.0. Client commands (sbatch, sacct, ...) run in the
 same namespace through `nsenter`. Two throwaway local users own the jobs. Everything is
 torn down in `stop()`, which is safe to call after a partial start.
+
+`cred_expire=10` (default 120 s) is also how long a requeued job waits before it may run
+again, and `bf_interval=5` lets the backfill scheduler start it soon after: a requeue test
+then waits seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ BINARIES = (
     "sacct",
     "sacctmgr",
     "scancel",
+    "scontrol",
     "sinfo",
     "squeue",
     "mysql",
@@ -136,6 +141,10 @@ class SlurmCluster:
             if line.strip()
         }
 
+    def queue(self) -> str:
+        """squeue's lines for every job still pending or running (empty: none)."""
+        return self.run("squeue", "-h", "-a").strip()
+
     def wait_for(self, predicate: str, timeout: float = 60) -> dict[str, str]:
         """Wait until every job is in an end state ("done") or any job runs ("running")."""
         deadline = time.monotonic() + timeout
@@ -143,7 +152,7 @@ class SlurmCluster:
         while time.monotonic() < deadline:
             states = self.states()
             if predicate == "done" and states and set(states.values()) <= END_STATES:
-                if not self.run("squeue", "-h", "-a").strip():
+                if not self.queue():
                     return states
             time.sleep(0.5)
         raise SlurmError(
@@ -317,7 +326,7 @@ SlurmdPort=6818
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={sock}
+AuthInfo=socket={sock},cred_expire=10
 CredType=cred/munge
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool
@@ -341,6 +350,7 @@ DefMemPerCPU=500
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=5
 MinJobAge=2
 KillWait=2
 NodeName={NODE} NodeAddr=127.0.0.1 CPUs=2 RealMemory=2000 State=UNKNOWN

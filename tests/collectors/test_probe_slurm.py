@@ -1,7 +1,9 @@
 """The Slurm probe's parsing and cursor, on sacct output recorded from the real Slurm 22.05
-cluster of tests/collectors/slurm_cluster.py (sacct_recorded.txt) plus hand-written lines for
-what a single CPU node cannot produce: GPUs, node ranges, a job that never started
-(sacct_handmade.txt). The probe against a live Slurm is in test_probe_slurm_cluster.py."""
+cluster of tests/collectors/slurm_cluster.py (sacct_recorded.txt; its last column, QOS, was
+added as sacct prints it: `normal` on allocations, empty on steps) plus hand-written lines for
+what a single CPU node cannot produce: GPUs, node ranges, a job that never started, other QoS
+(sacct_handmade.txt), and a requeued job as `sacct --duplicates` prints it. The probe against a
+live Slurm (arrays polled while they run, a real requeue) is in test_probe_slurm_cluster.py."""
 
 from __future__ import annotations
 
@@ -64,12 +66,16 @@ def test_recorded_output_gives_one_job_per_allocation() -> None:
     assert result.bad_lines == 0 and result.never_started == 0
     jobs = {j.job_id: j for j in result.jobs}
     assert list(jobs) == ["1", "2", "4", "5", "3_0", "3_1", "3_2"]  # no steps, array tasks
+    assert [jobs[k].job_id_raw for k in ("3_0", "3_1", "3_2")] == ["6", "7", "3"]
     assert jobs["2"].state == "FAILED" and jobs["2"].exit_code == 3
     assert jobs["5"].state == "CANCELLED"  # "CANCELLED by 0"
     assert jobs["4"].cores == 2 and jobs["4"].cpu_seconds == pytest.approx(3.022)
     assert jobs["1"].wall_seconds == 2 and jobs["1"].end - jobs["1"].start == 2
     e = jobs["3_1"].to_event()
-    assert e.kind == "batch_job" and e.id == "slurm:afmontest:3_1"
+    # identity: the raw id (7, whatever sacct prints) and the run's start
+    assert e.kind == "batch_job" and e.id == f"slurm:afmontest:7@{int(e.start)}"
+    assert e.attrs["job_id"] == "3_1" and e.attrs["job_id_raw"] == "7"
+    assert e.attrs["qos"] == "normal" and e.attrs["requeued"] is False
     assert e.user == "afm2b684ca" and e.start == parse_time("2026-11-25T19:55:59")
     assert e.attrs["queue_wait_seconds"] == 6.0
     assert e.attrs["partition"] == "batch" and e.attrs["account"] == "physics"
@@ -79,8 +85,9 @@ def test_recorded_output_gives_one_job_per_allocation() -> None:
 def test_gpus_timeouts_and_jobs_that_never_started() -> None:
     result = parse_sacct(HANDMADE)
     assert result.never_started == 1  # 903, cancelled while pending
-    jobs = {j.job_id: j.to_event() for j in result.jobs}
+    jobs = {j.job_id: j.to_event() for j in result.jobs if j.job_id != "904"}
     assert set(jobs) == {"901", "902"}
+    assert jobs["901"].attrs["qos"] == "gpu-high" and jobs["901"].attrs["account"] == "atlas"
     assert jobs["901"].attrs["gpus"] == 2 and jobs["901"].attrs["cores"] == 8
     assert jobs["901"].attrs["state"] == "TIMEOUT" and jobs["901"].attrs["signal"] == 15
     assert jobs["901"].attrs["cpu_seconds"] == 36123.5
@@ -94,7 +101,86 @@ def test_bad_lines_are_warned_about_not_dropped_silently(caplog: pytest.LogCaptu
         result = parse_sacct(f"{bad}\nonly|three|fields\n")
     assert result.jobs == [] and result.bad_lines == 2
     assert "job 1" in caplog.text and "not a Slurm duration: 'soon'" in caplog.text
-    assert "has 3 fields, not 16" in caplog.text
+    assert "has 3 fields, not 17" in caplog.text
+
+
+def test_a_requeued_job_is_one_event_per_run() -> None:
+    """`sacct -D` prints each run of a requeued job: the first ended REQUEUED (20 min on 4
+    cores), the second COMPLETED (1 h). Both are accounted, each under its own start."""
+    runs = [j for j in parse_sacct(HANDMADE).jobs if j.job_id == "904"]
+    assert [(r.state, r.wall_seconds, r.cores, r.qos) for r in runs] == [
+        ("REQUEUED", 1200, 4, "long"),
+        ("COMPLETED", 3600, 4, "long"),
+    ]
+    first, second = (r.to_event() for r in runs)
+    assert first.id == f"slurm:af1:904@{int(parse_time('2026-11-25T09:05:00') or 0)}"
+    assert second.id == f"slurm:af1:904@{int(parse_time('2026-11-25T09:27:00') or 0)}"
+    assert first.attrs["requeued"] is True and second.attrs["requeued"] is False
+    assert first.attrs["cpu_seconds"] == 4200 and second.attrs["cpu_seconds"] == 13800
+    assert first.attrs["node"] == "wn05" and second.attrs["node"] == "wn06"
+    # the second run waited from the requeue (its Submit) to its start
+    assert second.attrs["queue_wait_seconds"] == 120
+
+
+def early(line: str) -> str:
+    """An allocation line as sacct prints it for the first seconds after an array task
+    ended (seen on the real cluster): under its raw id, no Partition, QOS `Unknown`."""
+    f = line.split("|")
+    f[FIELDS.index("JobID")] = f[FIELDS.index("JobIDRaw")]
+    f[FIELDS.index("Partition")] = ""
+    f[FIELDS.index("QOS")] = "Unknown"
+    return "|".join(f)
+
+
+def test_an_array_task_printed_first_by_its_raw_id_is_sent_once_and_complete(
+    tmp_path: Path,
+) -> None:
+    """sacct prints an array task that just ended under its raw id (`7`), without partition
+    and QoS, and, once slurmdbd has all of it, as `3_1`: one record, held back until it is
+    complete and then sent once. Keyed by the raw id, it would be the same event anyway."""
+    task = next(line for line in RECORDED.splitlines() if line.startswith("3_1|"))
+    runner = Recorder(early(task) + "\n")
+    probe = SlurmProbe(runner=runner, state_path=tmp_path / "s.json")
+    assert probe.collect(T_END + 30).events == [] and probe.held_back == 1
+    assert probe.collect(T_END + 31).events == [] and probe.held_back == 1
+    runner.output = task + "\n"
+    (sent,) = probe.collect(T_END + 32).events
+    assert probe.held_back == 0
+    assert (sent.attrs["job_id"], sent.attrs["partition"], sent.attrs["qos"]) == (
+        "3_1", "batch", "normal",
+    )  # fmt: skip
+    assert "incomplete" not in sent.attrs
+    assert (
+        sent.id
+        == parse_sacct(early(task)).jobs[0].event_id
+        == "slurm:afmontest:7@" + str(int(parse_time("2026-11-25T19:55:59") or 0))
+    )
+    assert probe.collect(T_END + 40).events == []
+
+
+def test_a_record_that_stays_incomplete_is_sent_after_the_settle_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = early(next(line for line in RECORDED.splitlines() if line.startswith("3_1|")))
+    probe = SlurmProbe(runner=Recorder(task), state_path=tmp_path / "s.json", settle_seconds=60)
+    end = parse_sacct(task).jobs[0].end
+    assert probe.collect(end + 59).events == [] and probe.held_back == 1
+    with caplog.at_level(logging.WARNING):
+        (sent,) = probe.collect(end + 61).events
+    assert sent.attrs["incomplete"] is True and sent.attrs["qos"] == "Unknown"
+    assert "job 7 (run slurm:afmontest:7@" in caplog.text and "sent as it is" in caplog.text
+    assert probe.collect(end + 70).events == []
+
+
+def test_a_cursor_saved_by_an_older_agent_is_honoured(tmp_path: Path) -> None:
+    """Agents before run identities keyed jobs by the printed JobID: jobs they sent inside
+    the overlap are not sent again under their new ids after an upgrade."""
+    state = tmp_path / "slurm-probe.json"
+    end = parse_time("2026-11-25T19:56:08")
+    old = {f"slurm:afmontest:{j}": end for j in ("1", "2", "4", "5", "3_0", "3_1", "3_2")}
+    state.write_text(json.dumps({"cursor": T_END, "seen": old}))
+    probe = SlurmProbe(runner=Recorder(RECORDED), state_path=state)
+    assert probe.collect(T_END + 60).events == []
 
 
 class Recorder:
@@ -123,18 +209,18 @@ def test_windows_move_and_each_job_is_sent_once_even_after_a_restart(tmp_path: P
     first = probe.collect(now).events
     assert len(first) == 7 and probe.state == "ready"
     argv, env = runner.calls[0]
-    assert argv[:4] == ["/opt/slurm/bin/sacct", "-P", "-n", "-a"]
-    assert argv[4] == "--format=" + ",".join(FIELDS)
-    assert argv[5] == f"--state={END_STATES}"
-    assert argv[6:] == ["-S", "2026-11-25T18:46:38", "-E", "2026-11-25T19:56:38"]
+    assert argv[:5] == ["/opt/slurm/bin/sacct", "-P", "-n", "-a", "-D"]  # every run
+    assert argv[5] == "--format=" + ",".join(FIELDS)
+    assert argv[6] == f"--state={END_STATES}" and "RQ" in END_STATES.split(",")
+    assert argv[7:] == ["-S", "2026-11-25T18:46:38", "-E", "2026-11-25T19:56:38"]
     assert env["TZ"] == "UTC"  # sacct reads and prints times in UTC
 
     # the next window overlaps the last one by 10 min; what was sent is not sent again
     assert probe.collect(now + 60).events == []
-    assert runner.calls[1][0][6:] == ["-S", "2026-11-25T19:46:38", "-E", "2026-11-25T19:57:38"]
+    assert runner.calls[1][0][7:] == ["-S", "2026-11-25T19:46:38", "-E", "2026-11-25T19:57:38"]
     restarted = SlurmProbe(runner=runner, state_path=state, overlap_seconds=600)
     assert restarted.collect(now + 120).events == []
-    assert runner.calls[2][0][6:] == ["-S", "2026-11-25T19:47:38", "-E", "2026-11-25T19:58:38"]
+    assert runner.calls[2][0][7:] == ["-S", "2026-11-25T19:47:38", "-E", "2026-11-25T19:58:38"]
     saved = json.loads(state.read_text())
     assert saved["cursor"] == int(now + 120) and len(saved["seen"]) == 7
 

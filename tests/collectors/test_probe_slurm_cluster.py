@@ -1,17 +1,23 @@
 """The Slurm probe against a real single-node Slurm (munge, slurmdbd on MariaDB, slurmctld,
 slurmd in a network namespace): jobs of two users through the real ingest, and the ledger's
-per-member wall, CPU and job counts equal sacct's own.
+per-member wall, CPU and job counts equal sacct's own (`sacct --duplicates`: every run).
 
-The jobs: a completed one, a failed one (exit 3), a 3-task array, a 2-core job, a job
-cancelled while running, and a job killed by its time limit (Slurm's limits are whole
-minutes and checked every 30 s, so that one job keeps the test waiting 60-90 s).
+The jobs: a completed one, a failed one (exit 3), a 10-task array, a 2-core job, a job
+cancelled while running, a job requeued (`scontrol requeue`) while running, which then runs
+again to completion, and a job killed by its time limit (Slurm's limits are whole minutes and
+checked every 30 s, so that one job keeps the test waiting 60-90 s).
+
+The probe polls *while* the jobs run, as an agent does, so it sees array tasks that sacct
+prints first under their raw id (and without partition and QoS) and later, complete, as
+`<array>_<task>`, and the requeued run as soon as it ended.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,8 +28,8 @@ from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.query.reads import LOCAL_ADMIN, Query
 from afmon.aggregator.web.app import create_app
 from afmon.collectors import wire
-from afmon.collectors.probes.slurm import SlurmProbe, parse_duration
-from tests.collectors.slurm_cluster import NODE, PARTITION, SlurmCluster
+from afmon.collectors.probes.slurm import SACCT_ENV, SlurmProbe, parse_duration, parse_time
+from tests.collectors.slurm_cluster import ACCOUNT, END_STATES, NODE, PARTITION, SlurmCluster
 
 TOKEN = "slurm-test-token"
 FACILITY = "af-slurm"
@@ -45,37 +51,89 @@ def cluster() -> Iterator[SlurmCluster]:
         c.stop()
 
 
+@dataclass
+class Run:
+    """The jobs (name -> job id; the array: the array's id), and what a probe polling every
+    half second while they ran sent (event id -> event), with its state file."""
+
+    ids: dict[str, str]
+    polled: dict[str, wire.Event]
+    state: Path
+    polls: int
+
+
 @pytest.fixture(scope="module")
-def jobs(cluster: SlurmCluster) -> dict[str, str]:
-    """Run the jobs; name -> job id (array: the array's id)."""
+def jobs(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Run the jobs while a probe polls, as an agent would."""
     a, b = cluster.users
+    state = tmp_path_factory.mktemp("slurm-probe") / "slurm-probe.json"
+    probe = SlurmProbe(sacct=["sacct"], runner=cluster.runner, state_path=state)
+    polled: dict[str, wire.Event] = {}
+    polls = 0
+
+    def poll() -> None:
+        nonlocal polls
+        for e in probe.collect(time.time()).events:
+            assert e.id not in polled, f"{e.id} sent twice"
+            polled[e.id] = e
+        assert probe.state == "ready", probe.state
+        polls += 1
+
+    def until(what: str, done: Callable[[dict[str, str]], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(states := cluster.states()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}: {states}\n{cluster.logs()}")
+            poll()
+            time.sleep(0.5)
+
     ids = {
         # first the two that must be running: one waits for its time limit, one is cancelled
         "timeout": cluster.submit(b, "sleep 300", "--time=1"),
         "cancelled": cluster.submit(b, "sleep 300"),
+        "requeued": cluster.submit(a, BURN.format(s=4)),
         "ok": cluster.submit(a, BURN.format(s=2)),
         "failed": cluster.submit(a, "exit 3"),
-        "array": cluster.submit(a, BURN.format(s=1), "--array=0-2"),
+        "array": cluster.submit(a, BURN.format(s=1), "--array=0-9"),
         "multicore": cluster.submit(
             b, f"{BURN.format(s=2)} &\n{BURN.format(s=2)}\nwait", "--cpus-per-task=2"
         ),
     }
-    deadline = time.monotonic() + 60
-    while cluster.states().get(ids["cancelled"]) != "RUNNING":
-        if time.monotonic() > deadline:
-            pytest.fail(f"the job to cancel never ran: {cluster.states()}\n{cluster.logs()}")
-        time.sleep(0.3)
+    until("the job to cancel never ran", lambda s: s.get(ids["cancelled"]) == "RUNNING", 60)
     time.sleep(1.2)  # let it use some wall time
     cluster.run("scancel", ids["cancelled"])
-    cluster.wait_for("done", timeout=240)
-    return ids
+    # the job to requeue runs next (on the freed core): requeue it a second into its run
+    until("the job to requeue never ran", lambda s: s.get(ids["requeued"]) == "RUNNING", 60)
+    time.sleep(1.0)
+    cluster.run("scontrol", "requeue", ids["requeued"])
+    # it runs again (after Slurm's requeue delay, cred_expire) and completes
+    until(
+        "the jobs did not all end",
+        lambda s: bool(s) and set(s.values()) <= END_STATES and not cluster.queue(),
+        300,
+    )
+    # records that reached sacct incomplete (no partition, QoS Unknown) are sent once whole
+    deadline = time.monotonic() + 60
+    poll()
+    while probe.held_back:
+        assert time.monotonic() < deadline, "sacct's records never became complete"
+        time.sleep(0.5)
+        poll()
+    return Run(ids, polled, state, polls)
 
 
-def sacct_allocations(cluster: SlurmCluster) -> list[dict[str, str]]:
-    """sacct's own view, read independently of the probe: one dict per job allocation."""
-    fields = ["JobID", "User", "ElapsedRaw", "TotalCPU", "CPUTimeRAW", "State", "ExitCode"]
-    out = cluster.run("sacct", "-P", "-n", "-a", f"--format={','.join(fields)}", "-S", "now-1hour")
-    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+SACCT_FIELDS = [
+    "JobID", "JobIDRaw", "User", "Start", "ElapsedRaw", "AllocCPUS", "TotalCPU", "CPUTimeRAW",
+    "State", "ExitCode", "QOS", "Account",
+]  # fmt: skip
+
+
+def sacct_allocations(cluster: SlurmCluster, *options: str) -> list[dict[str, str]]:
+    """sacct's own view, read independently of the probe: one dict per job allocation
+    (with `-D`, per run of a requeued job)."""
+    argv = ["sacct", "-P", "-n", "-a", *options, f"--format={','.join(SACCT_FIELDS)}"]
+    out = cluster.runner([*argv, "-S", "now-1hour"], dict(SACCT_ENV))  # times in UTC
+    rows = [dict(zip(SACCT_FIELDS, line.split("|"), strict=True)) for line in out.splitlines()]
     return [r for r in rows if "." not in r["JobID"]]
 
 
@@ -129,8 +187,61 @@ def ledger(client: TestClient) -> dict[tuple[str, str], float]:
         return {(m.split("|")[1], r): a for m, r, a in rows}
 
 
+def run_key(row: dict[str, str]) -> tuple[str, float]:
+    """A run as sacct identifies it: its raw id and its start."""
+    start = parse_time(row["Start"])
+    assert start is not None, row
+    return row["JobIDRaw"], start
+
+
+def test_live_polling_sends_each_run_once_as_sacct_duplicates_lists_them(
+    cluster: SlurmCluster, jobs: Run
+) -> None:
+    """Array tasks: as many as sacct has (10), though the probe polled while sacct printed
+    some under their raw ids first. The requeued job: both runs, each with sacct's elapsed
+    and elapsed x cpus for that run."""
+    j, polled = jobs.ids, list(jobs.polled.values())
+    assert jobs.polls >= 20  # it really polled while the jobs ran
+    runs = [r for r in sacct_allocations(cluster, "-D") if r["Start"] not in ("", "None")]
+    by_run = {(e.attrs["job_id_raw"], e.start): e for e in polled}
+    assert len(by_run) == len(polled) == len(runs) == 17  # 16 jobs, one of them ran twice
+    assert set(by_run) == {run_key(r) for r in runs}
+
+    # the array: 10 tasks in sacct, 10 accounted, each under its array name at the end
+    array = f"{j['array']}_"
+    tasks = [r for r in sacct_allocations(cluster, "-X") if r["JobID"].startswith(array)]
+    assert len(tasks) == 10
+    array_events = [by_run[run_key(r)] for r in tasks]
+    assert len({e.id for e in array_events}) == 10
+    printed = {e.attrs["job_id"] for e in array_events}
+    raw_printed = printed - {r["JobID"] for r in tasks}  # those sent before sacct named them
+    assert raw_printed <= {r["JobIDRaw"] for r in tasks}
+
+    # the requeued job: sacct --duplicates has two runs, the first ended REQUEUED
+    requeued = [r for r in runs if r["JobIDRaw"] == j["requeued"]]
+    assert [r["State"] for r in requeued] == ["REQUEUED", "COMPLETED"], requeued
+    assert len([r for r in sacct_allocations(cluster, "-X") if r["JobID"] == j["requeued"]]) == 1
+    for row in requeued:
+        e = by_run[run_key(row)]
+        assert e.attrs["state"] == row["State"]
+        assert e.attrs["requeued"] is (row["State"] == "REQUEUED")
+        assert e.attrs["wall_seconds"] == int(row["ElapsedRaw"])
+        assert e.attrs["wall_seconds"] * e.attrs["cores"] == int(row["CPUTimeRAW"])
+        assert e.attrs["cpu_seconds"] == parse_duration(row["TotalCPU"])
+    assert int(requeued[0]["ElapsedRaw"]) >= 1 and int(requeued[1]["ElapsedRaw"]) >= 4
+    assert len({by_run[run_key(r)].id for r in requeued}) == 2
+
+    # QoS and account: the accounting dimensions, as sacct has them
+    for row in runs:
+        e = by_run[run_key(row)]
+        assert (e.attrs["qos"], e.attrs["account"]) == (row["QOS"], row["Account"])
+    assert {e.attrs["qos"] for e in polled} == {"normal"}
+    assert {e.attrs["account"] for e in polled} == {ACCOUNT}
+    assert not [e.id for e in polled if e.attrs.get("incomplete")]
+
+
 def test_ledger_equals_sacct_for_two_users(
-    cluster: SlurmCluster, jobs: dict[str, str], tmp_path: Path
+    cluster: SlurmCluster, jobs: Run, tmp_path: Path
 ) -> None:
     a, b = cluster.users
     settings = ServerSettings(
@@ -150,46 +261,35 @@ def test_ledger_equals_sacct_for_two_users(
         ],
     )
 
-    state = tmp_path / "slurm-probe.json"
-    probe = SlurmProbe(sacct=["sacct"], runner=cluster.runner, state_path=state)
-    events = probe.collect(time.time()).events
-    assert probe.state == "ready"
-    by_id = {e.id.rsplit(":", 1)[1]: e for e in events}
-    j = jobs
-    assert set(by_id) == {
-        j["ok"],
-        j["failed"],
-        f"{j['array']}_0",
-        f"{j['array']}_1",
-        f"{j['array']}_2",
-        j["multicore"],
-        j["cancelled"],
-        j["timeout"],
-    }
-    assert by_id[j["failed"]].attrs["state"] == "FAILED"
-    assert by_id[j["failed"]].attrs["exit_code"] == 3
-    assert by_id[j["cancelled"]].attrs["state"] == "CANCELLED"
-    assert by_id[j["timeout"]].attrs["state"] == "TIMEOUT"
-    assert by_id[j["timeout"]].end - by_id[j["timeout"]].start >= 60
-    assert by_id[j["multicore"]].attrs["cores"] == 2
-    assert by_id[j["multicore"]].user == b
+    events = list(jobs.polled.values())
+    by_job = {e.attrs["job_id"]: e for e in events if not e.attrs["requeued"]}
+    j = jobs.ids
+    assert by_job[j["failed"]].attrs["state"] == "FAILED"
+    assert by_job[j["failed"]].attrs["exit_code"] == 3
+    assert by_job[j["cancelled"]].attrs["state"] == "CANCELLED"
+    assert by_job[j["timeout"]].attrs["state"] == "TIMEOUT"
+    assert by_job[j["timeout"]].end - by_job[j["timeout"]].start >= 60
+    assert by_job[j["multicore"]].attrs["cores"] == 2
+    assert by_job[j["multicore"]].user == b
     assert {e.attrs["partition"] for e in events} == {PARTITION}
     assert all(e.attrs["node"] == NODE for e in events)
     assert post(client, 2, now, events=events)["status"] == "applied"
 
-    # sacct's own numbers, per user
+    # sacct's own numbers, per user, over every run (--duplicates)
     expected: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for row in sacct_allocations(cluster):
+    for row in sacct_allocations(cluster, "-D"):
         e = expected[row["User"]]
-        e["jobs"] += 1
+        e["runs"] += 1
         e["wall"] += int(row["ElapsedRaw"])
         e["core"] += int(row["CPUTimeRAW"])  # Slurm's own wall x allocated cores
         e["cpu"] += parse_duration(row["TotalCPU"])
-    assert expected[a]["jobs"] == 5 and expected[b]["jobs"] == 3
+    # alice: ok, failed, 10 array tasks, 2 runs of the requeued job; bob: 3 jobs
+    assert expected[a]["runs"] == 14 and expected[b]["runs"] == 3
     assert expected[a]["cpu"] > 0 and expected[b]["cpu"] > 0  # the jobs really burnt CPU
     got = ledger(client)
     for user, member in ((a, "alice"), (b, "bob")):
-        assert got[(member, "batch_jobs")] == expected[user]["jobs"]
+        # the ledger's batch_jobs counts runs: a requeued job's runs each count once
+        assert got[(member, "batch_jobs")] == expected[user]["runs"]
         assert got[(member, "batch_job_seconds")] == expected[user]["wall"]
         assert got[(member, "batch_wall_core_seconds")] == expected[user]["core"]
         assert got[(member, "batch_cpu_seconds")] == pytest.approx(expected[user]["cpu"], abs=1e-9)
@@ -207,14 +307,14 @@ def test_ledger_equals_sacct_for_two_users(
     waits = q.latency_percentiles(
         LOCAL_ADMIN, "batch_queue_wait", now - 7200, now + 3600, by=("member",)
     )
-    assert waits["count"].sum() == 8
+    assert waits["count"].sum() == 17
 
-    # the same window again, and a restarted probe: nothing new, nothing counted twice
+    # the same window read at once gives the same ids as live polling; sent again and by a
+    # restarted probe (the polling probe's state file): nothing new, nothing counted twice
     before = ledger(client)
-    assert probe.collect(time.time()).events == []
-    again = probe.read(now - 3600, time.time()).jobs
-    assert len(again) == 8
+    again = SlurmProbe(sacct=["sacct"], runner=cluster.runner).read(now - 3600, time.time()).jobs
+    assert {job.event_id for job in again} == set(jobs.polled)
     assert post(client, 3, now, events=[job.to_event() for job in again])["status"] == "applied"
-    restarted = SlurmProbe(sacct=["sacct"], runner=cluster.runner, state_path=state)
+    restarted = SlurmProbe(sacct=["sacct"], runner=cluster.runner, state_path=jobs.state)
     assert restarted.collect(time.time()).events == []
     assert ledger(client) == before
