@@ -9,8 +9,16 @@ owner="alice"))`. Per cluster it reports, as wire events owned by the cluster's 
                       <cluster>/up-N, /down-N: a scale request -> its target worker count reached
                       (attrs target, from, reason scale/adaptive, outcome ok/superseded)
     dask_worker       a worker joined -> left (attrs nthreads): worker-seconds, core-seconds
-    dask_computation  update_graph -> all its requested keys in memory (outcome ok/erred/
-                      cancelled): time-to-finish
+    dask_computation  the scheduler received the graph (its update-graph handling began) ->
+                      all its requested keys in memory (outcome ok/erred/cancelled):
+                      time-to-finish
+
+A computation starts when the scheduler began handling its graph, not when the plugin's
+`update_graph` hook runs: the hook is called after the graph was deserialised, materialised
+and ordered, which takes a large graph tenths of a second. The scheduler names that moment in
+the stimulus id it gives the graph (`update-graph-<time>`) and in its `update-graph` event
+(`metrics.start_timestamp_seconds`, with the same `stimulus_id`), which reaches the plugin's
+`log_event` hook: the start is taken from the stimulus id and confirmed from the event.
 
 A scheduler does not see scale requests itself (a SpecCluster scales from the client side), so
 they are told to it: `track_cluster(cluster)` for a cluster object in this process (manual and
@@ -25,6 +33,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -53,7 +62,24 @@ class _Request:
 class _Computation:
     id: str
     start: float
+    stimulus_id: str = ""
     remaining: set[Any] = field(default_factory=set)
+
+
+_GRAPH_STIMULUS = re.compile(r"^update-graph-(\d+(?:\.\d+)?)$")
+# a stimulus time further than this from the plugin's clock is not taken (another clock)
+_STIMULUS_PLAUSIBLE_SECONDS = 3600.0
+
+
+def graph_received_at(stimulus_id: object, now: float) -> float | None:
+    """When the scheduler began handling a graph, from the stimulus id it gave it
+    (`update-graph-<time()>`, distributed's Scheduler.update_graph); None when the id is
+    not of that form or its time is not plausible against `now`."""
+    m = _GRAPH_STIMULUS.match(stimulus_id) if isinstance(stimulus_id, str) else None
+    if m is None:
+        return None
+    t = float(m.group(1))
+    return t if now - _STIMULUS_PLAUSIBLE_SECONDS <= t <= now + 1.0 else None
 
 
 class _Outbox:
@@ -155,11 +181,18 @@ class AfmonSchedulerPlugin(SchedulerPlugin):
             n = len(scheduler.workers) - (1 if worker in scheduler.workers else 0)
             self._reached(n, now)
 
-    def update_graph(self, scheduler: Any, *, keys: Any = (), **kwargs: Any) -> None:
+    def update_graph(
+        self, scheduler: Any, *, keys: Any = (), stimulus_id: str | None = None, **kwargs: Any
+    ) -> None:
         now = self.clock()
+        received = graph_received_at(stimulus_id, now)
         with self._lock:
             self._n_graphs += 1
-            comp = _Computation(f"{self.cluster_id}/graph-{self._n_graphs}", now)
+            comp = _Computation(
+                f"{self.cluster_id}/graph-{self._n_graphs}",
+                now if received is None else received,
+                stimulus_id or "",
+            )
             for key in keys:
                 ts = scheduler.tasks.get(key)
                 if ts is None or ts.state != "memory":
@@ -168,6 +201,22 @@ class AfmonSchedulerPlugin(SchedulerPlugin):
             self._computations[comp.id] = comp
             if not comp.remaining:
                 self._finish(comp, now, "ok")
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        """The scheduler's `update-graph` event: its `start_timestamp_seconds` is when the
+        graph of the computation with the same stimulus id was received (the start)."""
+        if topic != "scheduler" or not isinstance(msg, dict):
+            return
+        if msg.get("action") != "update-graph" or not isinstance(msg.get("metrics"), dict):
+            return
+        received = msg["metrics"].get("start_timestamp_seconds")
+        stimulus = msg.get("stimulus_id")
+        if not isinstance(received, int | float) or not stimulus or not hasattr(self, "_lock"):
+            return
+        with self._lock:
+            for comp in self._computations.values():
+                if comp.stimulus_id == stimulus and comp.start != received:
+                    comp.start = float(received)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if key not in self._key_owner or finish not in ("memory", "erred", "forgotten"):
