@@ -6,6 +6,7 @@ restart; the events go through a real aggregator."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -17,7 +18,6 @@ from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.query.reads import LOCAL_ADMIN
 from afmon.aggregator.web.app import create_app
 from afmon.collectors import wire
-from afmon.collectors.probes.hub_sessions import OpenSession, SessionStore
 from afmon.collectors.probes.jupyterhub import (
     NO_MESSAGE_TIMEOUT,
     JupyterHubProbe,
@@ -334,7 +334,8 @@ def test_an_unreadable_state_file_starts_afresh(tmp_path: Path) -> None:
     probe = JupyterHubProbe("http://127.0.0.1:9", "t", poll_seconds=0, state_path=state)
     assert probe._servers == {} and probe._baseline  # noqa: SLF001
     # the first format (open sessions only) is still read
-    SessionStore(state).save([OpenSession("dave", "", 1.0, "small", 5.0)], now=10.0)
+    old = [{"user": "dave", "server": "", "started": 1.0, "profile": "small", "seen": 5.0}]
+    state.write_text(json.dumps(old))
     probe = JupyterHubProbe("http://127.0.0.1:9", "t", poll_seconds=0, state_path=state)
     kept = probe._servers[("dave", "")]  # noqa: SLF001
     assert kept.session_open and kept.started == 1.0 and kept.seen == 5.0
