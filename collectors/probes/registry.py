@@ -67,5 +67,6 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
                           max_files=settings.xrootd_max_open_files)
         probes.append(XRootDProbe(settings.node, monitor, listen_host=settings.xrootd_listen_host,
                                   summary_port=settings.xrootd_summary_port,
-                                  detail_port=settings.xrootd_detail_port))
+                                  detail_port=settings.xrootd_detail_port,
+                                  state_path=state_dir and state_dir / "xrootd-probe.json"))
     return probes

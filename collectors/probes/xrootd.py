@@ -18,15 +18,20 @@ Maps are LRU-capped, so opens that never close cannot grow memory; evictions are
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
+import math
+import os
 import selectors
 import socket
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from afmon.collectors import wire
 from afmon.collectors.probes.base import READY, ProbeOutput, sample
@@ -36,6 +41,7 @@ from afmon.collectors.probes.xrootd_packets import (
     MapPacket,
     OpenRec,
     PacketError,
+    TimeRec,
     XferRec,
     parse_fstream,
     parse_header,
@@ -47,6 +53,11 @@ log = logging.getLogger(__name__)
 
 ROLES = ("local", "cache", "remote")
 UNKNOWN_USER = "xrootd-unknown"  # bytes whose opener is unknown: accounted as unmapped
+ASSERTED = "asserted:"  # user-label prefix of a name only the client asserted (no auth protocol)
+TOKEN = "token:"  # user-label prefix of a token subject without a mapped local name
+LOGIN_NAME_MAX = 8  # kXR_login carries at most 8 characters of the user name
+VERIFIED, UNVERIFIED, UNKNOWN = "verified", "asserted", "unknown"  # the `identity` label
+STATE_VERSION = 1
 OTHER_CODES = frozenset("trg")  # trace, redirect and g-stream packets: sequence-checked only
 K = TypeVar("K")
 V = TypeVar("V")
@@ -100,17 +111,47 @@ class SeqTracker:
 
 @dataclass
 class Identity:
-    local: str  # the local user name: the wire `user` label
+    local: str  # the wire `user` label: a local name, or ASSERTED/TOKEN-prefixed (never mapped)
     vo: str | None = None
     subject: str | None = None  # token subject, when the login used a token
     role: str | None = None
+    identity: str = UNVERIFIED  # VERIFIED (auth protocol or token) or UNVERIFIED (asserted)
+    auth: str = "none"  # the authentication protocol (`p=`), "token", or "none"
+    app: str = ""  # the client program (`x=`), e.g. xrdcp
+    since: float = 0.0  # when the login was seen (settling, see Monitor.reconcile)
+
+
+def login_identity(login: str, cgi: dict[str, str], now: float) -> Identity:
+    """The identity of a `u` login record. Verified only when an authentication protocol
+    (`p=`) named the entity (`n=`); otherwise the name is whatever the client asserted in
+    kXR_login (at most 8 characters): it becomes `asserted:NAME` (`asserted:NAME*` when it
+    fills all 8 characters and may be cut), which no identity-map account matches by accident."""
+    prot, name = cgi.get("p", ""), cgi.get("n", "")
+    vo, role, app = cgi.get("o") or None, cgi.get("r") or None, cgi.get("x", "")
+    if prot and name:
+        return Identity(name, vo, None, role, VERIFIED, prot, app, now)
+    cut = "*" if len(login) >= LOGIN_NAME_MAX else ""
+    return Identity(f"{ASSERTED}{login}{cut}", vo, None, role, UNVERIFIED, "none", app, now)
+
+
+def pgwrite_payload(written: int) -> int | None:
+    """The payload of `written` bytes sent with kXR_pgwrite (a 4-byte CRC32c per 4 KiB page,
+    pages aligned as xrdcp writes them), or None when no payload gives that count."""
+    if written <= 0:
+        return 0 if written == 0 else None
+    pages = math.ceil(written / 4100)
+    payload = written - 4 * pages
+    return payload if 4096 * (pages - 1) < payload <= 4096 * pages else None
 
 
 @dataclass
 class OpenFile:
     user: str
     read: int = 0  # bytes already counted (read + readv)
-    written: int = 0
+    written: int = 0  # payload bytes already counted
+    identity: str = UNKNOWN
+    auth: str = "none"
+    pgwrite: bool = False  # written by xrdcp: its byte counts carry pgwrite CRCs
 
 
 @dataclass
@@ -126,6 +167,7 @@ class Stream:
     port: int | None = None
     seqs: dict[str, SeqTracker] = field(default_factory=dict)
     last_seen: float = 0.0
+    f_until: int = 0  # end (server clock, s) of the last f-stream window applied
 
     @property
     def label(self) -> str:
@@ -139,6 +181,9 @@ class Totals:
     values: dict[str, float] = field(default_factory=Counter)
 
 
+UserKey = tuple[str, str, str, str]  # (user, source, identity, auth)
+
+
 class Monitor:
     def __init__(
         self,
@@ -148,6 +193,7 @@ class Monitor:
         max_servers: int = 64,
         max_files: int = 100_000,
         max_users: int = 100_000,
+        login_grace: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         for key, role in {**(roles or {}), "(default)": default_role}.items():
@@ -155,12 +201,14 @@ class Monitor:
                 raise ValueError(f"server {key}: role {role!r} is not one of {', '.join(ROLES)}")
         self.roles = dict(roles or {})
         self.default_role = default_role
-        self.max_files, self.max_users = max_files, max_users
+        self.max_servers, self.max_files, self.max_users = max_servers, max_files, max_users
+        self.login_grace = login_grace
         self.started = clock()
+        self.changes = 0  # bumped by every applied packet: the probe saves state when it moved
         self.evicted: Counter[str] = Counter()
         self.streams: Lru[tuple[int, str, int], Stream] = Lru(max_servers, "stream", self.evicted)
         self.summaries: Lru[str, dict[str, int]] = Lru(max_servers, "summary", self.evicted)
-        self.users: Lru[tuple[str, str], Totals] = Lru(max_users, "user_totals", self.evicted)
+        self.users: Lru[UserKey, Totals] = Lru(max_users, "user_totals", self.evicted)
         self.servers: Lru[str, Totals] = Lru(max_servers, "server_totals", self.evicted)
         self.packets: Counter[str] = Counter({"detail": 0, "summary": 0})  # sent even at 0
         self.errors: Counter[str] = Counter()
@@ -174,11 +222,11 @@ class Monitor:
                 return self.roles[key]
         return self.default_role
 
-    def _add_user(self, user: str, source: str, now: float, **amounts: float) -> None:
-        t = self.users.get((user, source))
+    def _add_user(self, key: UserKey, now: float, **amounts: float) -> None:
+        t = self.users.get(key)
         if t is None:
-            t = Totals(now, source)
-            self.users.put((user, source), t)
+            t = Totals(now, key[1])
+            self.users.put(key, t)
         for k, v in amounts.items():
             t.values[k] += v
 
@@ -191,11 +239,21 @@ class Monitor:
         for k, v in amounts.items():
             t.values[k] += v
 
+    def _new_stream(self, ip: str) -> Stream:
+        return Stream(
+            ip,
+            Lru(self.max_users, "user", self.evicted),
+            Lru(self.max_users, "userid", self.evicted),
+            Lru(self.max_files, "path", self.evicted),
+            Lru(self.max_files, "file", self.evicted),
+        )
+
     # -- the detailed stream -------------------------------------------------------------
 
     def feed_detail(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         """Apply one detailed-stream packet; never raises (problems are counted)."""
         self.packets["detail"] += 1
+        self.changes += 1
         try:
             h = parse_header(data)
             if h.code == "f":
@@ -209,13 +267,7 @@ class Monitor:
             key = (h.stod, addr[0], addr[1])
             st = self.streams.get(key)
             if st is None:
-                st = Stream(
-                    addr[0],
-                    Lru(self.max_users, "user", self.evicted),
-                    Lru(self.max_users, "userid", self.evicted),
-                    Lru(self.max_files, "path", self.evicted),
-                    Lru(self.max_files, "file", self.evicted),
-                )
+                st = self._new_stream(addr[0])
                 self.streams.put(key, st)
             st.last_seen = now
             name = h.code if h.code in "frg" else "map"
@@ -229,28 +281,20 @@ class Monitor:
             if isinstance(body, list):
                 self._fstream(st, body, now)
             elif isinstance(body, MapPacket):
-                self._map(st, body)
+                self._map(st, body, now)
         except PacketError as exc:
             self.errors[exc.reason] += 1
         except Exception:  # noqa: BLE001  (a monitoring packet must never stop the listener)
             log.exception("unexpected failure on an XRootD monitoring packet")
             self.errors["internal"] += 1
 
-    def _map(self, st: Stream, m: MapPacket) -> None:
+    def _map(self, st: Stream, m: MapPacket, now: float) -> None:
         if m.code == "=":
             st.host = m.userid.host
             port = m.cgi.get("port", "")
             st.port = int(port) if port.isdigit() else st.port
         elif m.code == "u":
-            st.users.put(
-                m.dictid,
-                Identity(
-                    m.cgi.get("n") or m.userid.user,
-                    m.cgi.get("o") or None,
-                    None,
-                    m.cgi.get("r") or None,
-                ),
-            )
+            st.users.put(m.dictid, login_identity(m.userid.user, m.cgi, now))
             st.by_userid.put(m.raw_userid, m.dictid)
         elif m.code == "T":
             uc = m.cgi.get("Uc", "")
@@ -258,13 +302,16 @@ class Monitor:
             if ident is None:
                 self.errors["token_without_login"] += 1
                 return
-            ident.subject = m.cgi.get("s") or ident.subject
+            subject, name = m.cgi.get("s") or ident.subject, m.cgi.get("n", "")
+            ident.subject = subject
             ident.vo = m.cgi.get("o") or ident.vo
-            ident.local = m.cgi.get("n") or ident.local
+            if name or subject:  # the token (validated by the server) names the user
+                ident.local = name or f"{TOKEN}{subject}"
+                ident.identity, ident.auth = VERIFIED, "token"
         elif m.code == "d":
             st.paths.put(m.dictid, m.raw_userid)
 
-    def _opener(self, st: Stream, rec: OpenRec) -> str:
+    def _opener(self, st: Stream, rec: OpenRec) -> Identity | None:
         dictid = rec.user_dictid
         if dictid is None:  # no LFN in the record: the file id is a `d` path dictid
             raw = st.paths.get(rec.file_id)
@@ -272,16 +319,20 @@ class Monitor:
         ident = st.users.get(dictid) if dictid is not None else None
         if ident is None:
             self.errors["unknown_user"] += 1
-            return UNKNOWN_USER
-        return ident.local
+        return ident
 
     def _fstream(self, st: Stream, records: list[object], now: float) -> None:
         source = self.role_for(st.ip, st.host, st.port)
         for rec in records:
             if isinstance(rec, OpenRec):
-                user = self._opener(st, rec)
-                st.files.put(rec.file_id, OpenFile(user))
-                self._add_user(user, source, now, opened=1)
+                ident = self._opener(st, rec)
+                if ident is None:
+                    f = OpenFile(UNKNOWN_USER)
+                else:
+                    f = OpenFile(ident.local, 0, 0, ident.identity, ident.auth)
+                    f.pgwrite = rec.write and ident.app == "xrdcp"
+                st.files.put(rec.file_id, f)
+                self._add_user((f.user, source, f.identity, f.auth), now, opened=1)
                 self._add_server(st.label, source, now, opened=1)
             elif isinstance(rec, XferRec):
                 f = st.files.get(rec.file_id)
@@ -291,21 +342,32 @@ class Monitor:
                     if not rec.final:
                         st.files.put(rec.file_id, f)
                 read = rec.read + rec.readv
-                d_read, d_write = max(0, read - f.read), max(0, rec.write - f.written)
-                f.read, f.written = max(f.read, read), max(f.written, rec.write)
+                written = rec.write
+                if f.pgwrite:  # xrdcp uploads with kXR_pgwrite: count the payload, not CRCs
+                    payload = pgwrite_payload(written)
+                    if payload is None:
+                        self.errors["pgwrite_mismatch"] += 1
+                    else:
+                        written = payload
+                d_read, d_write = max(0, read - f.read), max(0, written - f.written)
+                f.read, f.written = max(f.read, read), max(f.written, written)
                 if rec.final:
                     st.files.pop(rec.file_id, None)
                 if d_read or d_write:
-                    self._add_user(f.user, source, now, read=d_read, written=d_write)
+                    key = (f.user, source, f.identity, f.auth)
+                    self._add_user(key, now, read=d_read, written=d_write)
                     self._add_server(st.label, source, now, read=d_read, written=d_write)
             elif isinstance(rec, DiscRec):
                 st.users.pop(rec.user_dictid, None)
+            elif isinstance(rec, TimeRec):
+                st.f_until = max(st.f_until, rec.t_end)
 
     # -- the summary stream --------------------------------------------------------------
 
     def feed_summary(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         """Apply one summary packet; never raises (problems are counted)."""
         self.packets["summary"] += 1
+        self.changes += 1
         try:
             s = parse_summary(data)
         except PacketError as exc:
@@ -344,12 +406,61 @@ class Monitor:
         self.summaries.put(label, prev)
         self._add_server(label, source, now, **amounts)
 
+    # -- reconciliation with the server's own totals -------------------------------------
+
+    def settled(self, label: str, now: float) -> bool:
+        """Whether every byte in the server's last summary is already attributed or never
+        will be: its current life has no open file and no logged-in user (a login's records
+        all precede its disconnect record), and the summary is newer than the last f-stream
+        window applied (so the records applied were all sent before it). Logins older than
+        `login_grace` that hold no file do not block (a lost disconnect record)."""
+        prev = self.summaries.get(label)
+        if prev is None:
+            return False
+        lives = [(key[0], st) for key, st in self.streams.items() if st.label == label]
+        if not lives:
+            return True  # no detailed stream from it: nothing of it is attributed
+        st = max(lives, key=lambda life: life[0])[1]  # the current life: the latest stod
+        if st.files:
+            return False
+        if any(now - i.since < self.login_grace for i in st.users.values()):
+            return False
+        return prev["tod"] > st.f_until
+
+    def reconcile(self, now: float) -> None:
+        """Per server and direction, the bytes its summary counted on its links (`link out`,
+        `link in`) that no user's f-stream records account for: protocol overhead, pgwrite
+        CRCs, and transfers whose records say less than the server sent (a client killed
+        mid-transfer closes with read=0). Taken only when settled, so never a byte that a
+        record still to come will attribute; a counter (never decreasing): a negative
+        difference (bytes attributed that this summary never saw, e.g. files opened before
+        the agent first heard the server) lowers the floor instead."""
+        for label, t in self.servers.items():
+            if not self.settled(label, now):
+                continue
+            v = t.values
+            for direction, link, attributed in (
+                ("out", "link_out", "read"),
+                ("in", "link_in", "written"),
+            ):
+                diff = v[link] - v[attributed]
+                floor = min(v[f"floor_{direction}"], diff)
+                v[f"floor_{direction}"] = floor
+                v[f"unattributed_{direction}"] = max(v[f"unattributed_{direction}"], diff - floor)
+
     # -- output --------------------------------------------------------------------------
 
     def series(self, node: str, now: float) -> list[wire.Series]:
+        self.reconcile(now)
         out: list[wire.Series] = []
-        for (user, source), t in self.users.items():
-            labels = {"user": user, "source": source, "node": node}
+        for (user, source, identity, auth), t in self.users.items():
+            labels = {
+                "user": user,
+                "source": source,
+                "identity": identity,
+                "auth": auth,
+                "node": node,
+            }
             for metric, key in (
                 ("user_data_read_bytes", "read"),
                 ("user_data_written_bytes", "written"),
@@ -360,6 +471,19 @@ class Monitor:
             labels = {"server": label, "source": t.source, "node": node}
             for metric, key in SERVER_METRICS:
                 out.append(sample(metric, labels, now, t.values[key], created=t.created))
+            if label in self.summaries:
+                for direction in ("out", "in"):
+                    out.append(
+                        sample(
+                            UNATTRIBUTED,
+                            {**labels, "direction": direction},
+                            now,
+                            t.values[f"unattributed_{direction}"],
+                            unit="bytes",
+                            kind="counter",
+                            created=t.created,
+                        )
+                    )
         health: list[tuple[str, dict[str, str], float]] = [
             ("xrootd_monitor_packets", {"stream": k}, v) for k, v in self.packets.items()
         ]
@@ -381,7 +505,88 @@ class Monitor:
             )
         return out
 
+    # -- durable state -------------------------------------------------------------------
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to carry on after an agent restart, as JSON-ready data: the
+        dictid maps, each open file's bytes already counted, the counters and their `created`
+        times, the summaries' last values and sequence trackers."""
+
+        def seqs(st: Stream) -> dict[str, Any]:
+            return {k: [t.last, list(t.recent), sorted(t.missing)] for k, t in st.seqs.items()}
+
+        return {
+            "version": STATE_VERSION,
+            "started": self.started,
+            "packets": dict(self.packets),
+            "errors": dict(self.errors),
+            "seq": dict(self.seq),
+            "evicted": dict(self.evicted),
+            "streams": [
+                {
+                    "key": list(key),
+                    "ip": st.ip,
+                    "host": st.host,
+                    "port": st.port,
+                    "last_seen": st.last_seen,
+                    "f_until": st.f_until,
+                    "users": [[k, asdict(v)] for k, v in st.users.items()],
+                    "by_userid": list(st.by_userid.items()),
+                    "paths": list(st.paths.items()),
+                    "files": [[k, asdict(v)] for k, v in st.files.items()],
+                    "seqs": seqs(st),
+                }
+                for key, st in self.streams.items()
+            ],
+            "summaries": list(self.summaries.items()),
+            "users": [[list(k), t.created, dict(t.values)] for k, t in self.users.items()],
+            "servers": [[k, t.created, t.source, dict(t.values)] for k, t in self.servers.items()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take up a snapshot (see `snapshot`); raises ValueError for one it cannot use."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"state version {state.get('version')!r}, not {STATE_VERSION}")
+        try:
+            self.started = float(state["started"])
+            for name in ("packets", "errors", "seq", "evicted"):
+                getattr(self, name).clear()
+                getattr(self, name).update(state[name])
+            self.streams.clear()
+            for d in state["streams"]:
+                st = self._new_stream(d["ip"])
+                st.host, st.port = d["host"], d["port"]
+                st.last_seen, st.f_until = d["last_seen"], d["f_until"]
+                for k, v in d["users"]:
+                    st.users.put(int(k), Identity(**v))
+                for raw, k in d["by_userid"]:
+                    st.by_userid.put(raw, int(k))
+                for k, raw in d["paths"]:
+                    st.paths.put(int(k), raw)
+                for k, v in d["files"]:
+                    st.files.put(int(k), OpenFile(**v))
+                for name, (last, recent, missing) in d["seqs"].items():
+                    tr = st.seqs[name] = SeqTracker()
+                    tr.last, tr.missing = last, set(missing)
+                    tr.recent.extend(recent)
+                stod, ip, port = d["key"]
+                self.streams.put((int(stod), str(ip), int(port)), st)
+            self.summaries.clear()
+            for label, prev in state["summaries"]:
+                self.summaries.put(label, dict(prev))
+            self.users.clear()
+            for (user, source, identity, auth), created, values in state["users"]:
+                self.users.put(
+                    (user, source, identity, auth), Totals(created, source, Counter(values))
+                )
+            self.servers.clear()
+            for label, created, source, values in state["servers"]:
+                self.servers.put(label, Totals(created, source, Counter(values)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"unusable state: {exc!r}") from None
+
+
+UNATTRIBUTED = "xrootd_unattributed_bytes"  # server, source, direction (out, in)
 SERVER_METRICS = (
     ("xrootd_server_read_bytes", "read"),
     ("xrootd_server_written_bytes", "written"),
@@ -394,7 +599,14 @@ SERVER_METRICS = (
 
 
 class XRootDProbe:
-    """Listens for XRootD monitoring on two UDP ports; `collect` reports the totals so far."""
+    """Listens for XRootD monitoring on two UDP ports; `collect` reports the totals so far.
+
+    With `state_path`, the monitor's state (see `Monitor.snapshot`) is taken up from that file
+    at construction, written after every `collect` that follows new packets (the values a
+    batch carries are then always on disk), and checkpointed by `close()` (and at interpreter
+    exit) after the packets already queued on the sockets are applied: a restarted agent
+    neither counts a byte twice (the files' counted bytes survive) nor loses one (the records
+    are cumulative, so the first after the restart brings what was missed)."""
 
     name = "xrootd"
 
@@ -408,6 +620,7 @@ class XRootDProbe:
         detail_port: int = 9930,
         sockets: tuple[socket.socket, socket.socket] | None = None,
         clock: Callable[[], float] = time.time,
+        state_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.node = node
         self.monitor = monitor
@@ -418,6 +631,45 @@ class XRootDProbe:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._state_path = Path(state_path) if state_path is not None else None
+        self._saved_changes = -1
+        self._closed = False
+        if self._state_path is not None:
+            self._load(self._state_path)
+            self._saved_changes = monitor.changes
+
+    # -- durable state -------------------------------------------------------------------
+
+    def _load(self, path: Path) -> None:
+        if not path.exists():
+            return
+        try:
+            self.monitor.restore(json.loads(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            log.warning("xrootd probe state %s unusable, starting afresh: %s", path, exc)
+            self.monitor.errors["state_unusable"] += 1
+            return
+        log.info("xrootd probe state taken up from %s", path)
+
+    def checkpoint(self) -> None:
+        """Write the monitor's state now (when it changed since the last write)."""
+        if self._state_path is None:
+            return
+        with self._lock:
+            if self.monitor.changes == self._saved_changes:
+                return
+            body = json.dumps(self.monitor.snapshot(), separators=(",", ":")).encode()
+            changes = self.monitor.changes
+        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
+        try:
+            tmp.write_bytes(body)
+            os.replace(tmp, self._state_path)
+        except OSError as exc:
+            log.warning("cannot save xrootd probe state to %s: %s", self._state_path, exc)
+            return
+        self._saved_changes = changes
+
+    # -- listening -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Open (unless handed in) and bind the sockets, and start the listener thread."""
@@ -439,13 +691,18 @@ class XRootDProbe:
             self._sockets = (opened[0], opened[1])
         self._thread = threading.Thread(target=self._run, name="xrootd-monitor", daemon=True)
         self._thread.start()
+        if self._state_path is not None:
+            atexit.register(self.close)  # the checkpoint at shutdown, whoever stops the agent
 
-    def _run(self) -> None:
+    def _handlers(self) -> list[tuple[socket.socket, Callable[..., None]]]:
         assert self._sockets is not None
         summary, detail = self._sockets
+        return [(summary, self.monitor.feed_summary), (detail, self.monitor.feed_detail)]
+
+    def _run(self) -> None:
         with selectors.DefaultSelector() as sel:
-            sel.register(summary, selectors.EVENT_READ, self.monitor.feed_summary)
-            sel.register(detail, selectors.EVENT_READ, self.monitor.feed_detail)
+            for sock, feed in self._handlers():
+                sel.register(sock, selectors.EVENT_READ, feed)
             while not self._stop.is_set():
                 for key, _mask in sel.select(timeout=0.2):
                     try:
@@ -455,6 +712,18 @@ class XRootDProbe:
                     with self._lock:
                         key.data(data, addr[:2], self._clock())
 
+    def _drain(self) -> None:
+        """Apply what is already queued on the sockets (at shutdown, before the checkpoint)."""
+        for sock, feed in self._handlers():
+            sock.setblocking(False)
+            for _ in range(100_000):
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except OSError:
+                    break
+                with self._lock:
+                    feed(data, addr[:2], self._clock())
+
     def collect(self, now: float) -> ProbeOutput:
         if self._thread is None:
             try:
@@ -463,11 +732,24 @@ class XRootDProbe:
                 log.error("xrootd probe cannot listen on %s: %s", self.listen, exc)
                 return ProbeOutput()
         with self._lock:
-            return ProbeOutput(series=self.monitor.series(self.node, now))
+            series = self.monitor.series(self.node, now)
+        self.checkpoint()  # what this batch carries is on disk before it leaves
+        return ProbeOutput(series=series)
 
     def close(self) -> None:
+        """Stop listening, apply the packets already received, and checkpoint the state."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self._drain()
+        if self._state_path is not None:
+            with self._lock:
+                self.monitor.reconcile(self._clock())
+            self.checkpoint()
         for s in self._sockets or ():
             s.close()

@@ -1,11 +1,19 @@
 """The XRootD probe against two real xrootd servers (Debian's xrootd-server, in a private
-network namespace; see tests/collectors/xrootd_netns.py), its batches posted through the real
-ingest: the ledger's bytes per member equal the bytes `xrdcp` moved, exactly."""
+network and mount namespace; see tests/collectors/xrootd_netns.py), its batches posted through
+the real ingest, compared with xrootd's own record: its summary stream's `link out`/`link in`
+counters and the files' sizes on disk, to the byte.
+
+Cases (issue 17): a 19-character user, authenticated (`sec.protocol unix`: mapped) and not
+(only 8 asserted characters: visible as such, unmapped); a login name spoofed with
+`root://nobody@` (the authenticated name wins; unauthenticated, it is marked asserted and never
+lands on nobody's member); an xrdcp upload (the payload, not the pgwrite CRCs); a transfer
+killed by the client (close record read=0: the bytes are reported unattributed, per server);
+an agent restart while a file is open (state checkpointed and taken up: no byte counted twice
+or lost, none misattributed); and a server restart."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -24,7 +32,7 @@ from tests.collectors import xrootd_netns as netns
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "xrootd-test-token"
-IDENTITY = """
+IDENTITY = f"""
 [vos.atlas]
 issuer = "https://atlas-auth.example.org/"
 [vos.cms]
@@ -34,27 +42,31 @@ issuer = "https://cms-auth.example.org/"
 vo = "atlas"
 subject = "dana-sub"
 display_name = "Dana"
-accounts = [{ facility = "af-test", local = "daemon" }]
+accounts = [{{ facility = "af-test", local = "daemon" }}]
 
 [[members]]
 vo = "cms"
 subject = "noah-sub"
 display_name = "Noah"
-accounts = [{ facility = "af-test", local = "nobody" }]
+accounts = [{{ facility = "af-test", local = "nobody" }}]
+
+[[members]]
+vo = "cms"
+subject = "lena-sub"
+display_name = "Lena"
+accounts = [{{ facility = "af-test", local = "{netns.LONG}" }}]
 """
 DANA = "https://atlas-auth.example.org/|dana-sub"
 NOAH = "https://cms-auth.example.org/|noah-sub"
-A, B = "127.0.0.1:21094", "127.0.0.1:21095"
-
-
-def pgwrite_bytes(size: int) -> int:
-    """xrdcp uploads with kXR_pgwrite: the server counts a 4-byte CRC32c per 4 KiB page."""
-    return size + 4 * math.ceil(size / 4096)
+LENA = "https://cms-auth.example.org/|lena-sub"
+UNMAPPED = "afmon:unmapped|af-test"
+A, B = netns.LABEL["A"], netns.LABEL["B"]
+F = netns.FILES
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    for tool in ("xrootd", "xrdcp", "unshare", "ip", "runuser"):
+    for tool in ("xrootd", "xrdcp", "unshare", "ip", "runuser", "mount"):
         if shutil.which(tool) is None:
             pytest.fail(
                 f"{tool} is missing: the XRootD tests need Debian's xrootd-server, "
@@ -62,14 +74,18 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
             )
     out = tmp_path_factory.mktemp("xrootd") / "probe.jsonl"
     proc = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "tests.collectors.xrootd_netns", str(out)],
+        ["unshare", "-n", "-m", sys.executable, "-m", "tests.collectors.xrootd_netns", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     assert proc.returncode == 0, f"netns run failed:\n{proc.stdout}\n{proc.stderr}"
     return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def one(run: list[dict[str, Any]], key: str) -> Any:
+    return next(line[key] for line in run if key in line)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +99,7 @@ def ledger(run: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) 
     )
     client = TestClient(create_app(settings, with_dashboard=False))
     batches = [line["batch"] for line in run if "batch" in line]
-    assert len(batches) == 2
+    assert len(batches) == 5  # from two agent lives
     for b in batches:
         body = msgspec.json.encode(b)
         wire.decode(body)  # a valid batch by the wire contract
@@ -95,17 +111,45 @@ def ledger(run: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) 
     return client
 
 
-def last_values(run: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
-    """(metric, server) -> value, from the last batch's server series."""
-    last = [line["batch"] for line in run if "batch" in line][-1]
+def last_batch(run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line["batch"] for line in run if "batch" in line][-1]["series"]
+
+
+def server_values(run: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
+    """(metric, server, direction) -> value, from the last batch's server series."""
     return {
-        (s["metric"], s["labels"]["server"]): s["values"][-1]
-        for s in last["series"]
+        (s["metric"], s["labels"]["server"], s["labels"].get("direction", "")): s["values"][-1]
+        for s in last_batch(run)
         if "server" in s["labels"]
     }
 
 
-def test_ledger_bytes_per_member_equal_the_bytes_xrdcp_moved(ledger: TestClient) -> None:
+def user_values(run: list[dict[str, Any]], metric: str) -> dict[tuple[str, ...], float]:
+    """(user, identity, auth, source) -> value, from the last batch."""
+    return {
+        tuple(s["labels"][k] for k in ("user", "identity", "auth", "source")): s["values"][-1]
+        for s in last_batch(run)
+        if s["metric"] == metric and s["values"][-1]
+    }
+
+
+def test_identities_are_verified_or_visibly_asserted(run: list[dict[str, Any]]) -> None:
+    long_cut = "asserted:" + netns.LONG[:8] + "*"
+    assert user_values(run, "user_data_read_bytes") == {
+        # server A authenticates (sec.protocol unix): the account's full name, even when the
+        # URL asserts another (daemon read f2 as root://nobody@)
+        ("daemon", "verified", "unix", "local"): 2 * F["A"]["f1.root"] + F["A"]["f2.root"],
+        ("nobody", "verified", "unix", "local"): F["A"]["f2.root"],
+        (netns.LONG, "verified", "unix", "local"): F["A"]["f1.root"] + F["A"]["slow.root"],
+        # server B does not: 8 asserted characters, marked as such (and as possibly cut)
+        ("asserted:nobody", "asserted", "none", "cache"): F["B"]["f3.root"],  # daemon's spoof
+        (long_cut, "asserted", "none", "cache"): F["B"]["f3.root"],
+    }
+
+
+def test_ledger_bytes_per_member_equal_the_file_sizes(
+    ledger: TestClient, run: list[dict[str, Any]]
+) -> None:
     q = ledger.app.state.services.query
     df = q.data_usage(LOCAL_ADMIN, 0, 4e9, by="member")
     got = {
@@ -113,43 +157,72 @@ def test_ledger_bytes_per_member_equal_the_bytes_xrdcp_moved(ledger: TestClient)
         for r in df.itertuples(index=False)
         if r.amount
     }
-    f = netns.FILES
+    disk = one(run, "disk")
+    assert disk["A"]["up.root"] == netns.UPLOAD[3]
     assert got == {
-        # daemon read f1 from A (local) before and after A's restart, and f3 from B (cache)
-        (DANA, "local", "xrootd", "read"): 2 * f["A"]["f1.root"],
-        (DANA, "cache", "xrootd", "read"): f["B"]["f3.root"],
-        (NOAH, "local", "xrootd", "read"): f["A"]["f2.root"],
-        (NOAH, "cache", "xrootd", "written"): pgwrite_bytes(netns.UPLOAD[3]),
+        (DANA, "local", "xrootd", "read"): 2 * F["A"]["f1.root"] + F["A"]["f2.root"],
+        (NOAH, "local", "xrootd", "read"): F["A"]["f2.root"],
+        (NOAH, "local", "xrootd", "written"): disk["A"]["up.root"],  # payload, not pgwrite CRCs
+        # the long name resolves in full, and the open file across the agent restart counts
+        # once, to its reader
+        (LENA, "local", "xrootd", "read"): F["A"]["f1.root"] + disk["A"]["slow.root"],
+        # asserted names are never mapped: not to nobody's member, not by an 8-char prefix
+        (UNMAPPED, "cache", "xrootd", "read"): 2 * F["B"]["f3.root"],
     }
     opened = q.usage_totals(LOCAL_ADMIN, 0, 4e9, by=("member",), resources=("data_files_opened",))
-    assert dict(zip(opened["member"], opened["amount"], strict=True)) == {DANA: 3, NOAH: 2}
-    by_vo = q.data_usage(LOCAL_ADMIN, 0, 4e9, by="vo").groupby("vo")["amount"].sum().to_dict()
-    assert by_vo["atlas"] == 2 * f["A"]["f1.root"] + f["B"]["f3.root"]
-    assert by_vo["cms"] == f["A"]["f2.root"] + pgwrite_bytes(netns.UPLOAD[3])
+    assert dict(zip(opened["member"], opened["amount"], strict=True)) == {
+        DANA: 3,
+        NOAH: 2,
+        LENA: 2,
+        UNMAPPED: 3,  # two asserted reads and the killed transfer
+    }
 
 
-def test_summary_stream_totals_agree_with_the_detailed_stream(run: list[dict[str, Any]]) -> None:
-    v = last_values(run)
-    for server, files in ((A, 3), (B, 2)):
-        assert v[("xrootd_server_files_opened", server)] == files
-        assert v[("xrootd_server_opens", server)] == files  # the summary's open operations
-        overhead = (
-            v[("xrootd_server_link_out_bytes", server)] - v[("xrootd_server_read_bytes", server)]
-        )
-        assert 0 <= overhead <= 4096 * files, f"{server}: {overhead} bytes of protocol overhead"
-    assert v[("xrootd_server_read_bytes", A)] == 2 * 3_000_017 + 1_234_567
-    assert v[("xrootd_server_written_bytes", B)] == pgwrite_bytes(netns.UPLOAD[3])
-    assert 0 <= v[("xrootd_server_link_in_bytes", B)] - pgwrite_bytes(netns.UPLOAD[3]) <= 8192
-    assert v[("xrootd_server_restarts", A)] == 1  # the restart was seen: a new tos and pid
-    assert v[("xrootd_server_restarts", B)] == 0
+def test_every_byte_on_the_servers_links_is_attributed_or_reported_unattributed(
+    run: list[dict[str, Any]],
+) -> None:
+    v = server_values(run)
+    xrootd = one(run, "xrootd")  # the servers' own link counters, summed over their lives
+    for server in (A, B):
+        assert v[("xrootd_server_link_out_bytes", server, "")] == xrootd[server]["link_out"]
+        assert v[("xrootd_server_link_in_bytes", server, "")] == xrootd[server]["link_in"]
+        out = v[("xrootd_server_read_bytes", server, "")]
+        out += v[("xrootd_unattributed_bytes", server, "out")]
+        assert out == xrootd[server]["link_out"]
+        into = v[("xrootd_server_written_bytes", server, "")]
+        into += v[("xrootd_unattributed_bytes", server, "in")]
+        assert into == xrootd[server]["link_in"]
+    # on A only protocol overhead (and the upload's pgwrite CRCs) is unattributed ...
+    assert 0 < v[("xrootd_unattributed_bytes", A, "out")] <= 4096 * 7
+    crcs = 4 * -(-netns.UPLOAD[3] // 4096)
+    assert crcs < v[("xrootd_unattributed_bytes", A, "in")] <= crcs + 4096 * 7
+    # ... on B the killed transfer's tens of MB, which its close record reports as 0
+    assert user_values(run, "user_files_opened")[("asserted:daemon", "asserted", "none", "cache")]
+    assert ("asserted:daemon", "asserted", "none", "cache") not in user_values(
+        run, "user_data_read_bytes"
+    )
+    assert v[("xrootd_unattributed_bytes", B, "out")] > 20_000_000
+    assert v[("xrootd_server_read_bytes", A, "")] == (
+        3 * F["A"]["f1.root"] + 2 * F["A"]["f2.root"] + F["A"]["slow.root"]
+    )
+    assert v[("xrootd_server_restarts", A, "")] == 1  # the restart was seen: a new tos and pid
+    assert v[("xrootd_server_restarts", B, "")] == 0
 
 
-def test_top_servers_query_and_a_clean_run(ledger: TestClient, run: list[dict[str, Any]]) -> None:
+def test_the_agent_restart_fell_on_an_open_file(run: list[dict[str, Any]]) -> None:
+    counted = one(run, "restart")["open_files_counted"]
+    assert list(counted) == [A] and len(counted[A]) == 1  # the slow read was open
+    health = one(run, "health")
+    assert health["errors"] == {} and health["evicted"] == {}
+    assert health["seq"].get("duplicate", 0) == 0
+
+
+def test_top_servers_query(ledger: TestClient) -> None:
     top = ledger.app.state.services.query.data_servers(LOCAL_ADMIN, 0, 4e9)
     assert top["server"].tolist() == [A, B]  # most bytes read first
     assert top["source"].tolist() == ["local", "cache"]
-    assert top["read_bytes"].tolist() == [2 * 3_000_017 + 1_234_567, 777_777]
+    assert top["read_bytes"].tolist() == [
+        3 * F["A"]["f1.root"] + 2 * F["A"]["f2.root"] + F["A"]["slow.root"],
+        2 * F["B"]["f3.root"],
+    ]
     assert top["restarts"].tolist() == [1, 0]
-    health = run[-1]["health"]
-    assert health["errors"] == {} and health["evicted"] == {}
-    assert health["seq"].get("lost", 0) == 0 and health["seq"].get("duplicate", 0) == 0

@@ -5,16 +5,24 @@ its caps, and every problem is counted."""
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from afmon.collectors.probes import xrootd_packets as xp
-from afmon.collectors.probes.xrootd import UNKNOWN_USER, Monitor, XRootDProbe
+from afmon.collectors.probes.xrootd import (
+    UNKNOWN_USER,
+    Monitor,
+    XRootDProbe,
+    login_identity,
+    pgwrite_payload,
+)
 
 ADDR = ("10.0.0.7", 40001)
 # Recorded by a UDP listener next to `xrootd -c ...` (see tests/collectors/xrootd_netns.py)
@@ -56,7 +64,11 @@ def summary(tos: int, tod: int, i: int, o: int, n: int) -> bytes:
 
 
 def reads(m: Monitor) -> dict[tuple[str, str], float]:
-    return {k: t.values["read"] for k, t in m.users.items()}
+    """(user label, source) -> bytes read."""
+    out: dict[tuple[str, str], float] = {}
+    for (user, source, _identity, _auth), t in m.users.items():
+        out[(user, source)] = out.get((user, source), 0) + t.values["read"]
+    return out
 
 
 def map_packet(code: str, pseq: int, dictid: int, text: str, stod: int = 1000) -> bytes:
@@ -105,7 +117,9 @@ def test_monitor_joins_files_to_users_and_classifies_by_role() -> None:
     m = Monitor({"10.0.0.7:21094": "cache"}, clock=lambda: 0.0)
     for p in REAL:
         m.feed_detail(p, ADDR, 1.0)
-    assert reads(m) == {("root", "cache"): F1, ("nobody", "cache"): F2}
+    # no authentication protocol: the names are the clients' own assertions, marked as such
+    assert reads(m) == {("asserted:root", "cache"): F1, ("asserted:nobody", "cache"): F2}
+    assert {k[2:] for k in m.users} == {("asserted", "none")}
     assert m.servers["10.0.0.7:21094"].values["opened"] == 2
     assert not m.errors
     assert m.seq["lost"] == 1  # map pseq 3 was a `t` trace packet, left out of REAL
@@ -115,7 +129,7 @@ def test_duplicate_packets_count_once_and_lost_ones_are_counted() -> None:
     m = Monitor(clock=lambda: 0.0)
     for p in [*REAL, REAL[4]]:  # the f packet twice
         m.feed_detail(p, ADDR, 1.0)
-    assert reads(m) == {("root", "remote"): F1, ("nobody", "remote"): F2}
+    assert reads(m) == {("asserted:root", "remote"): F1, ("asserted:nobody", "remote"): F2}
     assert m.seq["duplicate"] == 1
     stod = xp.parse_header(REAL[0]).stod
     ahead = map_packet("u", 9, 7, "xroot/eve.1:2@h\n&o=cms", stod)  # map pseqs 0-2, 4 seen
@@ -134,6 +148,7 @@ def test_token_identity_and_restart_keep_dictids_apart() -> None:
     f = struct.pack("!cBHI", b"f", 0, 8 + len(opened) + len(close), 1000) + opened + close
     m.feed_detail(f, ADDR, 1.0)
     assert reads(m) == {("alice", "remote"): 120}
+    assert next(iter(m.users)) == ("alice", "remote", "verified", "token")
     ident = next(iter(m.streams.values())).users[5]
     assert (ident.local, ident.vo, ident.subject) == ("alice", "atlas", "sub-42")
     # the server restarts (new stod): file id 9 of the new life was never opened there
@@ -175,7 +190,7 @@ def test_opens_that_never_close_stay_within_the_cap() -> None:
     stream = next(iter(m.streams.values()))
     assert len(stream.files) == 50
     assert m.evicted["file"] == 350
-    assert m.users[(UNKNOWN_USER, "remote")].values["opened"] == 400
+    assert m.users[(UNKNOWN_USER, "remote", "unknown", "none")].values["opened"] == 400
 
 
 def test_probe_listens_on_handed_in_sockets_and_reports_series() -> None:
@@ -196,10 +211,153 @@ def test_probe_listens_on_handed_in_sockets_and_reports_series() -> None:
         series = {(s.metric, tuple(sorted(s.labels.items()))): s for s in probe.collect(5.0).series}
     finally:
         probe.close()
-    s = series[("user_data_read_bytes", (("node", "n1"), ("source", "remote"), ("user", "root")))]
+    key = (
+        ("auth", "none"),
+        ("identity", "asserted"),
+        ("node", "n1"),
+        ("source", "remote"),
+        ("user", "asserted:root"),
+    )
+    s = series[("user_data_read_bytes", key)]
     assert (s.values, s.unit, s.kind, s.created is not None) == ([F1], "bytes", "counter", True)
     err = series[("xrootd_monitor_errors", (("node", "n1"), ("reason", "truncated")))]
     assert err.values == [1.0]
+
+
+# -- identities, pgwrite, restarts, reconciliation ------------------------------------------
+
+
+def test_identities_are_verified_only_by_an_authentication_protocol() -> None:
+    asserted = login_identity("someone-", {"R": "v5.5.3", "x": "xrdcp"}, 1.0)
+    assert (asserted.local, asserted.identity, asserted.auth) == (
+        "asserted:someone-*",  # 8 characters: kXR_login may have cut the name
+        "asserted",
+        "none",
+    )
+    assert login_identity("bob", {}, 1.0).local == "asserted:bob"
+    # recorded from xrootd 5.5.3 with `sec.protocol unix`: login someone-else by daemon
+    unix = login_identity("someone-", xp.parse_cgi("&p=unix&n=daemon&h=[::1]&o=&g=daemon"), 1.0)
+    assert (unix.local, unix.identity, unix.auth) == ("daemon", "verified", "unix")
+    assert login_identity("x", {"n": "eve"}, 1.0).identity == "asserted"  # n= without p=
+
+
+@given(st.integers(0, 50_000_000))
+def test_pgwrite_payload_inverts_the_crc_overhead(size: int) -> None:
+    assert pgwrite_payload(size + 4 * -(-size // 4096)) == size
+
+
+def test_pgwrite_payload_examples() -> None:
+    assert pgwrite_payload(1_049_605) == 1_048_577  # measured: xrdcp of a 1,048,577 B file
+    assert pgwrite_payload(556_099) == 555_555
+    assert pgwrite_payload(4_100) == 4_096
+    assert pgwrite_payload(4_101) is None  # no payload gives it: not a pgwrite count
+
+
+def fpacket(pseq: int, records: list[bytes], stod: int = 1000, t_end: int = 0) -> bytes:
+    time_rec = struct.pack("!BBhIii", 2, 0, 16, 0, t_end - 1, t_end)
+    body = time_rec + b"".join(records)
+    return struct.pack("!cBHI", b"f", pseq, 8 + len(body), stod) + body
+
+
+def open_rec(fid: int, user: int, write: bool = False) -> bytes:
+    return struct.pack("!BBhIqI", 1, 1 | (2 if write else 0), 28, fid, 0, user) + b"/a\0\0\0\0\0\0"
+
+
+def xfr_rec(fid: int, read: int, write: int = 0, final: bool = False) -> bytes:
+    return struct.pack("!BBhIqqq", 0 if final else 3, 0, 32, fid, read, 0, write)
+
+
+def disc_rec(user: int) -> bytes:
+    return struct.pack("!BBhI", 4, 0, 8, user)
+
+
+def test_xrdcp_uploads_count_their_payload_other_writers_their_bytes() -> None:
+    m = Monitor(clock=lambda: 0.0)
+    login = "&p=unix&n=nobody&x=xrdcp"
+    m.feed_detail(map_packet("u", 0, 1, f"xroot/nobody.1:2@h\n{login}"), ADDR, 1.0)
+    m.feed_detail(
+        map_packet("u", 1, 2, "xroot/nobody.1:3@h\n&p=unix&n=nobody&x=root.exe"), ADDR, 1.0
+    )
+    recs = [open_rec(7, 1, True), xfr_rec(7, 0, 1_049_605, True)]
+    recs += [open_rec(8, 2, True), xfr_rec(8, 0, 1_049_605, True)]
+    m.feed_detail(fpacket(0, recs), ADDR, 1.0)
+    t = m.users[("nobody", "remote", "verified", "unix")]
+    assert t.values["written"] == 1_048_577 + 1_049_605  # the plain writer's bytes as sent
+
+
+def test_a_restart_mid_file_counts_each_byte_once() -> None:
+    def first_life() -> Monitor:
+        m = Monitor(clock=lambda: 0.0)
+        m.feed_detail(map_packet("u", 0, 1, "xroot/al.1:2@h\n&p=unix&n=al"), ADDR, 1.0)
+        m.feed_detail(fpacket(0, [open_rec(9, 1), xfr_rec(9, 3 << 20)]), ADDR, 1.0)
+        return m
+
+    close = fpacket(1, [xfr_rec(9, 7 << 20, final=True), disc_rec(1)])
+    m1 = first_life()
+    m2 = Monitor(clock=lambda: 99.0)  # the agent restarted: state taken up from disk
+    m2.restore(json.loads(json.dumps(m1.snapshot())))
+    m2.feed_detail(close, ADDR, 100.0)
+    key = ("al", "remote", "verified", "unix")
+    assert m2.users[key].values["read"] == 7 << 20
+    assert m2.users[key].created == m1.users[key].created  # the counter goes on, no reset
+    assert not m2.errors and m2.seq["duplicate"] == 0
+    m2.feed_detail(close, ADDR, 100.0)  # the same close again: a duplicate, not counted
+    assert m2.users[key].values["read"] == 7 << 20
+    # without the state: 3 MiB before, 7 MiB after to nobody known (what issue 17 saw)
+    m3 = Monitor(clock=lambda: 99.0)
+    m3.feed_detail(close, ADDR, 100.0)
+    assert reads(m1)[("al", "remote")] + reads(m3)[(UNKNOWN_USER, "remote")] == 10 << 20
+
+
+def test_unattributed_bytes_wait_until_settled_and_are_never_taken_back() -> None:
+    m = Monitor({"vm:21094": "local"}, clock=lambda: 50.0)
+    m.feed_detail(map_packet("=", 0, 0, "=/root.1:2@vm\n&port=21094"), ADDR, 60.0)
+    m.feed_detail(map_packet("u", 1, 1, "xroot/root.1:2@h\n&p=unix&n=root"), ADDR, 60.0)
+    m.feed_summary(summary(100, 201, 400, 30_000_000, 1), ADDR, 61.0)
+    m.feed_detail(fpacket(0, [open_rec(3, 1)], t_end=201), ADDR, 61.0)
+    series = {(s.metric, s.labels.get("direction")): s.values[0] for s in m.series("n", 62.0)}
+    assert series[("xrootd_unattributed_bytes", "out")] == 0  # a file is open: not settled
+    m.feed_detail(fpacket(1, [xfr_rec(3, 0, final=True), disc_rec(1)], t_end=203), ADDR, 63.0)
+    m.feed_summary(summary(100, 203, 500, 54_580_303, 1), ADDR, 63.0)  # tod == f window end
+    m.reconcile(64.0)
+    assert m.servers["10.0.0.7:21094"].values["unattributed_out"] == 0  # not newer: wait
+    m.feed_summary(summary(100, 204, 500, 54_580_303, 1), ADDR, 64.0)
+    m.reconcile(65.0)
+    v = m.servers["10.0.0.7:21094"].values
+    assert (v["unattributed_out"], v["unattributed_in"]) == (54_580_303, 500)
+    assert v["read"] + v["unattributed_out"] == v["link_out"]  # the server's own total
+
+
+def test_probe_checkpoints_and_takes_up_its_state(tmp_path: Path) -> None:
+    path = tmp_path / "xrootd-probe.json"
+
+    def probe() -> XRootDProbe:
+        socks = []
+        for _ in range(2):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return XRootDProbe("n1", Monitor(), sockets=(socks[0], socks[1]), state_path=path)
+
+    p1 = probe()
+    p1.start()
+    assert p1._sockets is not None  # noqa: SLF001
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind(("127.0.0.1", 0))
+        sender = tx.getsockname()
+        for pkt in REAL[:4]:
+            tx.sendto(pkt, p1._sockets[1].getsockname())  # noqa: SLF001
+    p1.close()  # stops, applies what was queued, checkpoints
+    assert json.loads(path.read_text())["packets"]["detail"] == 4
+    p2 = probe()
+    assert p2.monitor.packets["detail"] == 4
+    p2.monitor.feed_detail(REAL[4], sender, 2.0)  # the f packet arrives after the restart
+    assert p2.monitor.errors["unknown_user"] == 0
+    path.write_text("{not json")
+    p3 = probe()  # an unreadable state starts afresh, counted
+    assert p3.monitor.errors["state_unusable"] == 1 and p3.monitor.packets["detail"] == 0
+    for p in (p2, p3):
+        p.close()
 
 
 # -- fuzzing -----------------------------------------------------------------------------------
@@ -266,7 +424,11 @@ def test_reordered_and_repeated_real_packets_never_count_more(
         m.feed_detail(REAL[i], ADDR, 1.0)
     got = reads(m)
     assert sum(got.values()) == F1 + F2  # the f packet is applied exactly once
-    assert set(got) <= {("root", "remote"), ("nobody", "remote"), (UNKNOWN_USER, "remote")}
+    assert set(got) <= {
+        ("asserted:root", "remote"),
+        ("asserted:nobody", "remote"),
+        (UNKNOWN_USER, "remote"),
+    }
     assert m.seq["duplicate"] == len(repeats)
     assert m.errors["internal"] == 0
 

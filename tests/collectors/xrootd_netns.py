@@ -1,15 +1,31 @@
 """Run two real xrootd servers, the XRootD probe's listener and `xrdcp` clients together in a
-private network namespace, and write what the probe reports as JSON lines.
+private network and mount namespace, and write what the probe reports as JSON lines, beside
+what xrootd itself recorded (its summary stream, and the files on disk).
 
-xrootd 5.5 binds `*:port`, so everything runs inside `unshare -n` (only a loopback there):
+xrootd 5.5 binds `*:port`, so everything runs inside `unshare -n -m` (only a loopback there;
+the mount namespace lets a 19-character local user exist for this run only, by bind-mounting
+copies of /etc/passwd and /etc/group):
 
-    unshare -n python -m tests.collectors.xrootd_netns OUT.jsonl
+    unshare -n -m python -m tests.collectors.xrootd_netns OUT.jsonl
 
-Server A (port 21094) is configured as local storage, server B (port 21095) as a cache. Two
-local users (`daemon` and `nobody`, via `runuser -u`) read files of known sizes; `nobody` writes
-one to B; then A is restarted and `daemon` reads again. Output lines: `{"plan": ...}` (what was
-moved, by whom), `{"batch": <wire batch>}` after each phase, `{"health": ...}` at the end.
-Every process started here is stopped on the way out, and dies with this one (PDEATHSIG).
+Server A (port 21094, local storage) authenticates clients with `sec.protocol unix`: its `u`
+records name the client's real account (`&p=unix&n=...`). Server B (port 21095, a cache) has
+no authentication protocol: its `u` records carry only the 8-character name the client
+asserted. Phases (a `{"batch": ...}` line after each):
+
+1. reads and an upload: `daemon`, `nobody` and the 19-character LONG read from A (`daemon` also
+   as `root://nobody@`); on B `daemon` reads as `root://nobody@` (a spoof) and LONG reads;
+   `nobody` uploads with xrdcp (pgwrite) to A;
+2. a transfer from B killed by the client mid-file (its close record says read=0);
+3. the agent restarts while LONG reads a 7 MiB file from A through a slow pipe (its open
+   record seen, its close still to come): the probe is closed (checkpoint) and a new one takes
+   up its state file;
+4. A restarts (a new server life) and `daemon` reads again.
+
+Every server's summary stream also goes to a second port where a plain recorder keeps the
+server's own `link in`/`link out` per server life: `{"xrootd": ...}` at the end, with the
+sizes of the files on disk and `{"health": ...}`. Every process started here is stopped on
+the way out, and dies with this one (PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -19,23 +35,42 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from afmon.collectors import wire
+from afmon.collectors.probes import xrootd_packets as xp
 from afmon.collectors.probes.xrootd import Monitor, XRootDProbe
 
-SUMMARY_PORT, DETAIL_PORT = 9931, 9930
+SUMMARY_PORT, DETAIL_PORT, RECORDER_PORT = 9931, 9930, 9932
 SERVERS = {"A": 21094, "B": 21095}
-ROLES = {"127.0.0.1:21094": "local", "127.0.0.1:21095": "cache"}
-# (user, server, file, size): reads, phase 1; A restarts; then phase 2
-FILES = {"A": {"f1.root": 3_000_017, "f2.root": 1_234_567}, "B": {"f3.root": 777_777}}
-PHASE1 = [("daemon", "A", "f1.root"), ("nobody", "A", "f2.root"), ("daemon", "B", "f3.root")]
-UPLOAD = ("nobody", "B", "up.root", 555_555)
-PHASE2 = [("daemon", "A", "f1.root")]
+LABEL = {name: f"127.0.0.1:{port}" for name, port in SERVERS.items()}
+ROLES = {LABEL["A"]: "local", LABEL["B"]: "cache"}
+LONG = "analysis-user-19chr"  # 19 characters: kXR_login carries only "analysis"
+LONG_UID = 64019
+FILES = {
+    "A": {"f1.root": 3_000_017, "f2.root": 1_234_567, "slow.root": 7 << 20},
+    "B": {"f3.root": 777_777, "big.root": 60_000_000},
+}
+# (run as, URL user or None, server, file)
+PHASE1 = [
+    ("daemon", None, "A", "f1.root"),
+    ("nobody", None, "A", "f2.root"),
+    (LONG, None, "A", "f1.root"),
+    ("daemon", "nobody", "A", "f2.root"),  # authenticated: still daemon's
+    ("daemon", "nobody", "B", "f3.root"),  # unauthenticated: only "nobody" asserted
+    (LONG, None, "B", "f3.root"),
+]
+UPLOAD = ("nobody", "A", "up.root", 1_048_577)
+KILLED = ("daemon", "B", "big.root")
+SLOW = (LONG, "A", "slow.root")
+PHASE4 = [("daemon", None, "A", "f1.root")]
 FACILITY, NODE = "af-test", "xrd-node"
 
 CONFIG = """xrd.port {port}
@@ -46,14 +81,65 @@ oss.localroot {data}
 all.adminpath {admin}
 all.pidpath {run}
 all.sitename TEST-AF
-xrd.report 127.0.0.1:{summary} every 1s all
+xrd.report 127.0.0.1:{summary},127.0.0.1:{recorder} every 1s all
 xrootd.monitor all auth flush 1s window 1s fstat 1s lfn ops xfr 1 ident 5s dest fstat info user \
 files 127.0.0.1:{detail}
+{auth}
 """
+AUTH = {"A": "xrootd.seclib libXrdSec.so\nsec.protocol unix", "B": ""}
 
 
 def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def add_long_user(work: Path) -> None:
+    """LONG exists in this mount namespace only: copies of passwd/group bind-mounted."""
+    for name, line in (
+        ("passwd", f"{LONG}:x:{LONG_UID}:{LONG_UID}::/nonexistent:/usr/sbin/nologin\n"),
+        ("group", f"{LONG}:x:{LONG_UID}:\n"),
+    ):
+        copy = work / name
+        copy.write_text(Path(f"/etc/{name}").read_text() + line)
+        copy.chmod(0o644)
+        subprocess.run(["mount", "--bind", str(copy), f"/etc/{name}"], check=True)
+
+
+class Recorder:
+    """xrootd's own record: the last `link in`/`out` of each server life (src, tos, pid)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", RECORDER_PORT))
+        self.sock.settimeout(0.2)
+        self.lives: dict[tuple[int, int, int], tuple[int, int, int]] = {}  # -> tod, in, out
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                continue
+            s = xp.parse_summary(data)
+            key = (s.port or 0, s.tos, int(s.pid))
+            with self.lock:
+                if s.tod >= self.lives.get(key, (0, 0, 0))[0]:
+                    self.lives[key] = (s.tod, s.link_in or 0, s.link_out or 0)
+
+    def link(self, port: int) -> tuple[int, int, int]:
+        """(link in, link out, newest tod) summed over the server's lives."""
+        with self.lock:
+            lives = [v for k, v in self.lives.items() if k[0] == port]
+        return sum(v[1] for v in lives), sum(v[2] for v in lives), max(v[0] for v in lives)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
 
 
 def start_xrootd(work: Path, name: str) -> subprocess.Popen[bytes]:
@@ -66,7 +152,9 @@ def start_xrootd(work: Path, name: str) -> subprocess.Popen[bytes]:
             admin=base / "admin",
             run=base / "run",
             summary=SUMMARY_PORT,
+            recorder=RECORDER_PORT,
             detail=DETAIL_PORT,
+            auth=AUTH[name],
         )
     )
     return subprocess.Popen(
@@ -85,6 +173,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+def url(server: str, fname: str, as_user: str | None = None) -> str:
+    who = f"{as_user}@" if as_user else ""
+    return f"root://{who}127.0.0.1:{SERVERS[server]}//{fname}"
+
+
 def xrdcp(user: str, src: str, dst: str) -> None:
     subprocess.run(
         ["runuser", "-u", user, "--", "xrdcp", "-s", "-f", src, dst],
@@ -94,16 +187,32 @@ def xrdcp(user: str, src: str, dst: str) -> None:
     )
 
 
-def settled(monitor: Monitor, probe: XRootDProbe, opened: dict[str, int]) -> bool:
-    """Every expected open seen, no file left open, and each server's summary caught up."""
+def slow_reader(
+    user: str, src: str, delay: float, small_chunks: bool = False
+) -> subprocess.Popen[bytes]:
+    """xrdcp to a pipe that nobody reads for `delay` s: the file stays open meanwhile (with
+    1 MiB chunks one at a time, the server completes, and reports, a few reads first)."""
+    env = dict(os.environ)
+    if small_chunks:
+        env.update(XRD_CPCHUNKSIZE="1048576", XRD_CPPARALLELCHUNKS="1")
+    cmd = f"runuser -u {user} -- xrdcp -s -f {src} - | (sleep {delay}; cat >/dev/null)"
+    return subprocess.Popen(
+        ["sh", "-c", cmd], env=env, start_new_session=True, preexec_fn=_die_with_parent
+    )
+
+
+def settled(monitor: Monitor, probe: XRootDProbe, rec: Recorder) -> bool:
+    """No file or login open, and each server's last summary (in the probe and in the
+    recorder alike) newer than everything the detailed stream reported."""
     with probe._lock:  # noqa: SLF001  (the helper reads the live state the probe guards)
-        if any(st.files for st in monitor.streams.values()):
+        if any(st.files or st.users for st in monitor.streams.values()):
             return False
-        for label, n in opened.items():
-            t = monitor.servers.get(label)
-            if t is None or t.values["opened"] != n or t.values["opens"] != n:
+        now = time.time()
+        for name, port in SERVERS.items():
+            if not monitor.settled(LABEL[name], now):
                 return False
-            if t.values["link_out"] < t.values["read"] or t.values["link_in"] < t.values["written"]:
+            t = monitor.servers.get(LABEL[name])
+            if t is None or (t.values["link_in"], t.values["link_out"]) != rec.link(port)[:2]:
                 return False
         return True
 
@@ -112,9 +221,19 @@ def main(out_path: str) -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     work = Path(tempfile.mkdtemp(prefix="afmon-xrootd-"))
     work.chmod(0o755)  # the clients run as other users
+    add_long_user(work)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    monitor = Monitor(ROLES, default_role="remote")
-    probe = XRootDProbe(NODE, monitor, summary_port=SUMMARY_PORT, detail_port=DETAIL_PORT)
+    state = work / "agent-state" / "xrootd-probe.json"
+    state.parent.mkdir()
+
+    def new_probe() -> XRootDProbe:
+        m = Monitor(ROLES, default_role="remote")
+        return XRootDProbe(
+            NODE, m, summary_port=SUMMARY_PORT, detail_port=DETAIL_PORT, state_path=state
+        )
+
+    probe = new_probe()
+    recorder = Recorder()
     out = open(out_path, "w")  # noqa: SIM115  (closed in finally)
     seq = 0
 
@@ -122,7 +241,7 @@ def main(out_path: str) -> int:
         out.write(json.dumps(line) + "\n")
         out.flush()
 
-    def batch() -> None:
+    def batch(phase: str) -> None:
         nonlocal seq
         seq += 1
         now = time.time()
@@ -135,12 +254,21 @@ def main(out_path: str) -> int:
             sent_at=now,
             series=probe.collect(now).series,
         )
-        emit(batch=json.loads(wire.encode(b)))
+        emit(phase=phase, batch=json.loads(wire.encode(b)))
 
-    def wait_settled(opened: dict[str, int]) -> None:
-        deadline = time.monotonic() + 20
-        while not settled(monitor, probe, opened) and time.monotonic() < deadline:
+    def wait_settled(what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not settled(probe.monitor, probe, recorder):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the probe did not settle after {what}")
             time.sleep(0.2)
+
+    def wait_for(cond: Any, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.05)
 
     try:
         for name, files in FILES.items():
@@ -148,45 +276,89 @@ def main(out_path: str) -> int:
                 (work / name / sub).mkdir(parents=True)
             for fname, size in files.items():
                 (work / name / "data" / fname).write_bytes(os.urandom(size))
-            shutil.chown(work / name, "xrootd", "xrootd")
-            for p in (work / name).rglob("*"):
+            for p in [work / name, *(work / name).rglob("*")]:
                 shutil.chown(p, "xrootd", "xrootd")
         upload = work / UPLOAD[2]
         upload.write_bytes(os.urandom(UPLOAD[3]))
         upload.chmod(0o644)
-        emit(
-            plan={
-                "files": FILES,
-                "phase1": PHASE1,
-                "upload": UPLOAD,
-                "phase2": PHASE2,
-                "roles": ROLES,
-            }
-        )
         probe.start()  # listening before the servers start: their whole life is seen
         for name in SERVERS:
             procs[name] = start_xrootd(work, name)
         time.sleep(0.5)
-        for user, server, fname in PHASE1:
-            xrdcp(user, f"root://127.0.0.1:{SERVERS[server]}//{fname}", "/dev/null")
+
+        # 1. reads (verified on A, asserted on B) and an upload
+        for user, as_user, server, fname in PHASE1:
+            xrdcp(user, url(server, fname, as_user), "/dev/null")
         user, server, fname, _size = UPLOAD
-        xrdcp(user, str(upload), f"root://127.0.0.1:{SERVERS[server]}//{fname}")
-        wait_settled({"127.0.0.1:21094": 2, "127.0.0.1:21095": 2})
-        batch()
+        xrdcp(user, str(upload), url(server, fname))
+        wait_settled("phase 1")
+        batch("reads")
+
+        # 2. a transfer killed by the client once tens of MB are on the wire
+        user, server, fname = KILLED
+        out_before = recorder.link(SERVERS[server])[1]
+        killed = slow_reader(user, url(server, fname), 30)
+        wait_for(lambda: recorder.link(SERVERS[server])[1] - out_before > 20_000_000, "bytes")
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=10)
+        wait_settled("the killed transfer")
+        batch("killed")
+
+        # 3. the agent restarts while a file is open
+        user, server, fname = SLOW
+        reader = slow_reader(user, url(server, fname), 6, small_chunks=True)
+        lab = LABEL[server]
+
+        def is_open() -> bool:
+            with probe._lock:  # noqa: SLF001
+                return any(st.files for st in probe.monitor.streams.values() if st.label == lab)
+
+        wait_for(is_open, "the open record of the slow read")
+        batch("before-restart")
+        with probe._lock:  # noqa: SLF001
+            before = {
+                st.label: {fid: f.read for fid, f in st.files.items()}
+                for st in probe.monitor.streams.values()
+                if st.files
+            }
+        probe.close()  # the agent stops: checkpoint
+        time.sleep(1.0)  # packets sent now are lost (nobody listens)
+        probe = new_probe()  # the agent starts again: takes up the state
+        probe.start()
+        emit(restart={"open_files_counted": before})
+        if reader.wait(timeout=60) != 0:
+            raise RuntimeError("the slow reader failed")
+        wait_settled("the agent restart")
+        batch("after-restart")
+
+        # 4. a server restart
         stop(procs["A"])
         procs["A"] = start_xrootd(work, "A")  # a new server life: new stod, pid, tos
         time.sleep(0.5)
-        for user, server, fname in PHASE2:
-            xrdcp(user, f"root://127.0.0.1:{SERVERS[server]}//{fname}", "/dev/null")
-        wait_settled({"127.0.0.1:21094": 3, "127.0.0.1:21095": 2})
-        batch()
+        for user, as_user, server, fname in PHASE4:
+            xrdcp(user, url(server, fname, as_user), "/dev/null")
+        wait_settled("phase 4")
+        batch("server-restart")
+        emit(
+            xrootd={
+                LABEL[name]: dict(
+                    zip(("link_in", "link_out"), recorder.link(port)[:2], strict=True)
+                )
+                for name, port in SERVERS.items()
+            },
+            disk={
+                name: {p.name: p.stat().st_size for p in (work / name / "data").iterdir()}
+                for name in SERVERS
+            },
+        )
         with probe._lock:  # noqa: SLF001
+            m = probe.monitor
             emit(
                 health={
-                    "errors": dict(monitor.errors),
-                    "seq": dict(monitor.seq),
-                    "evicted": dict(monitor.evicted),
-                    "packets": dict(monitor.packets),
+                    "errors": dict(m.errors),
+                    "seq": dict(m.seq),
+                    "evicted": dict(m.evicted),
+                    "packets": dict(m.packets),
                 }
             )
         return 0
@@ -194,7 +366,10 @@ def main(out_path: str) -> int:
         for proc in procs.values():
             stop(proc)
         probe.close()
+        recorder.close()
         out.close()
+        for name in ("passwd", "group"):
+            subprocess.run(["umount", f"/etc/{name}"], check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 
