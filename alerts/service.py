@@ -175,7 +175,17 @@ def alerts_router(principal: Callable[..., Principal]) -> APIRouter:
     """`GET /api/v1/alerts`, with the app's reader dependency for who may see what."""
     router = APIRouter()
 
-    @router.get("/api/v1/alerts", summary="Alerts visible to the caller (firing by default)")
+    @router.get(
+        "/api/v1/alerts",
+        summary="Alerts visible to the caller (firing by default)",
+        responses={
+            401: {
+                "description": "No session and no bearer token, or a token refused",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+        },
+        openapi_extra={"security": [{"reader": []}, {"session": []}]},
+    )
     def list_alerts(
         request: Request,
         p: Principal = Depends(principal),  # noqa: B008

@@ -28,13 +28,18 @@ import msgspec
 WIRE_VERSION = 1
 CONTENT_TYPE = "application/vnd.afmon.batch+json"
 
+# Strings carry no NUL character: PostgreSQL cannot store one in text, so a NUL must be
+# refused here, naming its field, and never reach the database (a 500 there).
+NO_NUL = r"^[^\x00]*$"
 Name = Annotated[
     str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_:][A-Za-z0-9_:.\-]*$")
 ]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
-Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_NUL)]
+LabelValue = Annotated[str, msgspec.Meta(max_length=256, pattern=NO_NUL)]
+Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=NO_NUL)]
+AttrText = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
 Epoch = Annotated[float, msgspec.Meta(ge=0)]
+SEQ_MAX = (1 << 63) - 1  # the database's BIGINT
 
 
 class Series(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,7 +71,7 @@ class Event(msgspec.Struct, forbid_unknown_fields=True):
     user: Text
     start: Epoch
     end: Epoch | None = None
-    attrs: dict[Name, str | int | float | bool] = {}
+    attrs: dict[Name, AttrText | int | float | bool] = {}
 
 
 class Batch(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,7 +79,7 @@ class Batch(msgspec.Struct, forbid_unknown_fields=True):
     agent_id: Text
     facility: Name
     node: Text
-    seq: Annotated[int, msgspec.Meta(ge=0)]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
     sent_at: Epoch
     series: list[Series] = []
     events: list[Event] = []

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -27,6 +27,16 @@ from afmon.aggregator.query.reads import Principal
 SESSION_COOKIE = "afmon_session"
 LOGIN_COOKIE = "afmon_login"
 LOGIN_MAX_AGE = 600  # seconds a user may take at the issuer's login page
+
+# The document's answers (the error shape is a component of `afmon.aggregator.web.openapi`)
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _redirect(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"Location": {"schema": {"type": "string"}}},
+    }
 
 
 class Sessions:
@@ -93,8 +103,26 @@ def make_router(
         except (httpx.HTTPError, ValueError) as exc:
             raise HTTPException(502, f"cannot reach the issuer {issuer}: {exc}") from None
 
-    @router.get("/login", summary="Start signing in at a trusted issuer (browser redirect)")
-    def login(request: Request, issuer: str | None = None, login_hint: str | None = None):
+    @router.get(
+        "/login",
+        summary="Start signing in at a trusted issuer (browser redirect)",
+        status_code=302,
+        response_class=RedirectResponse,
+        responses={
+            302: _redirect("To the issuer's authorization endpoint"),
+            400: {"description": "No issuer, or not a trusted one", **_ERROR},
+            502: {"description": "The issuer's OpenID configuration is unreachable", **_ERROR},
+        },
+    )
+    def login(
+        request: Request,
+        issuer: str | None = Query(  # noqa: B008  (refused by the route: 400)
+            None,
+            description="One of the trusted issuers; absent or empty when there is only one",
+            json_schema_extra={"enum": issuers + ([""] if len(issuers) == 1 else [])},
+        ),
+        login_hint: str | None = None,
+    ) -> RedirectResponse:
         issuer = issuer or (issuers[0] if len(issuers) == 1 else None)
         if issuer not in issuers:
             raise HTTPException(400, f"pick an issuer: one of {', '.join(issuers)}")
@@ -116,8 +144,21 @@ def make_router(
         )
         return response
 
-    @router.get("/callback", summary="Where the issuer sends the browser back")
-    def callback(request: Request, code: str = "", state: str = "", error: str = ""):
+    @router.get(
+        "/callback",
+        summary="Where the issuer sends the browser back",
+        status_code=302,
+        response_class=RedirectResponse,
+        responses={
+            302: _redirect("Signed in: to the dashboard, with the session cookie"),
+            400: {"description": "The sign-in state is missing, expired or wrong", **_ERROR},
+            401: {"description": "The issuer refused the sign-in, or its token is", **_ERROR},
+            502: {"description": "The issuer handed out no token", **_ERROR},
+        },
+    )
+    def callback(
+        request: Request, code: str = "", state: str = "", error: str = ""
+    ) -> RedirectResponse:
         if error:
             raise HTTPException(401, f"the issuer refused the sign-in: {error}")
         pending = sessions.load_login(request.cookies.get(LOGIN_COOKIE))
@@ -149,7 +190,13 @@ def make_router(
         response.delete_cookie(LOGIN_COOKIE, path="/auth")
         return response
 
-    @router.get("/logout", summary="Sign out (drops the session cookie)")
+    @router.get(
+        "/logout",
+        summary="Sign out (drops the session cookie)",
+        status_code=302,
+        response_class=RedirectResponse,
+        responses={302: _redirect("To the dashboard, the session cookie dropped")},
+    )
     def logout() -> RedirectResponse:
         response = RedirectResponse("/", status_code=302)
         response.delete_cookie(SESSION_COOKIE, path="/")

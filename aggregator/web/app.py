@@ -10,10 +10,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +29,7 @@ from afmon.aggregator.report.schedule import scheduled_reports
 from afmon.aggregator.store.db import read_connection
 from afmon.aggregator.store.retention import prune_samples
 from afmon.aggregator.store.tsdb import outbox_loop
+from afmon.aggregator.web import openapi
 from afmon.aggregator.web.extensions import Job, WebExtension, installed_extensions
 from afmon.aggregator.web.leader import leader_only
 from afmon.aggregator.web.producers import make_router as make_producers_router
@@ -137,7 +138,8 @@ def create_app(
     @app.post(
         "/api/v1/ingest",
         summary="Apply one agent batch (wire format v1, JSON, optionally gzip)",
-        responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}},
+        responses=openapi.INGEST_RESPONSES,
+        openapi_extra=openapi.INGEST_EXTRA,
     )
     async def ingest(request: Request, s: ServicesDep) -> JSONResponse:
         started = time.perf_counter()
@@ -203,7 +205,11 @@ def create_app(
             }
         )
 
-    @app.get("/healthz", summary="Liveness and database reachability")
+    @app.get(
+        "/healthz",
+        summary="Liveness and database reachability",
+        responses=openapi.HEALTHZ_RESPONSES,
+    )
     def healthz(s: ServicesDep) -> dict[str, Any]:
         try:
             with read_connection(s.engine) as conn:
@@ -215,7 +221,9 @@ def create_app(
     @app.get(
         "/metrics",
         summary="Prometheus / OpenMetrics exposition (a scrape credential outside demo mode)",
-        responses={401: {}},
+        response_class=Response,
+        responses=openapi.METRICS_RESPONSES,
+        openapi_extra=openapi.METRICS_EXTRA,
     )
     def metrics(request: Request, s: ServicesDep) -> Response:
         refusal = s.scrape.refusal(request.headers.get("authorization", ""))
@@ -232,9 +240,19 @@ def create_app(
         for router in ext.routers(reader_principal):
             app.include_router(router)
 
-    @app.get("/api/v1/usage", summary="Ledger totals visible to the caller")
+    @app.get(
+        "/api/v1/usage",
+        summary="Ledger totals visible to the caller",
+        responses=openapi.USAGE_RESPONSES,
+        openapi_extra=openapi.READER_EXTRA,
+    )
     def usage(
-        start: float, end: float, s: ServicesDep, p: PrincipalDep, by: str = "vo"
+        s: ServicesDep,
+        p: PrincipalDep,
+        # bounded: NaN, infinity or 1e30 reached the database (a 500); now a 422 naming it
+        start: Annotated[float, Query(ge=0, le=openapi.EPOCH_MAX, allow_inf_nan=False)],
+        end: Annotated[float, Query(ge=0, le=openapi.EPOCH_MAX, allow_inf_nan=False)],
+        by: Annotated[str, Query(json_schema_extra=openapi.BY_SCHEMA)] = "vo",
     ) -> list[dict[str, Any]]:
         try:
             df = s.query.usage_totals(p, start, end, by=tuple(by.split(",")))
@@ -242,6 +260,7 @@ def create_app(
             raise HTTPException(400, str(exc)) from exc
         return df.to_dict(orient="records")
 
+    openapi.install(app)  # the document; 405 (not the dashboard's page) for a method a path lacks
     for ext in extensions:  # last: a mount at "/" (the dashboard) takes every other path
         ext.mount(app, services)
     return app

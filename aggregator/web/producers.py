@@ -15,7 +15,7 @@ import time
 import zlib
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -27,6 +27,7 @@ from afmon.aggregator.ingest import lineprotocol as lp
 from afmon.aggregator.ingest import otlp
 from afmon.aggregator.ingest.apply import IngestResult
 from afmon.aggregator.ingest.limits import LimitExceeded
+from afmon.aggregator.web import openapi
 from afmon.collectors import wire
 
 if TYPE_CHECKING:
@@ -136,9 +137,15 @@ def make_router() -> APIRouter:
         "/api/v2/write",
         summary="InfluxDB v2 line protocol (Telegraf outputs.influxdb_v2), mapped onto afmon",
         status_code=204,
-        responses={400: {}, 401: {}, 413: {}, 422: {}, 429: {}},
+        response_class=Response,
+        responses=openapi.WRITE_RESPONSES,
+        openapi_extra=openapi.WRITE_EXTRA,
     )
-    async def write(request: Request, precision: str = "ns") -> Response:
+    async def write(
+        request: Request,
+        # refused (400, like InfluxDB) by the route, not by FastAPI: the enum is documentation
+        precision: str = Query("ns", json_schema_extra=openapi.PRECISION_SCHEMA),
+    ) -> Response:
         started = time.perf_counter()
         s: Services = request.app.state.services
         try:
@@ -174,7 +181,9 @@ def make_router() -> APIRouter:
     @router.post(
         "/v1/metrics",
         summary="OTLP/HTTP metrics (protobuf or JSON), mapped onto afmon",
-        responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 429: {}},
+        response_class=Response,
+        responses=openapi.OTLP_RESPONSES,
+        openapi_extra=openapi.OTLP_EXTRA,
     )
     async def metrics(request: Request) -> Response:
         started = time.perf_counter()
@@ -185,6 +194,9 @@ def make_router() -> APIRouter:
             facility, credential = _credential(request, s)
             body = await _body(request, s)
             try:
+                if as_json and not body.lstrip().startswith(b"{"):
+                    # protobuf's JSON parser took `[]` or `"x"` for an empty export
+                    raise otlp.OtlpError("$", "not an OTLP JSON metrics request: not an object")
                 req = otlp.parse_request(body, ctype)
                 converted = otlp.to_batch(
                     req,

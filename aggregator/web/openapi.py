@@ -1,0 +1,398 @@
+"""The OpenAPI document's shared pieces: the request bodies that routes read themselves (the
+agent's wire batch, InfluxDB line protocol, OTLP), the error shapes they answer with, who may
+call what (security schemes), and the 405 of an API path asked with a method it lacks.
+
+`install(app)` adds the components to the app's document; routes name them through the
+helpers here (`error`, `AGENT_BATCH_BODY`, ...). The batch's schema is generated from the
+msgspec structs of `afmon.collectors.wire`, so the document and the decoder cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
+
+from afmon.collectors import wire
+
+_REF = "#/components/schemas/{name}"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+
+# -- error shapes ---------------------------------------------------------------------------
+
+ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {
+        "title": "Error",
+        "description": "A refusal of the read API, the sign-in flow and /metrics.",
+        "type": "object",
+        "properties": {"detail": {"type": "string"}},
+        "required": ["detail"],
+    },
+    "IngestError": {
+        "title": "IngestError",
+        "description": "A refused agent batch: `field` is a JSON path into the batch "
+        "(`$` for the whole body, `authorization` for the credential).",
+        "type": "object",
+        "properties": {
+            "detail": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["field", "message"],
+            }
+        },
+        "required": ["detail"],
+    },
+    "WriteError": {
+        "title": "WriteError",
+        "description": "A refused line-protocol write, shaped like InfluxDB's; `line` is the "
+        "1-based line at fault when one is.",
+        "type": "object",
+        "properties": {
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+            "line": {"type": "integer"},
+        },
+        "required": ["code", "message"],
+    },
+    "OtlpStatus": {
+        "title": "OtlpStatus",
+        "description": "A refused OTLP export: a google.rpc.Status (JSON form; the protobuf "
+        "form when the request was protobuf).",
+        "type": "object",
+        "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+        "required": ["code", "message"],
+    },
+    "IngestResult": {
+        "title": "IngestResult",
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["applied", "duplicate"]},
+            "facility": {"type": "string", "description": "The credential's facility"},
+            "stamped_facility": {
+                "type": "string",
+                "description": "The batch's own facility field, when it was another (the "
+                "batch was re-stamped with the credential's)",
+            },
+            "seq": {"type": "integer"},
+            "samples": {"type": "integer", "minimum": 0},
+            "stale_samples": {"type": "integer", "minimum": 0},
+            "events": {"type": "integer", "minimum": 0},
+        },
+        "required": ["status", "facility", "seq", "samples", "stale_samples", "events"],
+    },
+}
+
+_CHALLENGE = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+_RETRY = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+
+
+def error(description: str, schema: str = "Error", headers: dict[str, Any] | None = None) -> dict:
+    """One JSON error answer of the document."""
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name=schema)}}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def reader_errors() -> dict[int | str, dict[str, Any]]:
+    """The refusals of every read route (`reader_principal`)."""
+    return {
+        401: error("No session and no bearer token, or a token refused", headers=_CHALLENGE)
+    }
+
+
+# -- ingest: the agent's batch --------------------------------------------------------------
+
+EXAMPLE_FACILITY = "my-af"
+EXAMPLE_BATCH = wire.Batch(
+    version=wire.WIRE_VERSION,
+    agent_id="node-1.my-af",
+    facility=EXAMPLE_FACILITY,
+    node="node-1",
+    seq=1,
+    sent_at=1767225660.0,
+    series=[
+        wire.Series(
+            metric="user_cpu_seconds",
+            unit="seconds",
+            kind="counter",
+            labels={"user": "alice", "node": "node-1"},
+            times=[1767225600.0, 1767225630.0],
+            values=[120.0, 135.5],
+            created=1767225000.0,
+        )
+    ],
+    events=[wire.Event(kind="session", id="s-1", user="alice", start=1767225000.0)],
+)
+
+
+def _batch_components() -> tuple[dict[str, Any], dict[str, Any]]:
+    (batch,), components = msgspec.json.schema_components((wire.Batch,), ref_template=_REF)
+    return batch, components
+
+
+def _ingest_body() -> dict[str, Any]:
+    batch, _ = _batch_components()
+    example = msgspec.to_builtins(EXAMPLE_BATCH)
+    media = {"schema": batch, "example": example}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "One batch in wire format v1 (`afmon.collectors.wire`): JSON, "
+            "optionally gzip-compressed (recognised by its magic bytes, with or without "
+            "`Content-Encoding: gzip`). The data is stored as the credential's facility, "
+            "whatever the batch's `facility` field says.",
+            "content": {"application/json": media, wire.CONTENT_TYPE: media},
+        }
+    }
+
+
+INGEST_EXTRA = {**_ingest_body(), "security": [{"agent": []}]}
+
+INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Applied, or a duplicate (agent_id, seq) acknowledged",
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name="IngestResult")}}},
+    },
+    401: error("Missing, unknown or revoked agent token", "IngestError"),
+    413: error("Body too large (compressed or once decompressed)", "IngestError"),
+    422: error(
+        "Not a valid batch (the field named), or over a cardinality limit", "IngestError"
+    ),
+    429: error("Over the agent's batch rate", "IngestError", _RETRY),
+}
+
+# -- Telegraf (InfluxDB v2 line protocol) and OTLP/HTTP --------------------------------------
+
+_WRITE_HEADERS = {
+    "X-Afmon-Status": {
+        "description": "applied, duplicate, or empty (nothing afmon maps)",
+        "schema": {"enum": ["applied", "duplicate", "empty"]},
+    },
+    "X-Afmon-Samples": {"schema": {"type": "integer"}},
+    "X-Afmon-Ignored-Fields": {"schema": {"type": "integer"}},
+}
+
+WRITE_EXTRA = {
+    "requestBody": {
+        "required": False,
+        "description": "InfluxDB line protocol, UTF-8, optionally gzip (`Content-Encoding`); "
+        "an empty body writes nothing (204).",
+        "content": {
+            "text/plain": {
+                "schema": {"type": "string"},
+                "example": "cpu,host=node-1,cpu=cpu-total usage_user=12.5 1767225600000000000\n",
+            }
+        },
+    },
+    "security": [{"agent": []}, {"agentToken": []}],
+}
+
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "Written (or nothing afmon maps)", "headers": _WRITE_HEADERS},
+    400: error("Not line protocol, a bad precision, or a line afmon refuses", "WriteError"),
+    401: error("Missing, unknown or revoked agent token", "WriteError"),
+    413: error("Body too large (compressed or once decompressed)", "WriteError"),
+    415: error("A content-encoding other than gzip", "WriteError"),
+    422: error("Over a cardinality limit", "WriteError"),
+    429: error("Over the credential's request rate", "WriteError"),
+}
+
+PRECISION_SCHEMA = {"enum": ["ns", "us", "ms", "s"]}
+
+OTLP_EXTRA = {
+    "requestBody": {
+        "required": True,
+        "description": "An OTLP ExportMetricsServiceRequest, protobuf or its JSON mapping "
+        "(an object), optionally gzip (`Content-Encoding`); an empty protobuf body is an "
+        "empty export.",
+        "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"type": "object"}, "example": {"resourceMetrics": []}},
+        },
+    },
+    "security": [{"agent": []}, {"agentToken": []}],
+}
+
+
+def _otlp(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"$ref": _REF.format(name="OtlpStatus")}},
+        },
+    }
+
+
+OTLP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Exported: an ExportMetricsServiceResponse, in the request's encoding",
+        "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    },
+    400: _otlp("Not an OTLP metrics request, or data afmon refuses"),
+    401: _otlp("Missing, unknown or revoked agent token"),
+    413: _otlp("Body too large (compressed or once decompressed)"),
+    415: _otlp("A content type other than protobuf or JSON, or an unknown content-encoding"),
+    422: _otlp("Over a cardinality limit"),
+    429: _otlp("Over the credential's request rate"),
+}
+
+# -- /metrics, /healthz ---------------------------------------------------------------------
+
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The exposition; OpenMetrics when the scraper asks for it (`Accept`)",
+        "content": {
+            "text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}},
+            "application/openmetrics-text; version=1.0.0; charset=utf-8": {
+                "schema": {"type": "string"}
+            },
+        },
+    },
+    401: error("Protected and no (or a wrong) scrape credential", headers=_CHALLENGE),
+}
+METRICS_EXTRA = {"security": [{"scrapeBearer": []}, {"scrapeBasic": []}, {}]}
+
+HEALTHZ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Up, and the database answers",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"const": "ok"},
+                        "version": {"type": "string"},
+                        "database": {"type": "string"},
+                    },
+                    "required": ["status", "version", "database"],
+                }
+            }
+        },
+    },
+    503: error("The database does not answer"),
+}
+
+READER_EXTRA = {"security": [{"reader": []}, {"session": []}]}
+
+EPOCH_MAX = 253402300799.0  # 9999-12-31T23:59:59Z: the largest time a read route takes
+_DIMENSION = "(facility|vo|group|member)"
+BY_SCHEMA = {
+    "pattern": f"^{_DIMENSION}(,{_DIMENSION})*$",
+    "description": "Comma-separated columns to total by (refused with 400 otherwise)",
+}
+USAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One row per (`by`..., resource): its columns, and the amount",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "resource": {"type": "string"},
+                            "amount": {"type": "number"},
+                            "unit": {"type": "string"},
+                        },
+                        "required": ["resource", "amount", "unit"],
+                    },
+                }
+            }
+        },
+    },
+    400: error("A `by` that names no column"),
+    **reader_errors(),
+}
+
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "reader": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A WLCG/OIDC access token from a trusted issuer (AFMON_OIDC_ISSUERS).",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "afmon_session",
+        "description": "The signed session that /auth/callback sets.",
+    },
+    "agent": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A facility's agent credential (AFMON_FACILITY_TOKENS or "
+        "`afmon agent-token`).",
+    },
+    "agentToken": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "The agent credential as Telegraf sends it: `Token <credential>`.",
+    },
+    "scrapeBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "AFMON_METRICS_TOKEN; none needed in local mode or with "
+        "AFMON_METRICS_PUBLIC.",
+    },
+    "scrapeBasic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "AFMON_METRICS_USERNAME and AFMON_METRICS_PASSWORD.",
+    },
+}
+
+
+def install(app: FastAPI) -> None:
+    """Add the shared components (batch structs, error shapes, security schemes) to the
+    app's document, and refuse the methods it does not name (`refuse_other_methods`).
+    Call it after the API routes and before the mounts."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = doc.setdefault("components", {})
+            schemas = components.setdefault("schemas", {})
+            schemas.update(_batch_components()[1])
+            schemas.update(ERROR_SCHEMAS)
+            components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    refuse_other_methods(app, openapi())
+
+
+def refuse_other_methods(app: FastAPI, document: dict[str, Any]) -> None:
+    """Answer 405 (with `Allow`: the methods the document names) to a method that an API
+    path lacks: without this the request falls through to what is mounted at `/` (the
+    dashboard) and gets its HTML page."""
+    for path, operations in document["paths"].items():
+        methods = {m.upper() for m in operations if m.upper() in METHODS}
+        allow = ", ".join(sorted(methods))
+
+        async def refuse(_request: Request, allow: str = allow) -> JSONResponse:
+            return JSONResponse(
+                {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow}
+            )
+
+        app.router.add_route(
+            path, refuse, methods=sorted(METHODS - methods), include_in_schema=False
+        )
