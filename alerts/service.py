@@ -26,6 +26,8 @@ from afmon.alerts.notifiers import MailNotifier, Notifier, WebhookNotifier
 from afmon.alerts.rules import Rule, RuleError, load_rules
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
+
     from afmon.aggregator.metrics.exporter import IngestMetrics
     from afmon.aggregator.web.services import Services
 
@@ -35,10 +37,29 @@ REFUSED_OUTCOMES = ("rejected", "too_large", "unauthorized", "over_limit")
 
 def refused_batches(instruments: IngestMetrics) -> dict[Labels, float]:
     """The ingest counter of refused batches, summed per facility."""
+    return _per_facility(
+        instruments.batches, lambda labels: labels.get("outcome") in REFUSED_OUTCOMES
+    )
+
+
+def write_failures(instruments: IngestMetrics) -> dict[Labels, float]:
+    """The ingest counter of failed database writes, summed per facility."""
+    return _per_facility(instruments.write_failures, lambda _labels: True)
+
+
+def process_counters(instruments: IngestMetrics) -> dict[str, dict[Labels, float]]:
+    """The in-process counters behind the process signals (`signals.PROCESS_SIGNALS`)."""
+    return {
+        "ingest_rejected_batches": refused_batches(instruments),
+        "ingest_write_failures": write_failures(instruments),
+    }
+
+
+def _per_facility(counter: Counter, keep: Callable[[dict[str, str]], bool]) -> dict[Labels, float]:
     out: dict[Labels, float] = {}
-    for metric in instruments.batches.collect():
+    for metric in counter.collect():
         for s in metric.samples:
-            if s.name.endswith("_total") and s.labels.get("outcome") in REFUSED_OUTCOMES:
+            if s.name.endswith("_total") and keep(s.labels):
                 key = (("facility", s.labels["facility"]),)
                 out[key] = out.get(key, 0.0) + s.value
     return out
@@ -62,14 +83,14 @@ class AlertService:
         rules: Sequence[Rule],
         notifiers: Sequence[Notifier] = (),
         clock: Callable[[], float] = time.time,
-        counters: Callable[[], Mapping[Labels, float]] | None = None,
+        counters: Callable[[], Mapping[str, Mapping[Labels, float]]] | None = None,
     ) -> None:
         self._engine = engine
         self._rules = list(rules)
         self._notifiers = list(notifiers)
         self._clock = clock
         self._counters = counters
-        self._rejections = CounterWindow()
+        self._windows: dict[str, CounterWindow] = {}
         self.state: State = self._load()
 
     def run_once(self) -> list[Alert]:
@@ -77,7 +98,9 @@ class AlertService:
         now = self._clock()
         signals = compute(self._engine, now, {r.signal for r in self._rules})
         if self._counters is not None:
-            signals["ingest_rejected_batches"] = self._rejections.observe(now, self._counters())
+            for name, values in self._counters().items():
+                window = self._windows.setdefault(name, CounterWindow())
+                signals[name] = window.observe(now, values)
         new = evaluate(self._rules, signals, self.state, now)
         changed = transitions(self.state, new)
         self._save(new)
@@ -149,7 +172,7 @@ def alert_loop(services: Services, stop: threading.Event) -> None:
             rules,
             notifiers_from(settings),
             services.clock,
-            lambda: refused_batches(services.instruments),
+            lambda: process_counters(services.instruments),
         )
     except (RuleError, ValueError) as exc:
         log.error("alerts are off: %s", exc)

@@ -2,7 +2,8 @@
 
 Server answers and what the loop does with the spooled batch:
 
-    2xx                    sent: delete it
+    2xx                    sent: delete it ("partial": the server quarantined some
+                           records, named in the answer and logged here)
     400, 413, 422          permanently bad: move it to rejected/, log the server's reason
     401, 403               the token is refused: keep everything, log, retry later
     429, 5xx, other, down  keep everything, retry after an exponential backoff with jitter
@@ -172,8 +173,15 @@ class PushLoop:
         code = response.status_code
         if 200 <= code < 300:
             self.failures, self.next_attempt = 0, -math.inf
-            status = self._status(response)
-            if status not in ("applied", "duplicate"):
+            status, refused = self._status(response)
+            if status == "partial":  # applied, less records the server quarantined
+                for r in refused[:5]:
+                    log.warning(
+                        "batch seq %d: the server refused %s (%s): %s; it keeps the record "
+                        "for `afmon quarantine replay`",
+                        item.seq, r.get("field"), r.get("reason"), r.get("message"),
+                    )  # fmt: skip
+            elif status not in ("applied", "duplicate"):
                 log.warning("batch seq %d: server said %s %r", item.seq, code, status)
             log.debug("batch seq %d %s (%d samples)", item.seq, status, item.samples)
             self.spool.delete(item)
@@ -193,11 +201,14 @@ class PushLoop:
         return self._failed(f"HTTP {code} from {self.url}: {message}", response)
 
     @staticmethod
-    def _status(response: httpx.Response) -> str | None:
+    def _status(response: httpx.Response) -> tuple[str | None, list[dict[str, str]]]:
+        """The answer's status and its refused records (a partial batch)."""
         try:
-            return msgspec.json.decode(response.content).get("status")
+            answer = msgspec.json.decode(response.content)
+            refused = answer.get("refused") or []
+            return answer.get("status"), [r for r in refused if isinstance(r, dict)]
         except (msgspec.DecodeError, AttributeError):
-            return None
+            return None, []
 
     def _failed(
         self, why: str, response: httpx.Response | None, level: int = logging.WARNING

@@ -63,8 +63,13 @@ class Event(msgspec.Struct, forbid_unknown_fields=True):
     """Something with a start and (once known) an end, owned by a local user."""
 
     kind: Literal[
-        "session", "dask_cluster", "batch_job",
-        "spawn", "dask_scale", "dask_worker", "dask_computation",
+        "session",
+        "dask_cluster",
+        "batch_job",
+        "spawn",
+        "dask_scale",
+        "dask_worker",
+        "dask_computation",
         "gpu_idle",
     ]
     id: Text
@@ -128,6 +133,8 @@ KNOWN_METRICS: dict[str, tuple[str, str]] = {
     "xrootd_server_link_out_bytes": ("bytes", "counter"),
     "xrootd_server_opens": ("1", "counter"),
     "xrootd_server_restarts": ("1", "counter"),
+    # server bytes no user's record accounts for (overhead, killed transfers), by direction
+    "xrootd_unattributed_bytes": ("bytes", "counter"),
     # GPUs (collectors/probes/gpu.py, docs/gpu.md); user_* ones carry the user's name
     "gpu_probe_state": ("1", "gauge"),
     "gpu_info": ("1", "gauge"),
@@ -171,10 +178,12 @@ def decode(
     max_decompressed: int | None = None,
     now: float | None = None,
     max_future_skew: float | None = None,
+    strict: bool = True,
 ) -> Batch:
     """Decode and validate raw bytes (gzip or plain JSON) into a Batch.
 
-    Raises WireError naming the offending field.
+    Raises WireError naming the offending field. With `strict` False only the envelope
+    (types, version) is checked: the server judges each record with `refusals`.
     """
     if body[:2] == b"\x1f\x8b":
         body = _gunzip(body, max_decompressed)
@@ -185,7 +194,10 @@ def decode(
         raise WireError(field, message) from None
     except msgspec.DecodeError as exc:
         raise WireError("$", f"not valid JSON: {exc}") from None
-    check_batch(batch, now=now, max_future_skew=max_future_skew)
+    if strict:
+        check_batch(batch, now=now, max_future_skew=max_future_skew)
+    else:
+        check_envelope(batch)
     return batch
 
 
@@ -196,60 +208,122 @@ def decode(
 RESERVED_LABELS = frozenset({"facility", "vo", "group", "member"})
 
 
-def check_batch(
-    batch: Batch, *, now: float | None = None, max_future_skew: float | None = None
-) -> None:
-    """Cross-field rules that the types cannot state."""
+class Refusal(msgspec.Struct, frozen=True):
+    """One record (a series or an event) of a batch that cannot be accepted, and why.
+
+    `reason` is a stable machine-readable code (counted in /metrics, kept in the server's
+    quarantine); `field` and `message` say where and what for a person."""
+
+    kind: Literal["series", "event"]
+    index: int
+    field: str
+    reason: str
+    message: str
+
+
+def check_envelope(batch: Batch) -> None:
+    """What refuses a batch as a whole: the parts that are not records."""
     if batch.version != WIRE_VERSION:
         raise WireError(
             "$.version", f"unsupported wire version {batch.version}, expected {WIRE_VERSION}"
         )
+
+
+def check_batch(
+    batch: Batch, *, now: float | None = None, max_future_skew: float | None = None
+) -> None:
+    """Every rule, strictly: raises WireError for the first problem of the batch."""
+    check_envelope(batch)
+    problems = refusals(batch, now=now, max_future_skew=max_future_skew)
+    if problems:
+        raise WireError(problems[0].field, problems[0].message)
+
+
+def refusals(
+    batch: Batch, *, now: float | None = None, max_future_skew: float | None = None
+) -> list[Refusal]:
+    """Cross-field rules that the types cannot state, per record: the first problem of each
+    series and event that breaks one (the others are fine on their own)."""
+    out: list[Refusal] = []
+    limit = None if now is None or max_future_skew is None else now + max_future_skew
     for i, s in enumerate(batch.series):
-        where = f"$.series[{i}]"
-        if len(s.times) != len(s.values):
-            raise WireError(
-                f"{where}.values",
-                f"{len(s.values)} values for {len(s.times)} times in series {s.metric}",
-            )
-        reserved = RESERVED_LABELS.intersection(s.labels)
-        if reserved:
-            name = min(reserved)
-            raise WireError(
-                f"{where}.labels.{name}",
-                f"label {name!r} of series {s.metric} is reserved: the server sets "
-                + ("it from the credential" if name == "facility" else "it from the identity map")
-                + "; remove it",
-            )
-        if not all(map(math.isfinite, s.values)):
-            raise WireError(f"{where}.values", f"non-finite value in series {s.metric}")
-        if not all(map(operator.lt, s.times, s.times[1:])):  # C speed: this runs per sample
-            raise WireError(f"{where}.times", f"times of series {s.metric} must strictly increase")
-        expected = KNOWN_METRICS.get(s.metric)
-        if expected is not None:
-            unit, kind = expected
-            if s.unit != unit:
-                raise WireError(
-                    f"{where}.unit", f"metric {s.metric} is in {unit!r}, not {s.unit!r}"
-                )
-            if s.kind != kind:
-                raise WireError(f"{where}.kind", f"metric {s.metric} is a {kind}, not a {s.kind}")
-        if s.kind == "counter" and s.values and min(s.values) < 0:
-            raise WireError(f"{where}.values", f"counter {s.metric} has a negative value")
+        problem = _series_problem(s, f"$.series[{i}]", limit, now, max_future_skew)
+        if problem is not None:
+            out.append(Refusal("series", i, *problem))
     for i, e in enumerate(batch.events):
+        where = f"$.events[{i}]"
         if e.end is not None and e.end < e.start:
-            raise WireError(f"$.events[{i}].end", f"event {e.id} ends before it starts")
-    if now is not None and max_future_skew is not None:
-        limit = now + max_future_skew
-        for i, s in enumerate(batch.series):
-            if s.times and s.times[-1] > limit:
-                raise WireError(
-                    f"$.series[{i}].times",
-                    f"sample at {s.times[-1]:.3f} is {s.times[-1] - now:.0f} s in the future "
-                    f"(clock skew over {max_future_skew:.0f} s)",
-                )
-        for i, e in enumerate(batch.events):
-            if max(e.start, e.end or 0.0) > limit:
-                raise WireError(f"$.events[{i}]", f"event {e.id} is in the future (clock skew)")
+            out.append(Refusal("event", i, f"{where}.end", "ends_before_start",
+                               f"event {e.id} ends before it starts"))  # fmt: skip
+        elif limit is not None and max(e.start, e.end or 0.0) > limit:
+            out.append(Refusal("event", i, where, "future",
+                               f"event {e.id} is in the future (clock skew)"))  # fmt: skip
+    return out
+
+
+def _series_problem(
+    s: Series, where: str, limit: float | None, now: float | None, skew: float | None
+) -> tuple[str, str, str] | None:
+    """(field, reason, message) of the first rule series `s` breaks, or None."""
+    reserved = RESERVED_LABELS.intersection(s.labels)
+    if reserved:
+        name = min(reserved)
+        source = "the credential" if name == "facility" else "the identity map"
+        return (
+            f"{where}.labels.{name}",
+            "reserved_label",
+            f"label {name!r} of series {s.metric} is reserved: the server sets it from "
+            f"{source}; remove it",
+        )
+    if len(s.times) != len(s.values):
+        return (
+            f"{where}.values",
+            "length_mismatch",
+            f"{len(s.values)} values for {len(s.times)} times in series {s.metric}",
+        )
+    if not all(map(math.isfinite, s.values)):
+        return f"{where}.values", "non_finite", f"non-finite value in series {s.metric}"
+    if not all(map(operator.lt, s.times, s.times[1:])):  # C speed: this runs per sample
+        return (
+            f"{where}.times",
+            "times_not_increasing",
+            f"times of series {s.metric} must strictly increase",
+        )
+    expected = KNOWN_METRICS.get(s.metric)
+    if expected is not None:
+        unit, kind = expected
+        if s.unit != unit:
+            return (
+                f"{where}.unit",
+                "wrong_unit",
+                f"metric {s.metric} is in {unit!r}, not {s.unit!r}",
+            )
+        if s.kind != kind:
+            return f"{where}.kind", "wrong_kind", f"metric {s.metric} is a {kind}, not a {s.kind}"
+    if s.kind == "counter" and s.values and min(s.values) < 0:
+        return f"{where}.values", "negative_counter", f"counter {s.metric} has a negative value"
+    if limit is not None and s.times and s.times[-1] > limit:
+        assert now is not None and skew is not None
+        return (
+            f"{where}.times",
+            "future",
+            f"sample at {s.times[-1]:.3f} is {s.times[-1] - now:.0f} s in the future "
+            f"(clock skew over {skew:.0f} s)",
+        )
+    return None
+
+
+def without(batch: Batch, refused: list[Refusal]) -> Batch:
+    """The batch less the refused records."""
+    if not refused:
+        return batch
+    series = {r.index for r in refused if r.kind == "series"}
+    events = {r.index for r in refused if r.kind == "event"}
+    return msgspec.structs.replace(
+        batch,
+        series=[s for i, s in enumerate(batch.series) if i not in series],
+        events=[e for i, e in enumerate(batch.events) if i not in events],
+    )
 
 
 def _gunzip(body: bytes, limit: int | None) -> bytes:

@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     }
     | {WIRE},
     f"{A}.cli": {
-        f"{A}.{p}" for p in ("core", "store", "identity", "auth", "report", "web")
+        f"{A}.{p}" for p in ("core", "store", "identity", "ingest", "auth", "report", "web")
     }
     | {WIRE, "afmon.collectors.simulator"},
     # readers above the aggregator: they plug into its web app and CLI, never into each other

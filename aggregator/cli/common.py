@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TextIO
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -36,3 +38,20 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         sys.exit(f"afmon: bad setting AFMON_{str(first['loc'][0]).upper()}: {first['msg']}")
     except SettingsError as exc:  # e.g. a JSON setting that is not JSON
         sys.exit(f"afmon: bad setting: {exc}")
+
+
+def progress_bar(title: str, stream: TextIO | None = None) -> Callable[[str, int, int], None]:
+    """A one-line progress bar on a terminal (default: standard error, looked up when the bar
+    is made); nothing when the stream is not a terminal."""
+    stream = stream or sys.stderr
+
+    def show(label: str, done: int, total: int) -> None:
+        if not stream.isatty():
+            return
+        frac = min(1.0, done / total) if total else 1.0
+        bar = "#" * int(frac * 30)
+        end = "\n" if frac >= 1 else ""
+        stream.write(f"\r\x1b[2K{title} [{bar:<30}] {frac * 100:5.1f}% {label}{end}")
+        stream.flush()
+
+    return show

@@ -7,27 +7,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
 
-from afmon.aggregator.cli.common import settings_from_args
+from afmon.aggregator.cli.common import progress_bar, settings_from_args
 from afmon.aggregator.report.files import FORMATS
-
-
-def progress_bar(stream: TextIO | None = None) -> Callable[[str, int, int], None]:
-    """A one-line progress bar on a terminal (default: standard error, looked up when the bar
-    is made); nothing when the stream is not a terminal."""
-    stream = stream or sys.stderr
-
-    def show(label: str, done: int, total: int) -> None:
-        if not stream.isatty():
-            return
-        frac = min(1.0, done / total) if total else 1.0
-        bar = "#" * int(frac * 30)
-        end = "\n" if frac >= 1 else ""
-        stream.write(f"\r\x1b[2Kreport [{bar:<30}] {frac * 100:5.1f}% {label}{end}")
-        stream.flush()
-
-    return show
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,7 +50,7 @@ def cmd_report_weekly(args: argparse.Namespace, clock: Callable[[], float] = tim
     try:
         query = open_query(settings.database_url)
         files = build_files(
-            query, None, settings, week, formats, args.facility, args.vo, progress_bar()
+            query, None, settings, week, formats, args.facility, args.vo, progress_bar("report")
         )
     except ReportInputError as exc:
         print(f"afmon report weekly: {exc}", file=sys.stderr)

@@ -134,6 +134,12 @@ class ServerSettings(BaseSettings):
     limit_gpus_per_facility: int = Field(
         20_000, gt=0, description="Distinct GPUs (and MIG units) one facility may report."
     )
+    quarantine_keep: int = Field(
+        100_000,
+        gt=0,
+        description="Refused records kept per facility for `afmon quarantine` (the oldest go "
+        "first beyond it).",
+    )
     metrics_node_silence_seconds: float = Field(
         86_400.0,
         gt=0,

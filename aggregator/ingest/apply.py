@@ -11,8 +11,8 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from itertools import chain, repeat
 from typing import Any, Literal
 
@@ -21,14 +21,15 @@ from sqlalchemy import Connection, Engine
 
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.identity.accounts import IdentityMap, MemberRef
-from afmon.aggregator.ingest.limits import Cardinality, Limits, check_shape
+from afmon.aggregator.ingest import quarantine as quarantined
+from afmon.aggregator.ingest.limits import Cardinality, Limits, check_size, label_refusals
+from afmon.aggregator.ingest.quarantine import StillRefused
 from afmon.aggregator.ledger.base import (
     ACCOUNTED_METRICS,
     EVENT_RULES,
     HOUR,
     AttrError,
     Increments,
-    MetricRule,
     counter_increases,
     counter_increases_per_hour,
     fresh_count,
@@ -82,12 +83,15 @@ def sample_rows(fresh: Iterable[FreshSamples]) -> Iterator[tuple[int, float, flo
 
 @dataclass(frozen=True)
 class IngestResult:
-    status: Literal["applied", "duplicate"]
+    """`partial`: applied, less the `refused` records (quarantined)."""
+
+    status: Literal["applied", "partial", "duplicate"]
     seq: int
     samples: int = 0
     stale_samples: int = 0
     events: int = 0
     ledger_rows: int = 0
+    refused: tuple[wire.Refusal, ...] = ()
 
 
 def _labels_json(s: wire.Series) -> str:
@@ -136,10 +140,21 @@ class Ingestor:
             "sum_seconds = latency.sum_seconds + excluded.sum_seconds"
         )
 
-    def apply(self, batch: wire.Batch) -> IngestResult:
-        """Apply a batch exactly once; raises `wire.WireError` (or its `LimitExceeded`) for
-        a batch refused as a whole, with nothing of it written."""
-        check_shape(batch, self._limits)
+    def apply(
+        self,
+        batch: wire.Batch,
+        refused: Sequence[wire.Refusal] = (),
+        *,
+        quarantine: bool = True,
+    ) -> IngestResult:
+        """Apply a batch exactly once, less its refused records: those the route found
+        (`refused`, from `wire.refusals`) and those only the server can judge (labels per
+        series, repeated series, node and GPU limits). They are quarantined in the same
+        transaction, or, with `quarantine` False (a replay), make the whole call a no-op that
+        raises `StillRefused`. Raises `wire.WireError` (or its `LimitExceeded`) for a batch
+        refused as a whole, with nothing of it written."""
+        check_size(batch, self._limits)
+        refused = [*refused, *label_refusals(batch, self._limits)]
         p = self._p
         now = self._clock()
         with self._engine.begin() as conn:
@@ -150,11 +165,51 @@ class Ingestor:
             ).rowcount
             if claimed == 0:
                 return IngestResult("duplicate", batch.seq)
+            more, own_node = self._admit(conn, batch, refused)
+            refused += more
+            if refused and not quarantine:
+                raise StillRefused(refused)  # rolls the claim back: a later replay may apply
             new_series: dict[SeriesKey, int] = {}
-            result = self._apply(conn, batch, now, new_series)
+            clean = wire.without(batch, refused)
+            result = self._apply(conn, clean, now, new_series, own_node)
+            if refused:
+                quarantined.store(conn, batch, refused, now, self._settings.quarantine_keep)
         # Only ids of committed series may be remembered: a rolled-back id can be reused.
         self._series_ids.update(new_series)
+        if refused:
+            result = replace(result, status="partial", refused=tuple(refused))
         return result
+
+    def _admit(
+        self, conn: Connection, batch: wire.Batch, refused: Sequence[wire.Refusal]
+    ) -> tuple[list[wire.Refusal], bool]:
+        """Refusals only the server can make, before anything is written: a series repeated
+        in its batch, a resource label no ledger rule knows, a node or GPU past its limit;
+        and whether the batch's own node is admitted (its agent is recorded only then)."""
+        skip = {r.index for r in refused if r.kind == "series"}
+        first: dict[SeriesKey, int] = {}
+        out: list[wire.Refusal] = []
+        unknown: list[tuple[int, wire.Series]] = []
+        for i, s in enumerate(batch.series):
+            if i in skip:
+                continue
+            key = (batch.facility, s.metric, tuple(sorted(s.labels.items())))
+            if key in first:
+                out.append(wire.Refusal(
+                    "series", i, f"$.series[{i}]", "repeated_series",
+                    f"repeats the series of $.series[{first[key]}] ({s.metric} "
+                    f"{_labels_json(s)}); send each series once per batch",
+                ))  # fmt: skip
+                continue
+            first[key] = i
+            problem = self._resource_problem(s, i)
+            if problem is not None:
+                out.append(problem)
+                continue
+            if key not in self._series_ids:
+                unknown.append((i, s))
+        over, own_node = self._cardinality.admit(conn, batch, unknown)
+        return out + over, own_node
 
     # -- the parts of one transaction -------------------------------------------------
 
@@ -164,6 +219,7 @@ class Ingestor:
         batch: wire.Batch,
         now: float,
         new_series: dict[SeriesKey, int],
+        own_node: bool = True,
     ) -> IngestResult:
         facility = batch.facility
         ids = self._series_ids_for(conn, batch, new_series)
@@ -176,7 +232,7 @@ class Ingestor:
         new_state: list[tuple[float, float, int]] = []
         stale = written = 0
         gap = self._settings.gauge_max_gap_seconds
-        for i, (s, sid) in enumerate(zip(batch.series, ids, strict=True)):
+        for s, sid in zip(batch.series, ids, strict=True):
             times, values = s.times, s.values
             last_t, last_v = state[sid]
             n = fresh_count(times, last_t)
@@ -195,7 +251,7 @@ class Ingestor:
             user = s.labels.get("user")
             if rule is None or user is None:
                 continue
-            resource = self._resource(rule, s, i)
+            resource = rule.resource_for(s.labels)  # checked in `_admit`
             node = s.labels.get("node", batch.node)
             pieces: Iterable[tuple[float, float]] | None = None
             if rule.how == "counter":
@@ -247,7 +303,8 @@ class Ingestor:
             conn.exec_driver_sql(
                 self._sql_latency, [(*k, int(c), s) for k, (c, s) in inc.latencies.items()]
             )
-        self._touch_agent(conn, batch, now, written)
+        if own_node:
+            self._touch_agent(conn, batch, now, written)
         return IngestResult("applied", batch.seq, written, stale, events, len(inc))
 
     def _one_member(self, facility: str, user: str, first: float, last: float) -> bool:
@@ -256,19 +313,23 @@ class Ingestor:
         return lo <= first and last < hi
 
     @staticmethod
-    def _resource(rule: MetricRule, s: wire.Series, i: int) -> str:
+    def _resource_problem(s: wire.Series, i: int) -> wire.Refusal | None:
+        """A refusal when an accounted series' labels name no ledger resource."""
+        rule = ACCOUNTED_METRICS.get(s.metric)
+        if rule is None or "user" not in s.labels:
+            return None
+        where = f"$.series[{i}].labels"
         try:
             resource = rule.resource_for(s.labels)
         except KeyError as exc:
-            raise wire.WireError(
-                f"$.series[{i}].labels", f"{s.metric} needs the label {exc.args[0]!r}"
-            ) from None
+            return wire.Refusal("series", i, where, "missing_label",
+                                f"{s.metric} needs the label {exc.args[0]!r}")  # fmt: skip
         if resource not in RESOURCES:
-            raise wire.WireError(
-                f"$.series[{i}].labels",
+            return wire.Refusal(
+                "series", i, where, "unknown_resource",
                 f"labels {s.labels} of {s.metric} name no ledger resource ({resource!r})",
-            )
-        return resource
+            )  # fmt: skip
+        return None
 
     def _member(
         self, facility: str, user: str, when: float, seen: dict[str, MemberRef]
@@ -281,17 +342,9 @@ class Ingestor:
         self, conn: Connection, batch: wire.Batch, new_series: dict[SeriesKey, int]
     ) -> list[int]:
         p = self._p
-        keys = [(batch.facility, s.metric, tuple(sorted(s.labels.items()))) for s in batch.series]
-        unknown = [
-            (i, s)
-            for i, (s, key) in enumerate(zip(batch.series, keys, strict=True))
-            if key not in self._series_ids and key not in new_series
-        ]
-        if unknown:  # new nodes and GPUs are admitted before anything is written
-            self._cardinality.admit(conn, batch, unknown)
         ids: list[int] = []
-        first_index: dict[int, int] = {}
-        for i, (s, key) in enumerate(zip(batch.series, keys, strict=True)):
+        for s in batch.series:
+            key = (batch.facility, s.metric, tuple(sorted(s.labels.items())))
             sid = self._series_ids.get(key) or new_series.get(key)
             if sid is None:
                 labels = _labels_json(s)
@@ -313,13 +366,6 @@ class Ingestor:
                     (batch.facility, s.metric, labels),
                 ).scalar_one()
                 new_series[key] = sid
-            if sid in first_index:
-                raise wire.WireError(
-                    f"$.series[{i}]",
-                    f"repeats the series of $.series[{first_index[sid]}] "
-                    f"({s.metric} {_labels_json(s)}); send each series once per batch",
-                )
-            first_index[sid] = i
             ids.append(sid)
         return ids
 

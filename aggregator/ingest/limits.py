@@ -2,9 +2,11 @@
 facility may have, so that a producer inventing hosts (or labels) cannot grow the database,
 the time-series store and /metrics without bound.
 
-A batch over a limit is refused as a whole with `LimitExceeded` (a `wire.WireError`: the
-routes answer 4xx naming the field, the limit and its setting) before anything of it is
-written; the refusal is counted under the outcome `over_limit`. docs/security.md.
+A batch with too many series is refused as a whole with `LimitExceeded` (a `wire.WireError`:
+the routes answer 422 naming the limit and its setting, counted as outcome `over_limit`).
+A series with too many labels, or one that would add a node or GPU past its facility's limit,
+is refused as a record (`wire.Refusal`): quarantined, replayable once the limit is raised,
+while the rest of its batch is applied. docs/security.md, docs/accounting.md.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ class Limits:
         )
 
 
-def check_shape(batch: wire.Batch, limits: Limits) -> None:
-    """Limits one batch can be checked against alone: series per batch, labels per series."""
+def check_size(batch: wire.Batch, limits: Limits) -> None:
+    """The one limit that refuses a batch whole: its number of series."""
     if len(batch.series) > limits.series_per_batch:
         raise LimitExceeded(
             "$.series",
@@ -56,14 +58,22 @@ def check_shape(batch: wire.Batch, limits: Limits) -> None:
             f"{limits.series_per_batch} (AFMON_LIMIT_SERIES_PER_BATCH); send smaller batches",
             "series_per_batch",
         )
-    for i, s in enumerate(batch.series):
-        if len(s.labels) > limits.labels_per_series:
-            raise LimitExceeded(
-                f"$.series[{i}].labels",
-                f"series {s.metric} has {len(s.labels)} labels, over the limit of "
-                f"{limits.labels_per_series} (AFMON_LIMIT_LABELS_PER_SERIES)",
-                "labels_per_series",
-            )
+
+
+def label_refusals(batch: wire.Batch, limits: Limits) -> list[wire.Refusal]:
+    """The series that carry more labels than allowed."""
+    return [
+        wire.Refusal(
+            "series",
+            i,
+            f"$.series[{i}].labels",
+            "too_many_labels",
+            f"series {s.metric} has {len(s.labels)} labels, over the limit of "
+            f"{limits.labels_per_series} (AFMON_LIMIT_LABELS_PER_SERIES)",
+        )
+        for i, s in enumerate(batch.series)
+        if len(s.labels) > limits.labels_per_series
+    ]
 
 
 class Cardinality:
@@ -84,49 +94,67 @@ class Cardinality:
 
     def admit(
         self, conn: Connection, batch: wire.Batch, new: Iterable[tuple[int, wire.Series]]
-    ) -> None:
-        """Raise LimitExceeded when the new series `(index, series)` of `batch` would take
-        its facility over a node or GPU limit."""
+    ) -> tuple[list[wire.Refusal], bool]:
+        """The new series `(index, series)` of `batch` that would take its facility over a
+        node or GPU limit (new nodes and GPUs are admitted in batch order up to the limit,
+        the batch's own node first), and whether the batch's own node is admitted (if not,
+        its agent is not recorded as a node of the facility either)."""
         facility = batch.facility
-        nodes: dict[str, int] = {}
-        gpus: dict[tuple[str, str], int] = {}
-        for i, s in new:
-            node = s.labels.get("node", batch.node)
-            nodes.setdefault(node, i)
-            if "gpu" in s.labels:
-                gpus.setdefault((node, s.labels["gpu"]), i)
+        new = list(new)
+        wanted_nodes = {batch.node, *(s.labels.get("node", batch.node) for _, s in new)}
+        wanted_gpus = {
+            (s.labels.get("node", batch.node), s.labels["gpu"]) for _, s in new if "gpu" in s.labels
+        }
+        refused: list[wire.Refusal] = []
         with self._lock:
             if facility not in self._loaded or (
-                (set(nodes) - self._nodes[facility] or set(gpus) - self._gpus[facility])
+                (wanted_nodes - self._nodes[facility] or wanted_gpus - self._gpus[facility])
                 and self._clock() - self._loaded[facility] >= 1.0
             ):
                 self._load(conn, facility)
-            known_nodes, known_gpus = self._nodes[facility], self._gpus[facility]
-            unknown_nodes = [n for n in nodes if n not in known_nodes]
-            unknown_gpus = [g for g in gpus if g not in known_gpus]
-            limit = self._limits.nodes_per_facility
-            if len(known_nodes) + len(unknown_nodes) > limit:
-                first = unknown_nodes[0]
-                raise LimitExceeded(
-                    f"$.series[{nodes[first]}].labels.node",
-                    f"facility {facility!r} has {len(known_nodes)} nodes and this batch adds "
-                    f"{len(unknown_nodes)} ({first!r}, ...), over the limit of {limit} "
-                    "(AFMON_LIMIT_NODES_PER_FACILITY)",
-                    "nodes_per_facility",
-                )
-            limit = self._limits.gpus_per_facility
-            if len(known_gpus) + len(unknown_gpus) > limit:
-                node, gpu = unknown_gpus[0]
-                raise LimitExceeded(
-                    f"$.series[{gpus[unknown_gpus[0]]}].labels.gpu",
-                    f"facility {facility!r} has {len(known_gpus)} GPUs and this batch adds "
-                    f"{len(unknown_gpus)} ({gpu!r} on {node!r}, ...), over the limit of "
-                    f"{limit} (AFMON_LIMIT_GPUS_PER_FACILITY)",
-                    "gpus_per_facility",
-                )
+            nodes, gpus = self._nodes[facility], self._gpus[facility]
+            node_room = self._limits.nodes_per_facility - len(nodes)
+            gpu_room = self._limits.gpus_per_facility - len(gpus)
+            added_nodes: set[str] = set()
+            added_gpus: set[tuple[str, str]] = set()
+            own_node = batch.node in nodes or node_room > 0
+            if batch.node not in nodes and own_node:
+                added_nodes.add(batch.node)
+            for i, s in new:
+                node = s.labels.get("node", batch.node)
+                if node not in nodes and node not in added_nodes:
+                    if len(added_nodes) >= node_room:
+                        refused.append(self._over(i, s, "node", facility, len(nodes), node))
+                        continue
+                    added_nodes.add(node)
+                gpu = s.labels.get("gpu")
+                if gpu is not None and (node, gpu) not in gpus and (node, gpu) not in added_gpus:
+                    if len(added_gpus) >= gpu_room:
+                        refused.append(self._over(i, s, "gpu", facility, len(gpus), gpu))
+                        continue
+                    added_gpus.add((node, gpu))
             # counted as known now; a rolled-back batch is forgotten at the next load
-            known_nodes.update(unknown_nodes)
-            known_gpus.update(unknown_gpus)
+            nodes.update(added_nodes)
+            gpus.update(added_gpus)
+        return refused, own_node
+
+    def _over(
+        self, i: int, s: wire.Series, what: str, facility: str, known: int, name: str
+    ) -> wire.Refusal:
+        limit = (
+            self._limits.nodes_per_facility if what == "node" else self._limits.gpus_per_facility
+        )
+        setting = (
+            "AFMON_LIMIT_NODES_PER_FACILITY" if what == "node" else "AFMON_LIMIT_GPUS_PER_FACILITY"
+        )
+        return wire.Refusal(
+            "series",
+            i,
+            f"$.series[{i}].labels.{what}",
+            f"over_limit_{what}s",
+            f"{what} {name!r} of series {s.metric} is new and facility {facility!r} already "
+            f"has {known} {what}s, its limit ({setting}={limit})",
+        )
 
     def _load(self, conn: Connection, facility: str) -> None:
         p = placeholder(conn.engine)

@@ -31,6 +31,7 @@ INGEST_OUTCOMES = (
     "too_large",
     "rate_limited",
     "over_limit",
+    "partial",
 )
 INGEST_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # SLO-aligned buckets for the interactive latencies (seconds), planned in issue #3.
@@ -184,6 +185,24 @@ CATALOG: dict[str, MetricSpec] = {
             "samples",
             "Samples not applied because the series already had newer ones (each counts once)",
             ("facility",),
+            "ingest route",
+        ),
+        MetricSpec(
+            "afmon_ingest_refused_records",
+            "counter",
+            "records",
+            "Series and events refused at ingest (quarantined while the rest of their batch "
+            "was applied), by reason: `afmon quarantine list`",
+            ("facility", "reason"),
+            "ingest route",
+        ),
+        MetricSpec(
+            "afmon_ingest_write_failures",
+            "counter",
+            "batches",
+            "Batches not stored because the database failed (answered 503, retried by the "
+            "agent), by reason: locked, disk_full, read_only, unavailable, other",
+            ("facility", "reason"),
             "ingest route",
         ),
         MetricSpec(

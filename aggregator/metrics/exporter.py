@@ -49,6 +49,8 @@ class IngestMetrics:
         self.batches = _counter("afmon_ingest_batches", registry)
         self.samples = _counter("afmon_ingest_samples", registry)
         self.stale_samples = _counter("afmon_ingest_stale_samples", registry)
+        self.refused_records = _counter("afmon_ingest_refused_records", registry)
+        self.write_failures = _counter("afmon_ingest_write_failures", registry)
         d = spec("afmon_ingest_duration_seconds")
         self.duration = Histogram(d.name, d.help, buckets=d.buckets, registry=registry)
 

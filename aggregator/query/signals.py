@@ -186,7 +186,7 @@ SIGNALS: dict[str, Callable[[Connection, float], list[Observation]]] = {
     "tsdb_outbox_age_seconds": tsdb_outbox_age_seconds,
 }
 # Computed from the server's own instruments, not the database (see CounterWindow).
-PROCESS_SIGNALS = ("ingest_rejected_batches",)
+PROCESS_SIGNALS = ("ingest_rejected_batches", "ingest_write_failures")
 
 
 class CounterWindow:

@@ -282,3 +282,23 @@ class AgentToken(SQLModel, table=True):
     token_sha256: str = Field(unique=True)
     created: float
     revoked: float | None = None
+
+
+class QuarantineRow(SQLModel, table=True):
+    """A record (series or event) refused at ingest while the rest of its batch was applied:
+    kept as sent, with the reason, until replayed or dropped (`afmon quarantine`)."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (Index("ix_quarantine_facility_reason", "facility", "reason"),)
+    id: int | None = Field(default=None, primary_key=True)
+    facility: str
+    agent_id: str
+    seq: int = Field(sa_type=BigInteger)
+    node: str
+    received_at: float
+    kind: str = Field(description="series or event")
+    reason: str = Field(description="machine-readable code, e.g. future, over_limit_nodes")
+    field: str
+    message: str
+    record: str = Field(description="the series or event as sent (wire JSON)")
+    replayed_at: float | None = None

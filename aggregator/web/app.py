@@ -16,6 +16,7 @@ import msgspec
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from afmon.aggregator import __version__
@@ -31,7 +32,13 @@ from afmon.aggregator.store.retention import prune_samples
 from afmon.aggregator.store.tsdb import outbox_loop
 from afmon.aggregator.web import openapi
 from afmon.aggregator.web.extensions import Job, WebExtension, installed_extensions
+from afmon.aggregator.web.health import readiness, write_failure_reason
 from afmon.aggregator.web.leader import leader_only
+from afmon.aggregator.web.producers import (
+    DB_RETRY_AFTER_SECONDS,
+    count_result,
+    refused_answer,
+)
 from afmon.aggregator.web.producers import make_router as make_producers_router
 from afmon.aggregator.web.security import SecurityHeaders
 from afmon.aggregator.web.services import (
@@ -162,6 +169,7 @@ def create_app(
                 max_decompressed=s.settings.max_body_bytes * 8,
                 now=s.clock(),
                 max_future_skew=s.settings.max_future_skew_seconds,
+                strict=False,  # each record is judged on its own (wire.refusals)
             )
             stamped = batch.facility
             if stamped != facility:
@@ -177,7 +185,10 @@ def create_app(
                 response = _ingest_error(429, "$", f"more than {limit:g} batches/s from this agent")
                 response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
                 return response
-            result = await run_in_threadpool(s.ingestor.apply, batch)
+            refused = wire.refusals(
+                batch, now=s.clock(), max_future_skew=s.settings.max_future_skew_seconds
+            )
+            result = await run_in_threadpool(s.ingestor.apply, batch, refused)
         except wire.TooLarge as exc:
             s.instruments.batches.labels(facility, "too_large").inc()
             return _ingest_error(413, exc.field, exc.message)
@@ -189,21 +200,28 @@ def create_app(
             s.instruments.batches.labels(facility, "rejected").inc()
             log.warning("rejected batch from facility %s: %s", facility, exc)
             return _ingest_error(422, exc.field, exc.message)
-        s.instruments.batches.labels(facility, result.status).inc()
-        s.instruments.samples.labels(facility).inc(result.samples)
-        s.instruments.stale_samples.labels(facility).inc(result.stale_samples)
-        s.instruments.duration.observe(time.perf_counter() - started)
-        return JSONResponse(
-            {
-                "status": result.status,
-                "facility": facility,
-                **({"stamped_facility": stamped} if stamped != facility else {}),
-                "seq": result.seq,
-                "samples": result.samples,
-                "stale_samples": result.stale_samples,
-                "events": result.events,
-            }
-        )
+        except DBAPIError as exc:  # the database, not the batch: the agent keeps it, retries
+            reason = write_failure_reason(exc) or "other"
+            s.instruments.write_failures.labels(facility, reason).inc()
+            log.error("cannot store a batch of facility %s (%s): %s", facility, reason, exc.orig)
+            response = _ingest_error(
+                503, "$", f"the database cannot store data now ({reason}); retry later"
+            )
+            response.headers["Retry-After"] = str(DB_RETRY_AFTER_SECONDS)
+            return response
+        count_result(s.instruments, facility, result, started)
+        answer = {
+            "status": result.status,
+            "facility": facility,
+            **({"stamped_facility": stamped} if stamped != facility else {}),
+            "seq": result.seq,
+            "samples": result.samples,
+            "stale_samples": result.stale_samples,
+            "events": result.events,
+        }
+        if result.refused:
+            answer["refused"] = refused_answer(result.refused)
+        return JSONResponse(answer)
 
     @app.get(
         "/healthz",
@@ -217,6 +235,18 @@ def create_app(
         except Exception as exc:  # noqa: BLE001  (any database failure means unhealthy)
             raise HTTPException(503, f"database unreachable: {exc.__class__.__name__}") from exc
         return {"status": "ok", "version": __version__, "database": s.engine.dialect.name}
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: whether data sent now would be stored (503 and why, if not)",
+        responses=openapi.READYZ_RESPONSES,
+    )
+    def readyz(s: ServicesDep) -> JSONResponse:
+        r = readiness(s.engine)
+        return JSONResponse(
+            {"status": "ready" if r.ready else "not ready", "checks": r.checks},
+            status_code=200 if r.ready else 503,
+        )
 
     @app.get(
         "/metrics",

@@ -70,7 +70,7 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
         "title": "IngestResult",
         "type": "object",
         "properties": {
-            "status": {"enum": ["applied", "duplicate"]},
+            "status": {"enum": ["applied", "partial", "duplicate"]},
             "facility": {"type": "string", "description": "The credential's facility"},
             "stamped_facility": {
                 "type": "string",
@@ -81,6 +81,20 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
             "samples": {"type": "integer", "minimum": 0},
             "stale_samples": {"type": "integer", "minimum": 0},
             "events": {"type": "integer", "minimum": 0},
+            "refused": {
+                "description": "Records refused and quarantined (status partial; the first "
+                "100): docs/accounting.md",
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "field": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                    "required": ["field", "reason", "message"],
+                },
+            },
         },
         "required": ["status", "facility", "seq", "samples", "stale_samples", "events"],
     },
@@ -158,7 +172,8 @@ INGEST_EXTRA = {**_ingest_body(), "security": [{"agent": []}]}
 
 INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Applied, or a duplicate (agent_id, seq) acknowledged",
+        "description": "Applied (partial: less the refused records, named), or a duplicate "
+        "(agent_id, seq) acknowledged",
         "content": {"application/json": {"schema": {"$ref": _REF.format(name="IngestResult")}}},
     },
     401: error("Missing, unknown or revoked agent token", "IngestError"),
@@ -167,14 +182,21 @@ INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
         "Not a valid batch (the field named), or over a cardinality limit", "IngestError"
     ),
     429: error("Over the agent's batch rate", "IngestError", _RETRY),
+    503: error("The database cannot store data now; retry", "IngestError", _RETRY),
 }
 
 # -- Telegraf (InfluxDB v2 line protocol) and OTLP/HTTP --------------------------------------
 
 _WRITE_HEADERS = {
     "X-Afmon-Status": {
-        "description": "applied, duplicate, or empty (nothing afmon maps)",
-        "schema": {"enum": ["applied", "duplicate", "empty"]},
+        "description": "applied, partial (records refused), duplicate, or empty (nothing "
+        "afmon maps)",
+        "schema": {"enum": ["applied", "partial", "duplicate", "empty"]},
+    },
+    "X-Afmon-Refused": {"description": "Records refused", "schema": {"type": "integer"}},
+    "X-Afmon-Refused-Reason": {
+        "description": "The first refused record's reason and field",
+        "schema": {"type": "string"},
     },
     "X-Afmon-Samples": {"schema": {"type": "integer"}},
     "X-Afmon-Ignored-Fields": {"schema": {"type": "integer"}},
@@ -202,7 +224,8 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: error("Body too large (compressed or once decompressed)", "WriteError"),
     415: error("A content-encoding other than gzip", "WriteError"),
     422: error("Over a cardinality limit", "WriteError"),
-    429: error("Over the credential's request rate", "WriteError"),
+    429: error("Over the credential's request rate", "WriteError", _RETRY),
+    503: error("The database cannot store data now; retry", "WriteError", _RETRY),
 }
 
 PRECISION_SCHEMA = {"enum": ["ns", "us", "ms", "s"]}
@@ -246,6 +269,7 @@ OTLP_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: _otlp("A content type other than protobuf or JSON, or an unknown content-encoding"),
     422: _otlp("Over a cardinality limit"),
     429: _otlp("Over the credential's request rate"),
+    503: _otlp("The database cannot store data now; retry"),
 }
 
 # -- /metrics, /healthz ---------------------------------------------------------------------
@@ -263,6 +287,25 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: error("Protected and no (or a wrong) scrape credential", headers=_CHALLENGE),
 }
 METRICS_EXTRA = {"security": [{"scrapeBearer": []}, {"scrapeBasic": []}, {}]}
+
+_READINESS = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": ["ready", "not ready"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "required": ["status", "checks"],
+}
+READYZ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Data sent now would be stored",
+        "content": {"application/json": {"schema": _READINESS}},
+    },
+    503: {
+        "description": "Not ready: the failing check says why",
+        "content": {"application/json": {"schema": _READINESS}},
+    },
+}
 
 HEALTHZ_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

@@ -11,42 +11,55 @@ decompressed body (and its precision), so a retried body applies once. Docs: doc
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import zlib
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from afmon.aggregator.ingest import lineprotocol as lp
 from afmon.aggregator.ingest import otlp
 from afmon.aggregator.ingest.apply import IngestResult
 from afmon.aggregator.ingest.limits import LimitExceeded
+from afmon.aggregator.metrics.exporter import IngestMetrics
 from afmon.aggregator.web import openapi
+from afmon.aggregator.web.health import write_failure_reason
 from afmon.collectors import wire
 
 if TYPE_CHECKING:
     from afmon.aggregator.web.services import Services
 
 SEQ_MASK = (1 << 63) - 1
+DB_RETRY_AFTER_SECONDS = 5  # a failed database write: when to try again
+log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
     """An answer other than success: HTTP status, machine code, message."""
 
     def __init__(
-        self, status: int, code: str, message: str, extra: dict[str, int] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        extra: dict[str, int] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.extra = extra or {}
+        self.headers = {"Retry-After": str(retry_after)} if retry_after else {}
 
 
 def content_seq(*parts: bytes) -> int:
@@ -101,24 +114,53 @@ async def _apply(s: Services, batch: wire.Batch, credential: str, started: float
     if s.rate_limits.take(f"{credential}|{batch.agent_id}") > 0:
         s.instruments.batches.labels(facility, "rate_limited").inc()
         limit = s.settings.ingest_rate_per_agent
-        raise Refused(429, "too many requests", f"more than {limit:g} requests/s")
+        raise Refused(429, "too many requests", f"more than {limit:g} requests/s", retry_after=1)
     try:
         # encode + decode: the same validation as an agent's batch (names, lengths, skew)
-        batch = wire.decode(
-            wire.encode(batch), now=s.clock(), max_future_skew=s.settings.max_future_skew_seconds
+        batch = wire.decode(wire.encode(batch), strict=False)
+        refused = wire.refusals(
+            batch, now=s.clock(), max_future_skew=s.settings.max_future_skew_seconds
         )
-        result = await run_in_threadpool(s.ingestor.apply, batch)
+        result = await run_in_threadpool(s.ingestor.apply, batch, refused)
     except LimitExceeded as exc:
         s.instruments.batches.labels(facility, "over_limit").inc()
         raise Refused(422, "over limit", f"{_describe(batch, exc.field)}{exc.message}") from None
+    except DBAPIError as exc:
+        reason = write_failure_reason(exc) or "other"
+        s.instruments.write_failures.labels(facility, reason).inc()
+        log.error("cannot store a request of facility %s (%s): %s", facility, reason, exc.orig)
+        raise Refused(
+            503, "unavailable", f"the database cannot store data now ({reason}); retry later",
+            retry_after=DB_RETRY_AFTER_SECONDS,
+        ) from None  # fmt: skip
     except wire.WireError as exc:
         s.instruments.batches.labels(facility, "rejected").inc()
         raise Refused(400, "invalid", f"{_describe(batch, exc.field)}{exc.message}") from None
-    s.instruments.batches.labels(facility, result.status).inc()
-    s.instruments.samples.labels(facility).inc(result.samples)
-    s.instruments.stale_samples.labels(facility).inc(result.stale_samples)
-    s.instruments.duration.observe(time.perf_counter() - started)
+    count_result(s.instruments, facility, result, started)
     return result
+
+
+def count_result(
+    instruments: IngestMetrics, facility: str, result: IngestResult, started: float
+) -> None:
+    """Count an applied (or partly applied, or duplicate) batch in /metrics."""
+    instruments.batches.labels(facility, result.status).inc()
+    instruments.samples.labels(facility).inc(result.samples)
+    instruments.stale_samples.labels(facility).inc(result.stale_samples)
+    for r in result.refused:
+        instruments.refused_records.labels(facility, r.reason).inc()
+    instruments.duration.observe(time.perf_counter() - started)
+
+
+MAX_REFUSALS_ANSWERED = 100
+
+
+def refused_answer(refused: tuple[wire.Refusal, ...]) -> list[dict[str, str]]:
+    """What an answer says about refused records (the first 100; all are quarantined)."""
+    return [
+        {"field": r.field, "reason": r.reason, "message": r.message}
+        for r in refused[:MAX_REFUSALS_ANSWERED]
+    ]
 
 
 def _describe(batch: wire.Batch, field: str) -> str:
@@ -173,9 +215,15 @@ def make_router() -> APIRouter:
             result = await _apply(s, converted.batch, credential, started)
         except Refused as exc:
             return JSONResponse(
-                {"code": exc.code, "message": exc.message, **exc.extra}, status_code=exc.status
+                {"code": exc.code, "message": exc.message, **exc.extra},
+                status_code=exc.status,
+                headers=exc.headers,
             )
         headers.update({"X-Afmon-Status": result.status, "X-Afmon-Samples": str(result.samples)})
+        if result.refused:  # quarantined; the first reason for whoever reads the answer
+            first = result.refused[0]
+            headers["X-Afmon-Refused"] = str(len(result.refused))
+            headers["X-Afmon-Refused-Reason"] = f"{first.reason}: {first.field}"
         return Response(status_code=204, headers=headers)
 
     @router.post(
@@ -209,25 +257,38 @@ def make_router() -> APIRouter:
                 s.instruments.batches.labels(facility, "rejected").inc()
                 status = 415 if exc.where == "content-type" else 400
                 raise Refused(status, "invalid", str(exc)) from None
+            partial = ExportMetricsServiceResponse()
             if converted.batch.series:
-                await _apply(s, converted.batch, credential, started)
+                result = await _apply(s, converted.batch, credential, started)
+                if result.refused:  # OTLP's own way to say "some points were not accepted"
+                    series = converted.batch.series
+                    partial.partial_success.rejected_data_points = sum(
+                        len(series[r.index].times) for r in result.refused if r.kind == "series"
+                    )
+                    partial.partial_success.error_message = "; ".join(
+                        f"{series[r.index].metric}: {r.message}" for r in result.refused[:10]
+                    )
         except Refused as exc:
             code = code_pb2.UNAUTHENTICATED if exc.status == 401 else code_pb2.INVALID_ARGUMENT
             if exc.status == 429:
                 code = code_pb2.RESOURCE_EXHAUSTED
+            elif exc.status == 503:
+                code = code_pb2.UNAVAILABLE  # OTLP exporters retry this one
             if as_json:
-                return JSONResponse({"code": code, "message": exc.message}, status_code=exc.status)
+                return JSONResponse(
+                    {"code": code, "message": exc.message},
+                    status_code=exc.status,
+                    headers=exc.headers,
+                )
             status = status_pb2.Status(code=code, message=exc.message)
             return Response(
                 status.SerializeToString(),
                 status_code=exc.status,
                 media_type="application/x-protobuf",
+                headers=exc.headers,
             )
         if as_json:
-            return JSONResponse({})
-        return Response(
-            ExportMetricsServiceResponse().SerializeToString(),
-            media_type="application/x-protobuf",
-        )
+            return JSONResponse(json_format.MessageToDict(partial))
+        return Response(partial.SerializeToString(), media_type="application/x-protobuf")
 
     return router

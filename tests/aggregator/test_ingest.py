@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -120,45 +121,6 @@ def test_counter_without_created_starts_from_a_baseline_and_survives_a_reset(
         (b"not json", "$", "not valid JSON"),
         (wire.encode(batch(version=2)), "$.version", "unsupported wire version 2"),
         (
-            wire.encode(batch(series=[cpu([NOW], [1.0, 2.0])])),
-            "$.series[0].values",
-            "2 values for 1 times",
-        ),
-        (
-            wire.encode(batch(series=[cpu([NOW, NOW - 1], [1.0, 2.0])])),
-            "$.series[0].times",
-            "strictly increase",
-        ),
-        (
-            wire.encode(
-                batch(
-                    series=[
-                        wire.Series(
-                            metric="user_cpu_seconds",
-                            unit="ms",
-                            kind="counter",
-                            labels={"user": "a"},
-                            times=[NOW],
-                            values=[1.0],
-                        )
-                    ]
-                )
-            ),
-            "$.series[0].unit",
-            "in 'seconds', not 'ms'",
-        ),
-        (
-            wire.encode(batch(series=[cpu([NOW + 3600], [1.0])])),
-            "$.series[0].times",
-            "in the future",
-        ),
-        (wire.encode(batch(series=[cpu([NOW], [-1.0])])), "$.series[0].values", "negative"),
-        (
-            wire.encode(batch(series=[cpu([NOW], [1.0]), cpu([NOW + 1], [2.0])])),
-            "$.series[1]",
-            "repeats the series of $.series[0]",
-        ),
-        (
             b'{"version":1,"agent_id":"a","facility":"af","node":"n","seq":1,"sent_at":1,'
             b'"series":[{"metric":"m","unit":"u","kind":"gauge","labels":{},"times":[1],'
             b'"values":["x"]}]}',
@@ -167,7 +129,7 @@ def test_counter_without_created_starts_from_a_baseline_and_survives_a_reset(
         ),
     ],
 )
-def test_bad_batch_gets_422_naming_the_field_and_writes_nothing(
+def test_malformed_envelope_gets_422_naming_the_field_and_writes_nothing(
     client: TestClient, body: bytes, field: str, words: str
 ) -> None:
     before = counts(client)
@@ -179,9 +141,66 @@ def test_bad_batch_gets_422_naming_the_field_and_writes_nothing(
     assert counts(client) == before
 
 
-def test_rejected_batch_leaves_earlier_data_and_seq_usable(client: TestClient) -> None:
+GOOD = cpu([NOW - 20, NOW - 10], [10.0, 25.0], created=NOW - 30)  # 25 s of CPU, alice
+
+
+def _other(**kw: object) -> wire.Series:
+    base = {"metric": "user_cpu_seconds", "unit": "seconds", "kind": "counter",
+            "labels": {"user": "bob"}, "times": [NOW - 10], "values": [1.0]}  # fmt: skip
+    return wire.Series(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "reason", "words"),
+    [
+        (_other(values=[1.0, 2.0]), "$.series[1].values", "length_mismatch", "2 values for 1"),
+        (_other(times=[NOW, NOW - 1], values=[1.0, 2.0]), "$.series[1].times",
+         "times_not_increasing", "strictly increase"),
+        (_other(unit="ms"), "$.series[1].unit", "wrong_unit", "in 'seconds', not 'ms'"),
+        (_other(times=[NOW + 3600]), "$.series[1].times", "future", "in the future"),
+        (_other(values=[-1.0]), "$.series[1].values", "negative_counter", "negative"),
+        (_other(labels={"user": "alice", "node": "n1"}, times=[NOW - 5], values=[30.0]),
+         "$.series[1]", "repeated_series", "repeats the series of $.series[0]"),
+        (_other(labels={"user": "bob", "vo": "cms"}), "$.series[1].labels.vo",
+         "reserved_label", "label 'vo' of series user_cpu_seconds is reserved"),
+    ],
+)  # fmt: skip
+def test_a_bad_record_is_quarantined_and_the_rest_applied(
+    client: TestClient, bad: wire.Series, field: str, reason: str, words: str
+) -> None:
+    r = post(client, batch(1, [GOOD, bad]))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "partial" and body["samples"] == 2
+    [refusal] = body["refused"]
+    assert (refusal["field"], refusal["reason"]) == (field, reason)
+    assert words in refusal["message"]
+    assert cpu_total(client) == 25.0  # the good series, exactly once
+    with client.app.state.services.engine.connect() as conn:
+        rows = conn.execute(text("SELECT reason, field, kind, record FROM quarantine")).all()
+    assert [(r[0], r[1], r[2]) for r in rows] == [(reason, field, "series")]
+    assert msgspec.json.decode(rows[0][3], type=wire.Series) == bad  # kept as sent
+    again = post(client, batch(1, [GOOD, bad]))  # a retry changes nothing
+    assert again.json()["status"] == "duplicate" and cpu_total(client) == 25.0
+    assert counts(client)["applied_batch"] == 1
+    metrics = client.get("/metrics").text
+    assert f'afmon_ingest_refused_records_total{{facility="af",reason="{reason}"}} 1.0' in metrics
+    assert 'afmon_ingest_batches_total{facility="af",outcome="partial"} 1.0' in metrics
+
+
+def test_a_bad_event_is_quarantined_and_the_rest_applied(client: TestClient) -> None:
+    ok = wire.Event(kind="session", id="s1", user="alice", start=NOW - 3600, end=NOW - 1800)
+    bad = wire.Event(kind="session", id="s2", user="alice", start=NOW - 600, end=NOW - 900)
+    r = post(client, batch(1, [GOOD], events=[bad, ok]))
+    assert r.json()["status"] == "partial" and r.json()["events"] == 1
+    assert r.json()["refused"][0]["reason"] == "ends_before_start"
+    assert r.json()["refused"][0]["field"] == "$.events[0].end"
+    assert counts(client)["event"] == 1
+
+
+def test_envelope_refusal_leaves_earlier_data_and_seq_usable(client: TestClient) -> None:
     post(client, batch(1, [cpu([NOW - 20, NOW - 10], [1.0, 2.0], created=NOW - 30)]))
-    bad = post(client, batch(2, [cpu([NOW - 5], [3.0]), cpu([NOW - 4], [4.0])]))
+    bad = post(client, batch(2, [cpu([NOW - 5], [3.0])], version=2))
     assert bad.status_code == 422
     good = post(client, batch(2, [cpu([NOW - 5], [3.0])]))
     assert good.json()["status"] == "applied"  # the refused batch did not consume seq 2

@@ -196,10 +196,10 @@ def test_document_describes_bodies_and_answers(client: TestClient) -> None:
     body = ingest["requestBody"]["content"]
     assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/Batch"}
     assert set(body) == {"application/json", wire.CONTENT_TYPE}
-    assert set(ingest["responses"]) == {"200", "401", "413", "422", "429"}
+    assert set(ingest["responses"]) == {"200", "401", "413", "422", "429", "503"}
     write = paths["/api/v2/write"]["post"]
     assert set(write["requestBody"]["content"]) == {"text/plain"}
-    assert set(write["responses"]) == {"204", "400", "401", "413", "415", "422", "429"}
+    assert set(write["responses"]) == {"204", "400", "401", "413", "415", "422", "429", "503"}
     assert "content" not in write["responses"]["204"]
     otlp = paths["/v1/metrics"]["post"]
     assert set(otlp["requestBody"]["content"]) == {"application/x-protobuf", "application/json"}
@@ -209,6 +209,7 @@ def test_document_describes_bodies_and_answers(client: TestClient) -> None:
         "application/openmetrics-text",
     }
     assert "401" in scrape
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
     for path in ("/api/v1/usage", "/api/v1/reports/weekly", "/api/v1/alerts"):
         assert "401" in paths[path]["get"]["responses"], path
     # every $ref points at a component

@@ -34,6 +34,7 @@ def test_packaged_rules_cover_the_issue() -> None:
         "AfmonAgentSilent",
         "AfmonAgentSpoolGrowing",
         "AfmonIngestRejections",
+        "AfmonIngestWriteFailing",
         "AfmonUnmappedUsage",
         "AfmonTsdbOutboxBehind",
     }
