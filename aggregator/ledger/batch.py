@@ -2,7 +2,8 @@
 
 Per member and UTC hour the job ran in (docs/batch.md states this for users):
 
-    batch_jobs                    1 in the hour the job started
+    batch_jobs                    1 in the hour the job started (its last run: a run ended
+                                  by a requeue, attrs.requeued, counts its usage, not a job)
     batch_job_seconds             wall seconds, split over the hours it ran
     batch_wall_core_seconds       wall x allocated cores
     batch_cpu_seconds             CPU seconds (user + system), spread evenly over its run
@@ -93,7 +94,8 @@ def account_batch_job(inc: Increments, facility: str, member: MemberRef, e: wire
     profile = e.attrs.get("partition") or e.attrs.get("account") or "default"
     run_start = e.end - wall
 
-    inc.add(facility, member, "batch_jobs", _hour(e.start), 1.0)
+    if e.attrs.get("requeued") is not True:  # jobs as sacct counts them, runs as `sacct -D`
+        inc.add(facility, member, "batch_jobs", _hour(e.start), 1.0)
     for resource, total in (
         ("batch_job_seconds", wall),
         ("batch_wall_core_seconds", wall * cores),

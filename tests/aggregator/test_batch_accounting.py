@@ -194,3 +194,13 @@ def test_bad_attributes_are_refused_naming_them(
     assert rows(client, "batch_jobs") == {}  # nothing of the batch was written
     assert post([job("slurm:c:0", cpu_seconds=1.0)]).status_code == 200
     assert rows(client, "batch_jobs") == {H: 1.0}
+
+
+def test_a_requeued_job_counts_once_and_every_run_counts_its_usage(client: TestClient) -> None:
+    post = Poster(client)
+    first = job("slurm:c:7@1", requeued=True, cpu_seconds=100.0, gpus=None)  # ended by a requeue
+    last = job("slurm:c:7@2", cpu_seconds=200.0, gpus=None)
+    assert post([first, last]).json()["status"] == "applied"
+    assert sum(rows(client, "batch_jobs").values()) == 1.0  # one job, as sacct counts it
+    assert sum(rows(client, "batch_cpu_seconds").values()) == 300.0  # both runs, as sacct -D
+    assert sum(rows(client, "batch_job_seconds").values()) == 2 * 6300.0

@@ -283,13 +283,16 @@ def test_ledger_equals_sacct_for_two_users(
         e["wall"] += int(row["ElapsedRaw"])
         e["core"] += int(row["CPUTimeRAW"])  # Slurm's own wall x allocated cores
         e["cpu"] += parse_duration(row["TotalCPU"])
+    for row in sacct_allocations(cluster):  # without -D: one row per job, as sites count
+        expected[row["User"]]["jobs"] += 1
     # alice: ok, failed, 10 array tasks, 2 runs of the requeued job; bob: 3 jobs
     assert expected[a]["runs"] == 14 and expected[b]["runs"] == 3
+    assert expected[a]["jobs"] == 13 and expected[b]["jobs"] == 3
     assert expected[a]["cpu"] > 0 and expected[b]["cpu"] > 0  # the jobs really burnt CPU
     got = ledger(client)
     for user, member in ((a, "alice"), (b, "bob")):
-        # the ledger's batch_jobs counts runs: a requeued job's runs each count once
-        assert got[(member, "batch_jobs")] == expected[user]["runs"]
+        # batch_jobs counts jobs (sacct), the usage every run (sacct -D)
+        assert got[(member, "batch_jobs")] == expected[user]["jobs"]
         assert got[(member, "batch_job_seconds")] == expected[user]["wall"]
         assert got[(member, "batch_wall_core_seconds")] == expected[user]["core"]
         assert got[(member, "batch_cpu_seconds")] == pytest.approx(expected[user]["cpu"], abs=1e-9)
