@@ -63,6 +63,7 @@ READ_BACK_METRICS = frozenset(
         "xrootd_server_link_out_bytes",
         "xrootd_server_link_in_bytes",
         "xrootd_server_restarts",
+        "xrootd_unattributed_bytes",
         "gpu_utilization_ratio",
         "agent_spool_batches",
     }

@@ -31,6 +31,10 @@ SERVER_METRICS = {  # XRootD server series -> data_servers column
     "xrootd_server_link_in_bytes": "link_in_bytes",
     "xrootd_server_restarts": "restarts",
 }
+# Server bytes that no user's record accounts for (protocol overhead, killed transfers), split
+# by the series' `direction` label (collectors/probes/xrootd.py, docs/data.md).
+UNATTRIBUTED = "xrootd_unattributed_bytes"
+SERVER_COLUMNS = (*SERVER_METRICS.values(), "unattributed_out_bytes", "unattributed_in_bytes")
 _SESSIONS_IN_RANGE = (
     'e.kind = \'session\' AND e.start < :end AND (e."end" IS NULL OR e."end" >= :start)'
 )
@@ -112,10 +116,10 @@ class OperationsQueries(QueryBase):
     def data_servers(self, p: Principal, start: float, end: float) -> pd.DataFrame:
         """Per XRootD server (node-level series, no user): what its counters rose by in
         [start, end). Facility admins only (empty for others): these totals mix every member."""
-        cols = ["facility", "server", "source", *SERVER_METRICS.values()]
+        cols = ["facility", "server", "source", *SERVER_COLUMNS]
         if p.role != "facility_admin":
             return pd.DataFrame(columns=cols)
-        names = {f"m{i}": m for i, m in enumerate(SERVER_METRICS)}
+        names = {f"m{i}": m for i, m in enumerate([*SERVER_METRICS, UNATTRIBUTED])}
         cond = "s.facility = :f AND " if p.facility else ""
         sel = (
             f"SELECT s.id, s.facility, s.metric, s.labels, x.time, x.value FROM series s "
@@ -139,9 +143,12 @@ class OperationsQueries(QueryBase):
                     inside["time"].tolist(), inside["value"].tolist(), start - 1, prev, None
                 )
             )
+            column = SERVER_METRICS.get(metric) or f"unattributed_{lab.get('direction')}_bytes"
+            if column not in SERVER_COLUMNS:
+                continue
             key = (fac, lab.get("server", "?"), lab.get("source", "?"))
-            rows.setdefault(key, dict.fromkeys(SERVER_METRICS.values(), 0.0))
-            rows[key][SERVER_METRICS[metric]] += rise
+            rows.setdefault(key, dict.fromkeys(SERVER_COLUMNS, 0.0))
+            rows[key][column] += rise
         out = pd.DataFrame(
             [{"facility": f, "server": s, "source": src, **v} for (f, s, src), v in rows.items()],
             columns=cols,

@@ -139,6 +139,7 @@ def servers_table(df: pd.DataFrame, seconds: float) -> TableData:
             Column("Written [GB]", True),
             Column("Files opened", True),
             Column("Network out [GB]", True),
+            Column("Unattributed out [GB]", True),
             Column("Restarts", True),
         ],
         empty_message="No XRootD server reported in this range.",
@@ -153,6 +154,7 @@ def servers_table(df: pd.DataFrame, seconds: float) -> TableData:
                 fmt_number(r.written_bytes / GB),
                 fmt_number(r.files_opened, count=True),
                 fmt_number(r.link_out_bytes / GB),
+                fmt_number(r.unattributed_out_bytes / GB),
                 fmt_number(r.restarts, count=True),
             ]
         )

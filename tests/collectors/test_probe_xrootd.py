@@ -226,3 +226,11 @@ def test_top_servers_query(ledger: TestClient) -> None:
         2 * F["B"]["f3.root"],
     ]
     assert top["restarts"].tolist() == [1, 0]
+    # through the ledger too: every byte on each server's links is a user's or unattributed
+    assert (top["read_bytes"] + top["unattributed_out_bytes"]).tolist() == top[
+        "link_out_bytes"
+    ].tolist()
+    assert (top["written_bytes"] + top["unattributed_in_bytes"]).tolist() == top[
+        "link_in_bytes"
+    ].tolist()
+    assert top["unattributed_out_bytes"].iloc[1] > 20_000_000  # B's killed transfer
