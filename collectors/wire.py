@@ -240,16 +240,29 @@ def check_batch(
 
 
 def refusals(
-    batch: Batch, *, now: float | None = None, max_future_skew: float | None = None
+    batch: Batch,
+    *,
+    now: float | None = None,
+    max_future_skew: float | None = None,
+    max_value: float | None = None,
+    max_event_age: float | None = None,
 ) -> list[Refusal]:
     """Cross-field rules that the types cannot state, per record: the first problem of each
-    series and event that breaks one (the others are fine on their own)."""
+    series and event that breaks one (the others are fine on their own). The bounds are the
+    server's settings (AFMON_MAX_FUTURE_SKEW_SECONDS, AFMON_MAX_SAMPLE_VALUE,
+    AFMON_MAX_EVENT_AGE_DAYS); None leaves a bound out."""
     out: list[Refusal] = []
     limit = None if now is None or max_future_skew is None else now + max_future_skew
     for i, s in enumerate(batch.series):
         problem = _series_problem(s, f"$.series[{i}]", limit, now, max_future_skew)
+        if problem is None and max_value is not None and s.values:
+            if max(map(abs, s.values)) > max_value:
+                problem = (f"$.series[{i}].values", "value_too_large",
+                           f"a value of series {s.metric} is beyond {max_value:g} "
+                           "(AFMON_MAX_SAMPLE_VALUE)")  # fmt: skip
         if problem is not None:
             out.append(Refusal("series", i, *problem))
+    oldest = None if now is None or max_event_age is None else now - max_event_age
     for i, e in enumerate(batch.events):
         where = f"$.events[{i}]"
         if e.end is not None and e.end < e.start:
@@ -258,6 +271,10 @@ def refusals(
         elif limit is not None and max(e.start, e.end or 0.0) > limit:
             out.append(Refusal("event", i, where, "future",
                                f"event {e.id} is in the future (clock skew)"))  # fmt: skip
+        elif oldest is not None and e.start < oldest:
+            out.append(Refusal("event", i, f"{where}.start", "too_old",
+                               f"event {e.id} started {(now - e.start) / 86400:.0f} days ago, "
+                               "before AFMON_MAX_EVENT_AGE_DAYS"))  # fmt: skip
     return out
 
 
@@ -302,6 +319,8 @@ def _series_problem(
             return f"{where}.kind", "wrong_kind", f"metric {s.metric} is a {kind}, not a {s.kind}"
     if s.kind == "counter" and s.values and min(s.values) < 0:
         return f"{where}.values", "negative_counter", f"counter {s.metric} has a negative value"
+    if expected is not None and s.values and min(s.values) < 0:  # no known gauge goes below 0
+        return f"{where}.values", "negative_gauge", f"gauge {s.metric} has a negative value"
     if limit is not None and s.times and s.times[-1] > limit:
         assert now is not None and skew is not None
         return (

@@ -80,10 +80,10 @@ def _replay(settings: ServerSettings, engine: Engine, selection: Selection) -> i
     bar = progress_bar("replay")
     report = quarantine.replay(
         engine,
+        ingestor.judge,
         apply,
         selection,
         now=time.time(),
-        max_future_skew=settings.max_future_skew_seconds,
         progress=lambda done, total: bar(f"{done}/{total} records", done, total),
     )
     print(f"replayed {report.applied} records; {report.already} had been replayed before")

@@ -134,6 +134,18 @@ class ServerSettings(BaseSettings):
     limit_gpus_per_facility: int = Field(
         20_000, gt=0, description="Distinct GPUs (and MIG units) one facility may report."
     )
+    max_sample_value: float = Field(
+        1e18,
+        gt=0,
+        description="A sample whose absolute value is beyond this is refused (reason "
+        "`value_too_large`): a counter jumping to 1e308 would make totals infinite.",
+    )
+    max_event_age_days: float = Field(
+        400.0,
+        gt=0,
+        description="An event (session, job) that started longer ago is refused (reason "
+        "`too_old`): a start in 1970 would spread over half a million ledger hours.",
+    )
     quarantine_keep: int = Field(
         100_000,
         gt=0,

@@ -181,6 +181,18 @@ class Ingestor:
             result = replace(result, status="partial", refused=tuple(refused))
         return result
 
+    def judge(self, batch: wire.Batch) -> list[wire.Refusal]:
+        """The records of `batch` that break a rule on their own (`wire.refusals`, with this
+        server's bounds and clock): what `apply` should be given as `refused`."""
+        s = self._settings
+        return wire.refusals(
+            batch,
+            now=self._clock(),
+            max_future_skew=s.max_future_skew_seconds,
+            max_value=s.max_sample_value,
+            max_event_age=s.max_event_age_days * 86400,
+        )
+
     def _admit(
         self, conn: Connection, batch: wire.Batch, refused: Sequence[wire.Refusal]
     ) -> tuple[list[wire.Refusal], bool]:

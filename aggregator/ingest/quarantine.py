@@ -138,22 +138,22 @@ class ReplayReport:
 
 def replay(
     engine: Engine,
+    judge: Callable[[wire.Batch], list[wire.Refusal]],
     apply: Callable[[wire.Batch, Sequence[wire.Refusal]], str],
     selection: Selection,
     now: float,
-    max_future_skew: float,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
-    """Apply each selected record once, as a batch of its own; `apply(batch, refusals)`
-    returns the ingest status, or raises `StillRefused` when a record is refused again (it
-    stays quarantined, nothing of it written)."""
+    """Apply each selected record once, as a batch of its own: `judge(batch)` gives its
+    refusals (as at ingest), `apply(batch, refusals)` returns the ingest status or raises
+    `StillRefused` when the record is refused again (it stays quarantined, nothing of it
+    written)."""
     report = ReplayReport()
     todo = rows(engine, selection)
     for n, row in enumerate(todo, 1):
         batch = _batch(row)
-        refused = wire.refusals(batch, now=now, max_future_skew=max_future_skew)
         try:
-            status = apply(batch, refused)
+            status = apply(batch, judge(batch))
         except StillRefused as exc:
             report.refused(exc.refusals[0].reason)
         else:

@@ -185,9 +185,7 @@ def create_app(
                 response = _ingest_error(429, "$", f"more than {limit:g} batches/s from this agent")
                 response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
                 return response
-            refused = wire.refusals(
-                batch, now=s.clock(), max_future_skew=s.settings.max_future_skew_seconds
-            )
+            refused = s.ingestor.judge(batch)
             result = await run_in_threadpool(s.ingestor.apply, batch, refused)
         except wire.TooLarge as exc:
             s.instruments.batches.labels(facility, "too_large").inc()

@@ -118,9 +118,7 @@ async def _apply(s: Services, batch: wire.Batch, credential: str, started: float
     try:
         # encode + decode: the same validation as an agent's batch (names, lengths, skew)
         batch = wire.decode(wire.encode(batch), strict=False)
-        refused = wire.refusals(
-            batch, now=s.clock(), max_future_skew=s.settings.max_future_skew_seconds
-        )
+        refused = s.ingestor.judge(batch)
         result = await run_in_threadpool(s.ingestor.apply, batch, refused)
     except LimitExceeded as exc:
         s.instruments.batches.labels(facility, "over_limit").inc()

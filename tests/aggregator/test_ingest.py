@@ -163,6 +163,10 @@ def _other(**kw: object) -> wire.Series:
          "$.series[1]", "repeated_series", "repeats the series of $.series[0]"),
         (_other(labels={"user": "bob", "vo": "cms"}), "$.series[1].labels.vo",
          "reserved_label", "label 'vo' of series user_cpu_seconds is reserved"),
+        (_other(values=[1e308]), "$.series[1].values", "value_too_large",
+         "beyond 1e+18 (AFMON_MAX_SAMPLE_VALUE)"),
+        (_other(metric="user_memory_rss_bytes", unit="bytes", kind="gauge", values=[-5.0]),
+         "$.series[1].values", "negative_gauge", "gauge user_memory_rss_bytes has a negative"),
     ],
 )  # fmt: skip
 def test_a_bad_record_is_quarantined_and_the_rest_applied(
@@ -195,6 +199,13 @@ def test_a_bad_event_is_quarantined_and_the_rest_applied(client: TestClient) -> 
     assert r.json()["status"] == "partial" and r.json()["events"] == 1
     assert r.json()["refused"][0]["reason"] == "ends_before_start"
     assert r.json()["refused"][0]["field"] == "$.events[0].end"
+    assert counts(client)["event"] == 1
+    # a session that "started" in 1970 would spread over half a million ledger hours
+    epoch = wire.Event(kind="session", id="s3", user="alice", start=1.0, end=NOW - 60)
+    r = post(client, batch(2, events=[epoch]))
+    [refusal] = r.json()["refused"]
+    assert (refusal["field"], refusal["reason"]) == ("$.events[0].start", "too_old")
+    assert "before AFMON_MAX_EVENT_AGE_DAYS" in refusal["message"]
     assert counts(client)["event"] == 1
 
 
