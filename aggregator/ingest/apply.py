@@ -95,6 +95,10 @@ class IngestResult:
     refused: tuple[wire.Refusal, ...] = ()
 
 
+def _series_key(facility: str, s: wire.Series) -> SeriesKey:
+    return (facility, s.metric, tuple(sorted(s.labels.items())))
+
+
 def _labels_json(s: wire.Series) -> str:
     """The labels as the `series` table stores them (its key, with facility and metric)."""
     return json.dumps(s.labels, sort_keys=True, separators=(",", ":"))
@@ -166,13 +170,17 @@ class Ingestor:
             ).rowcount
             if claimed == 0:
                 return IngestResult("duplicate", batch.seq)
-            more, own_node = self._admit(conn, batch, refused)
+            keys = [_series_key(batch.facility, s) for s in batch.series]
+            more, own_node = self._admit(conn, batch, keys, refused)
             refused += more
             if refused and not quarantine:
                 raise StillRefused(refused)  # rolls the claim back: a later replay may apply
             new_series: dict[SeriesKey, int] = {}
             clean = wire.without(batch, refused)
-            result = self._apply(conn, clean, now, new_series, own_node)
+            if len(clean.series) < len(keys):
+                gone = {r.index for r in refused if r.kind == "series"}
+                keys = [k for i, k in enumerate(keys) if i not in gone]
+            result = self._apply(conn, clean, keys, now, new_series, own_node)
             if refused:
                 quarantined.store(conn, batch, refused, now, self._settings.quarantine_keep)
         # Only ids of committed series may be remembered: a rolled-back id can be reused.
@@ -194,7 +202,11 @@ class Ingestor:
         )
 
     def _admit(
-        self, conn: Connection, batch: wire.Batch, refused: Sequence[wire.Refusal]
+        self,
+        conn: Connection,
+        batch: wire.Batch,
+        keys: list[SeriesKey],
+        refused: Sequence[wire.Refusal],
     ) -> tuple[list[wire.Refusal], bool]:
         """Refusals only the server can make, before anything is written: a series repeated
         in its batch, a resource label no ledger rule knows, a node or GPU past its limit;
@@ -203,10 +215,9 @@ class Ingestor:
         first: dict[SeriesKey, int] = {}
         out: list[wire.Refusal] = []
         unknown: list[tuple[int, wire.Series]] = []
-        for i, s in enumerate(batch.series):
+        for i, (s, key) in enumerate(zip(batch.series, keys, strict=True)):
             if i in skip:
                 continue
-            key = (batch.facility, s.metric, tuple(sorted(s.labels.items())))
             if key in first:
                 out.append(wire.Refusal(
                     "series", i, f"$.series[{i}]", "repeated_series",
@@ -230,12 +241,13 @@ class Ingestor:
         self,
         conn: Connection,
         batch: wire.Batch,
+        keys: list[SeriesKey],
         now: float,
         new_series: dict[SeriesKey, int],
         own_node: bool = True,
     ) -> IngestResult:
         facility = batch.facility
-        ids = self._series_ids_for(conn, batch, new_series)
+        ids = self._series_ids_for(conn, batch, keys, new_series)
         state = self._series_state(conn, ids)
         hepscore = self._update_nodes(conn, batch, now)
         inc = Increments()
@@ -352,12 +364,15 @@ class Ingestor:
         return ref
 
     def _series_ids_for(
-        self, conn: Connection, batch: wire.Batch, new_series: dict[SeriesKey, int]
+        self,
+        conn: Connection,
+        batch: wire.Batch,
+        keys: list[SeriesKey],
+        new_series: dict[SeriesKey, int],
     ) -> list[int]:
         p = self._p
         ids: list[int] = []
-        for s in batch.series:
-            key = (batch.facility, s.metric, tuple(sorted(s.labels.items())))
+        for s, key in zip(batch.series, keys, strict=True):
             sid = self._series_ids.get(key) or new_series.get(key)
             if sid is None:
                 labels = _labels_json(s)
