@@ -167,9 +167,7 @@ def create_app(
             batch = wire.decode(
                 body,
                 max_decompressed=s.settings.max_body_bytes * 8,
-                now=s.clock(),
-                max_future_skew=s.settings.max_future_skew_seconds,
-                strict=False,  # each record is judged on its own (wire.refusals)
+                strict=False,  # each record is judged on its own (Ingestor.judge)
             )
             stamped = batch.facility
             if stamped != facility:
