@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.identity.accounts import IdentityMap, MemberRef
 from afmon.aggregator.ingest import quarantine as quarantined
+from afmon.aggregator.ingest.admission import SeriesKey, admit, labels_json, series_key
 from afmon.aggregator.ingest.limits import Cardinality, Limits, check_size, label_refusals
 from afmon.aggregator.ingest.quarantine import StillRefused
 from afmon.aggregator.ledger.base import (
@@ -69,8 +70,6 @@ READ_BACK_METRICS = frozenset(
     }
 )
 
-SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
-"""(facility, metric, sorted label items): a series, without serialising its labels."""
 FreshSamples = tuple[int, list[float], list[float]]
 """A series id with the times and values of its samples that are new to the store."""
 
@@ -93,15 +92,6 @@ class IngestResult:
     events: int = 0
     ledger_rows: int = 0
     refused: tuple[wire.Refusal, ...] = ()
-
-
-def _series_key(facility: str, s: wire.Series) -> SeriesKey:
-    return (facility, s.metric, tuple(sorted(s.labels.items())))
-
-
-def _labels_json(s: wire.Series) -> str:
-    """The labels as the `series` table stores them (its key, with facility and metric)."""
-    return json.dumps(s.labels, sort_keys=True, separators=(",", ":"))
 
 
 class Ingestor:
@@ -170,8 +160,10 @@ class Ingestor:
             ).rowcount
             if claimed == 0:
                 return IngestResult("duplicate", batch.seq)
-            keys = [_series_key(batch.facility, s) for s in batch.series]
-            more, own_node = self._admit(conn, batch, keys, refused)
+            keys = [series_key(batch.facility, s) for s in batch.series]
+            more, own_node = admit(
+                conn, batch, keys, refused, self._series_ids, self._cardinality
+            )
             refused += more
             if refused and not quarantine:
                 raise StillRefused(refused)  # rolls the claim back: a later replay may apply
@@ -200,40 +192,6 @@ class Ingestor:
             max_value=s.max_sample_value,
             max_event_age=s.max_event_age_days * 86400,
         )
-
-    def _admit(
-        self,
-        conn: Connection,
-        batch: wire.Batch,
-        keys: list[SeriesKey],
-        refused: Sequence[wire.Refusal],
-    ) -> tuple[list[wire.Refusal], bool]:
-        """Refusals only the server can make, before anything is written: a series repeated
-        in its batch, a resource label no ledger rule knows, a node or GPU past its limit;
-        and whether the batch's own node is admitted (its agent is recorded only then)."""
-        skip = {r.index for r in refused if r.kind == "series"}
-        first: dict[SeriesKey, int] = {}
-        out: list[wire.Refusal] = []
-        unknown: list[tuple[int, wire.Series]] = []
-        for i, (s, key) in enumerate(zip(batch.series, keys, strict=True)):
-            if i in skip:
-                continue
-            if key in first:
-                out.append(wire.Refusal(
-                    "series", i, f"$.series[{i}]", "repeated_series",
-                    f"repeats the series of $.series[{first[key]}] ({s.metric} "
-                    f"{_labels_json(s)}); send each series once per batch",
-                ))  # fmt: skip
-                continue
-            first[key] = i
-            problem = self._resource_problem(s, i)
-            if problem is not None:
-                out.append(problem)
-                continue
-            if key not in self._series_ids:
-                unknown.append((i, s))
-        over, own_node = self._cardinality.admit(conn, batch, unknown)
-        return out + over, own_node
 
     # -- the parts of one transaction -------------------------------------------------
 
@@ -337,25 +295,6 @@ class Ingestor:
         _ref, lo, hi = self._identity.resolve_span(facility, user, first)
         return lo <= first and last < hi
 
-    @staticmethod
-    def _resource_problem(s: wire.Series, i: int) -> wire.Refusal | None:
-        """A refusal when an accounted series' labels name no ledger resource."""
-        rule = ACCOUNTED_METRICS.get(s.metric)
-        if rule is None or "user" not in s.labels:
-            return None
-        where = f"$.series[{i}].labels"
-        try:
-            resource = rule.resource_for(s.labels)
-        except KeyError as exc:
-            return wire.Refusal("series", i, where, "missing_label",
-                                f"{s.metric} needs the label {exc.args[0]!r}")  # fmt: skip
-        if resource not in RESOURCES:
-            return wire.Refusal(
-                "series", i, where, "unknown_resource",
-                f"labels {s.labels} of {s.metric} name no ledger resource ({resource!r})",
-            )  # fmt: skip
-        return None
-
     def _member(
         self, facility: str, user: str, when: float, seen: dict[str, MemberRef]
     ) -> MemberRef:
@@ -375,7 +314,7 @@ class Ingestor:
         for s, key in zip(batch.series, keys, strict=True):
             sid = self._series_ids.get(key) or new_series.get(key)
             if sid is None:
-                labels = _labels_json(s)
+                labels = labels_json(s)
                 conn.exec_driver_sql(
                     "INSERT INTO series (facility, metric, labels, unit, kind, node, local_user) "
                     f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
