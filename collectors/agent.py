@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="afmon node agent: measures per-user CPU, memory and IO and node capacity, "
         "spools batches on disk and pushes them to the afmon aggregator.",
         epilog="Exit status: 0 all sent; 1 (--once) batches left in the spool; 2 bad usage, "
-        "settings or spool directory; 3 (--once) the server rejected a batch.",
+        "settings or spool directory (or another agent holds it); 3 (--once) the server "
+        "rejected a batch. Batches the server refused whole wait in SPOOL_DIR/rejected/: "
+        "`afmon-agent rejected --help` lists them and puts them back.",
     )
     for flag, field, metavar, text in _FLAGS:
         env = "AFMON_" + field.upper()
@@ -112,7 +114,66 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="log level [$AFMON_LOG_LEVEL, else INFO]",
     )
+    _add_rejected_commands(parser)
     return parser
+
+
+def _add_rejected_commands(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    rejected = commands.add_parser(
+        "rejected",
+        help="list or requeue the batches the server refused whole (SPOOL_DIR/rejected/)",
+        description="Batches the server refused whole (HTTP 400, 413, 422: a malformed "
+        "envelope, more series than its AFMON_LIMIT_SERIES_PER_BATCH, a body too large) wait "
+        "in SPOOL_DIR/rejected/ with their reason; the newest 200 are kept. Once the cause is "
+        "fixed, requeue puts them back and the agent sends them, oldest first, at its next "
+        "flush (a running agent within one interval; or run `afmon-agent --once`).",
+        epilog="Exactly once: a requeued batch keeps its agent id and seq, so a batch the "
+        "server already applied is answered `duplicate` and never counted twice. Exit status: "
+        "0 done; 1 some batches could not be requeued (named on stderr); 2 bad usage, no "
+        "spool there, or (--split) the spool is held by a running agent.",
+    )
+    actions = rejected.add_subparsers(dest="rejected_command", metavar="ACTION", required=True)
+    list_ = actions.add_parser(
+        "list",
+        help="one line per rejected batch: seq, samples, series, when, reason",
+        description="One line per batch in SPOOL_DIR/rejected/, lowest seq first: its seq, "
+        "samples, series (? if the file cannot be read back), when it was refused, and why.",
+    )
+    requeue = actions.add_parser(
+        "requeue",
+        help="move rejected batches back into the spool to be sent again",
+        description="Move the chosen batches from SPOOL_DIR/rejected/ back to "
+        "SPOOL_DIR/batches/ under their original seq; the agent sends them oldest first. "
+        "Safe while the agent runs (a rename; no seq is allocated), except with --split.",
+        epilog="--split N: a batch with more than N series is put back as pieces of at most N "
+        "series (its events in the first) under new seqs from the spool; one that fits is "
+        "requeued whole. Use it for a batch refused for its size (413, or 422 over "
+        "AFMON_LIMIT_SERIES_PER_BATCH) when the server's limit stays. It is still exactly "
+        "once: a batch refused whole was never applied, so its records reach the ledger only "
+        "through the pieces. It allocates seqs, so stop the agent first (the spool's lock "
+        "says if one runs). An interrupted split is finished, with the same seqs, by running "
+        "it again.",
+    )
+    which = requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("seqs", nargs="*", type=int, default=[], metavar="SEQ",
+                       help="seq of a rejected batch (as `rejected list` shows it)")  # fmt: skip
+    which.add_argument("--all", action="store_true", help="every rejected batch")
+    requeue.add_argument(
+        "--split",
+        type=int,
+        default=None,
+        metavar="N",
+        help="put back batches of more than N series as pieces of at most N (see below)",
+    )
+    for sub in (list_, requeue):
+        sub.add_argument(
+            "--spool-dir",
+            dest="spool_dir",
+            metavar="DIR",
+            default=argparse.SUPPRESS,
+            help="spool directory ($AFMON_SPOOL_DIR; see afmon-agent --help)",
+        )
 
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -122,6 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     once, print_only = args.pop("once"), args.pop("print")
+    command = args.pop("command", None)
+    rejected_args = {
+        k: args.pop(k) for k in ("rejected_command", "seqs", "all", "split") if k in args
+    }
+    if command is not None and (once or print_only):
+        parser.error(f"--once and --print do not go with the {command} command")
+    if rejected_args.get("split") is not None and rejected_args["split"] < 1:
+        parser.error("--split N needs N >= 1")
     level = args.pop("log_level") or os.environ.get("AFMON_LOG_LEVEL", "INFO").upper()
     if level not in LOG_LEVELS:
         parser.error(f"AFMON_LOG_LEVEL={level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -140,13 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("bad setting %s (AFMON_%s): %s", field, field.upper(), err["msg"])
         return EXIT_USAGE
 
+    if command == "rejected":
+        return _rejected(settings.spool_dir, **rejected_args)
+
     import httpx
     import msgspec
 
     from afmon.collectors import wire
     from afmon.collectors.probes.registry import build_probes
     from afmon.collectors.push import PushLoop
-    from afmon.collectors.spool import Spool
+    from afmon.collectors.spool import Spool, SpoolBusy
 
     def make_loop(spool: Spool, client: httpx.Client, state_dir: Path | None) -> PushLoop:
         return PushLoop(
@@ -168,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     try:
-        spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
+        spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, lock=True)
+    except SpoolBusy as exc:
+        log.error("%s: stop it first; one spool belongs to one agent", exc)
+        return EXIT_USAGE
     except OSError as exc:
         log.error(
             "cannot use spool directory %s: %s (set AFMON_SPOOL_DIR)", settings.spool_dir, exc
@@ -203,6 +278,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         for probe in loop.probes:  # probes with state checkpoint it on the way out
             getattr(probe, "close", lambda: None)()
     return EXIT_OK
+
+
+def _rejected(
+    spool_dir: Path,
+    rejected_command: str,
+    seqs: Sequence[int] = (),
+    all: bool = False,  # noqa: A002 - the flag's name
+    split: int | None = None,
+) -> int:
+    """`afmon-agent rejected list | requeue`: see build_parser()."""
+    import time
+
+    from afmon.collectors import spool as spooling
+
+    if not (spool_dir / "batches").is_dir():
+        log.error("no agent spool at %s (set --spool-dir or AFMON_SPOOL_DIR)", spool_dir)
+        return EXIT_USAGE
+    items, others = spooling.rejected(spool_dir)
+
+    if rejected_command == "list":
+        if not items:
+            print(f"no rejected batches in {spool_dir / 'rejected'}")
+        else:
+            print(f"{'SEQ':>12}  {'SAMPLES':>7}  {'SERIES':>6}  {'REJECTED':19}  REASON")
+        for item in items:
+            try:
+                series = str(len(spooling.read_rejected(item).series))
+            except spooling.RequeueError:
+                series = "?"
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.rejected_at))
+            reason = " / ".join(item.reason.splitlines())
+            print(f"{item.seq:>12}  {item.samples:>7}  {series:>6}  {when:19}  {reason}")
+        if others:
+            print(f"({len(others)} other files in rejected/ are not batches: "
+                  f"{', '.join(p.name for p in others[:5])})")  # fmt: skip
+        return EXIT_OK
+
+    by_seq = {item.seq: item for item in items}
+    unknown = [seq for seq in seqs if seq not in by_seq]
+    for seq in unknown:
+        log.error(
+            "seq %d is not in %s (see `afmon-agent rejected list`)", seq, spool_dir / "rejected"
+        )
+    chosen = items if all else [by_seq[seq] for seq in dict.fromkeys(seqs) if seq in by_seq]
+    if not chosen and not unknown:
+        print(f"no rejected batches in {spool_dir / 'rejected'}")
+        return EXIT_OK
+    locked: spooling.Spool | None = None
+    if split is not None or any(spooling.split_marker(item) for item in chosen):
+        try:  # a split allocates seqs: no agent may be allocating them meanwhile
+            locked = spooling.Spool(spool_dir, lock=True)
+        except spooling.SpoolBusy as exc:
+            log.error("%s: stop it before --split (it allocates seqs); a plain requeue "
+                      "works while the agent runs", exc)  # fmt: skip
+            return EXIT_USAGE
+    failed = len(unknown)
+    for item in chosen:
+        try:
+            marker = spooling.split_marker(item)
+            if locked is not None and (split is not None or marker is not None):
+                pieces = spooling.split(locked, item, split or (marker[0] if marker else 1))
+                where = ", ".join(str(p.seq) for p in pieces)
+                print(f"requeued seq {item.seq} ({item.samples} samples) as seq {where}")
+            else:
+                spooling.requeue(spool_dir, item)
+                print(f"requeued seq {item.seq} ({item.samples} samples)")
+        except (spooling.RequeueError, OSError) as exc:
+            log.error("%s", exc)
+            failed += 1
+    return 1 if failed else EXIT_OK
 
 
 def _on_signals(stop: threading.Event) -> None:

@@ -6,17 +6,24 @@ Layout of the spool directory:
     state.json                  next sequence number, dropped-samples counter
     batches/SEQ-SAMPLES.json.gz one gzip'd wire batch per file (oldest = lowest seq)
     rejected/                   batches the server (or the spool) refused, with a .reason file
+    lock                        flock'd by the agent that owns the spool (its pid inside)
 
 Files are written to a temporary name, fsync'd and renamed, so a crash leaves either the whole
 file or none. The sequence number is persisted before a batch with it is written, so a restarted
 agent never reuses one. If state.json is lost or corrupt, the seq already used is unknown: the
 spool then takes a new agent id, which gives the aggregator a fresh (agent_id, seq) space.
+
+A batch in rejected/ can be put back by the operator (`afmon-agent rejected requeue`): it goes
+back to batches/ under its own seq, so the aggregator's exactly-once claim on (agent_id, seq)
+still holds, or, split (`--split N`), as pieces under new seqs. See `requeue` and `split`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import logging
+import math
 import os
 import re
 import time
@@ -42,10 +49,52 @@ class SpooledBatch(NamedTuple):
     size: int
 
 
+class RejectedBatch(NamedTuple):
+    path: Path
+    seq: int
+    samples: int
+    rejected_at: float  # when it was moved aside (its .reason file's mtime)
+    reason: str
+
+
+class SpoolBusy(OSError):
+    """The spool is locked by another process (a running agent)."""
+
+    def __init__(self, directory: Path, pid: str) -> None:
+        super().__init__(f"spool {directory} is in use by another agent (pid {pid or '?'})")
+        self.pid = pid
+
+
+class RequeueError(Exception):
+    """A rejected batch that cannot be put back; the message says why. Nothing was moved."""
+
+
 class _State(msgspec.Struct):
     next_seq: int = 0
     dropped_samples: int = 0
     created: float = 0.0  # when dropped_samples started from zero
+
+
+def _lock(directory: Path) -> int:
+    """flock SPOOL_DIR/lock and write our pid in it; the lock goes with the process."""
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise SpoolBusy(directory, pid) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -55,11 +104,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
 
 
 class Spool:
@@ -69,7 +114,11 @@ class Spool:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         rejected_keep: int = 200,
+        lock: bool = False,
     ) -> None:
+        """`lock`: hold the spool's lock for the life of this process (the agent does), so a
+        second agent, or a `requeue --split` that allocates seqs, cannot use it meanwhile;
+        raises SpoolBusy if another process holds it."""
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.rejected_keep = rejected_keep
@@ -77,6 +126,7 @@ class Spool:
         self.rejected_dir = self.directory / "rejected"
         for d in (self.directory, self.batches_dir, self.rejected_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.directory) if lock else None  # before anything is touched
         for leftover in self.batches_dir.glob(".*.tmp"):
             leftover.unlink()  # a write that never completed: never spooled, never sent
         self._state, fresh_id = self._load_state()
@@ -127,6 +177,13 @@ class Spool:
         self._state.next_seq = seq + 1
         self._save_state()
         return seq
+
+    def allocate_seqs(self, count: int) -> range:
+        """`count` consecutive sequence numbers, persisted as used before they are handed out."""
+        first = self._state.next_seq
+        self._state.next_seq = first + count
+        self._save_state()
+        return range(first, first + count)
 
     @property
     def dropped_samples(self) -> int:
@@ -198,11 +255,16 @@ class Spool:
         self._prune_rejected()
 
     def _prune_rejected(self) -> None:
-        files = sorted(
-            (p for p in self.rejected_dir.iterdir() if not p.name.endswith(".reason")),
-            key=lambda p: (p.stat().st_mtime_ns, p.name),
-        )
-        for old in files[: max(0, len(files) - self.rejected_keep)]:
+        files = []
+        for entry in os.scandir(self.rejected_dir):
+            if entry.name.endswith(".reason"):
+                continue
+            try:  # `afmon-agent rejected requeue` may take one away meanwhile
+                files.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
+            except FileNotFoundError:
+                continue
+        files.sort()
+        for _, _, old in files[: max(0, len(files) - self.rejected_keep)]:
             old.unlink(missing_ok=True)
             old.with_name(old.name + ".reason").unlink(missing_ok=True)
 
@@ -235,3 +297,147 @@ class Spool:
             self._state.dropped_samples,
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._state.created)),
         )
+
+
+# -- rejected batches: listing and putting back (`afmon-agent rejected`) -------------------------
+#
+# These work on the directory, not on a Spool: listing and a plain requeue never allocate a seq
+# or write state.json, so they are safe while the agent runs (a requeue is a rename, which the
+# agent's next flush sees). Only a split allocates seqs and needs the spool's lock.
+
+_SPLIT_RE = re.compile(r"^split (\d+) into seqs (\d+)-(\d+)$", re.MULTILINE)
+
+
+def rejected(directory: str | os.PathLike[str]) -> tuple[list[RejectedBatch], list[Path]]:
+    """The batches in SPOOL_DIR/rejected/, lowest seq first, and the other files there (moved
+    aside because their name was not a batch's)."""
+    rejected_dir = Path(directory) / "rejected"
+    batches: list[RejectedBatch] = []
+    others: list[Path] = []
+    if not rejected_dir.is_dir():
+        return batches, others
+    for path in rejected_dir.iterdir():
+        if path.name.startswith(".") or path.name.endswith(".reason"):
+            continue
+        match = _BATCH_RE.match(path.name)
+        if match is None:
+            others.append(path)
+            continue
+        reason_file = path.with_name(path.name + ".reason")
+        try:
+            reason = reason_file.read_text().strip()
+            when = reason_file.stat().st_mtime
+        except OSError:
+            reason, when = "(no .reason file)", path.stat().st_mtime
+        batches.append(RejectedBatch(path, int(match.group(1)), int(match.group(2)), when, reason))
+    batches.sort(key=lambda b: b.seq)
+    return batches, sorted(others)
+
+
+def read_rejected(item: RejectedBatch) -> wire.Batch:
+    """The batch in a rejected file; RequeueError if it cannot be read back (never sendable)."""
+    try:
+        data = item.path.read_bytes()
+    except FileNotFoundError:
+        raise RequeueError(f"seq {item.seq}: {item.path} is gone (pruned?)") from None
+    except OSError as exc:
+        raise RequeueError(f"seq {item.seq}: cannot read {item.path}: {exc}") from None
+    try:
+        batch = wire.decode(gzip.decompress(data))
+    except (EOFError, zlib.error, gzip.BadGzipFile, wire.WireError) as exc:
+        raise RequeueError(
+            f"seq {item.seq}: {item.path.name} is not a readable batch ({exc}); it can never "
+            "be sent: delete it"
+        ) from None
+    if batch.seq != item.seq:
+        raise RequeueError(f"seq {item.seq}: the file holds seq {batch.seq}; not requeued")
+    return batch
+
+
+def split_marker(item: RejectedBatch) -> tuple[int, range] | None:
+    """(series per piece, seqs) of a split of this batch that was started and not finished."""
+    match = _SPLIT_RE.search(item.reason)
+    if match is None:
+        return None
+    return int(match.group(1)), range(int(match.group(2)), int(match.group(3)) + 1)
+
+
+def requeue(directory: str | os.PathLike[str], item: RejectedBatch) -> Path:
+    """Put a rejected batch back into batches/ under its own seq and name; return its path.
+
+    Its body is unchanged, so the aggregator's claim on (agent_id, seq) still decides: a batch
+    it never applied (a whole refusal writes nothing) is applied now; one it did apply is
+    answered `duplicate`. Never overwrites a pending batch (a link, then the unlink: a crash
+    in between leaves it in both places, and sending it twice is a `duplicate`)."""
+    read_rejected(item)
+    if split_marker(item) is not None:
+        raise RequeueError(f"seq {item.seq}: a split of it was interrupted; finish it with --split")
+    batches_dir = Path(directory) / "batches"
+    target = batches_dir / item.path.name
+    clash = [p.name for p in batches_dir.glob(f"{item.seq:012d}-*.json.gz")]
+    if clash:
+        raise RequeueError(
+            f"seq {item.seq}: batches/ already holds {clash[0]} (a batch of another agent id "
+            "with the same seq?); not requeued"
+        )
+    try:
+        os.link(item.path, target)
+    except FileExistsError:
+        raise RequeueError(f"seq {item.seq}: batches/{target.name} already exists") from None
+    except FileNotFoundError:
+        raise RequeueError(f"seq {item.seq}: {item.path} is gone (pruned?)") from None
+    except OSError:  # a file system without hard links: a rename, after the check above
+        os.replace(item.path, target)
+    _fsync_dir(batches_dir)
+    item.path.unlink(missing_ok=True)
+    item.path.with_name(item.path.name + ".reason").unlink(missing_ok=True)
+    _fsync_dir(item.path.parent)
+    log.info("requeued seq %d (%d samples): %s", item.seq, item.samples, target)
+    return target
+
+
+def split(spool: Spool, item: RejectedBatch, max_series: int) -> list[SpooledBatch]:
+    """Put a rejected batch back as pieces of at most `max_series` series each (its events in
+    the first), under new seqs from `spool`, which must hold the lock. A batch that fits is
+    requeued whole under its own seq.
+
+    Exactly once: a batch refused whole was never applied (the server claims (agent_id, seq)
+    only after the envelope checks pass), so its records reach the ledger only through the
+    pieces. The new seqs and the piece size are written to the .reason file before any piece,
+    so a split interrupted by a crash is finished with the same seqs and the same pieces
+    (those already sent are answered `duplicate`), never split again under other seqs."""
+    if spool._lock_fd is None:
+        raise RuntimeError("split needs a spool opened with lock=True")
+    batch = read_rejected(item)
+    marker = split_marker(item)
+    if marker is None:
+        if len(batch.series) <= max_series:
+            return [_spooled(requeue(spool.directory, item))]
+        seqs = spool.allocate_seqs(math.ceil(len(batch.series) / max_series))
+        note = f"{item.reason}\nsplit {max_series} into seqs {seqs[0]}-{seqs[-1]}\n"
+        _write_durably(item.path.with_name(item.path.name + ".reason"), note.encode())
+    else:
+        max_series, seqs = marker
+    chunks = [batch.series[i : i + max_series] for i in range(0, len(batch.series), max_series)]
+    if len(chunks) != len(seqs):
+        raise RequeueError(f"seq {item.seq}: its split record does not match the batch")
+    pieces = []
+    for i, (seq, chunk) in enumerate(zip(seqs, chunks, strict=True)):
+        piece = msgspec.structs.replace(
+            batch, seq=seq, series=chunk, events=batch.events if i == 0 else []
+        )
+        pieces.append(spool.put(piece))
+    item.path.unlink(missing_ok=True)
+    item.path.with_name(item.path.name + ".reason").unlink(missing_ok=True)
+    _fsync_dir(item.path.parent)
+    log.info(
+        "split seq %d into %d batches of at most %d series: seqs %d-%d",
+        item.seq, len(pieces), max_series, seqs[0], seqs[-1],
+    )  # fmt: skip
+    return pieces
+
+
+def _spooled(path: Path) -> SpooledBatch:
+    match = _BATCH_RE.match(path.name)
+    assert match is not None
+    return SpooledBatch(path, int(match.group(1)), int(match.group(2)), path.stat().st_size)

@@ -45,6 +45,24 @@ def test_help_names_every_setting_and_its_env_variable() -> None:
         assert f"$AFMON_{field.upper()}" in result.stdout
     for flag in ("--once", "--print", "--server-url", "--spool-dir", "Exit status"):
         assert flag in result.stdout
+    assert "rejected" in result.stdout and "SPOOL_DIR/rejected/" in result.stdout
+    requeue = agent("rejected", "requeue", "--help")
+    assert requeue.returncode == 0, requeue.stderr
+    for text in ("--all", "--split N", "SEQ", "original seq", "exactly once"):
+        assert text in requeue.stdout
+    listing = agent("rejected", "list", "--help")
+    assert listing.returncode == 0 and "when it was refused" in listing.stdout
+
+
+def test_a_second_agent_on_a_spool_in_use_exits_2(tmp_path: Path) -> None:
+    from afmon.collectors.spool import Spool
+
+    running = Spool(tmp_path, lock=True)
+    assert (tmp_path / "lock").read_text().strip() == str(os.getpid())
+    result = agent("--once", "--server-url", "http://127.0.0.1:9", "--spool-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert f"is in use by another agent (pid {os.getpid()})" in result.stderr
+    assert running.pending() == []  # the second one wrote nothing
 
 
 def test_import_pulls_in_no_server_library() -> None:
