@@ -108,7 +108,9 @@ class Ingestor:
         self._clock = clock
         self._series_ids: dict[SeriesKey, int] = {}
         self._limits = Limits.from_settings(settings)
-        self._cardinality = Cardinality(self._limits)
+        self._cardinality = Cardinality(
+            self._limits, clock, now=clock, active_seconds=settings.metrics_node_silence_seconds
+        )
         self._outbox = Outbox(engine) if settings.tsdb_url else None  # docs/scale.md
         self._all_in_database = not settings.tsdb_raw_only
         p = placeholder(engine)

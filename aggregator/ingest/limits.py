@@ -77,16 +77,26 @@ def label_refusals(batch: wire.Batch, limits: Limits) -> list[wire.Refusal]:
 
 
 class Cardinality:
-    """The nodes and GPUs known per facility, and the admission of new ones.
+    """The nodes and GPUs active per facility, and the admission of new ones.
 
-    Known sets are read from the `series` table the first time a facility is seen and again
-    (at most once a second) when a batch names one that is not known, so several workers
-    share one truth: the database. `admit` runs inside the ingest transaction, before the
-    batch's new series are written."""
+    Active: a series of it had a sample within `active_seconds` (the silence after which a
+    node leaves /metrics), so nodes that come and go (cloud workers, renamed hosts) free their
+    place, and the limits bound what is live, not history. The sets are read from the `series`
+    table the first time a facility is seen and again (at most once a second) when a batch
+    names one that is not in them, so several workers share one truth: the database. `admit`
+    runs inside the ingest transaction, before the batch's new series are written."""
 
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = time.time,
+        active_seconds: float = float("inf"),
+    ) -> None:
         self._limits = limits
         self._clock = clock
+        self._now = now
+        self._active_seconds = active_seconds
         self._lock = threading.Lock()
         self._nodes: dict[str, set[str]] = {}
         self._gpus: dict[str, set[tuple[str, str]]] = {}
@@ -158,13 +168,15 @@ class Cardinality:
 
     def _load(self, conn: Connection, facility: str) -> None:
         p = placeholder(conn.engine)
+        since = max(0.0, self._now() - self._active_seconds)
+        active = f"facility = {p} AND (last_time IS NULL OR last_time >= {p})"
         rows = conn.exec_driver_sql(
-            f"SELECT DISTINCT node FROM series WHERE facility = {p}", (facility,)
+            f"SELECT DISTINCT node FROM series WHERE {active}", (facility, since)
         )
         self._nodes[facility] = {r[0] for r in rows}
         rows = conn.exec_driver_sql(
-            f"SELECT node, labels FROM series WHERE facility = {p} AND labels LIKE {p}",
-            (facility, '%"gpu"%'),
+            f"SELECT node, labels FROM series WHERE {active} AND labels LIKE {p}",
+            (facility, since, '%"gpu"%'),
         )
         gpus: set[tuple[str, str]] = set()
         for node, labels in rows:

@@ -173,6 +173,28 @@ def test_gpu_series_and_label_limits(database_url: str) -> None:
     assert r.status_code == 200 and r.json()["status"] == "applied"
 
 
+def test_a_silent_node_frees_its_place(database_url: str) -> None:
+    """The limit bounds the nodes active within AFMON_METRICS_NODE_SILENCE_SECONDS: cloud
+    workers that come and go do not fill it up for ever."""
+    clock = [T0 + 60]
+    client = _client(database_url, clock, limit_nodes_per_facility=2,
+                     metrics_node_silence_seconds=600)  # fmt: skip
+    for n in range(2):
+        r = client.post(
+            "/api/v1/ingest", content=_node_batch(f"a{n}", 1, f"wn{n}", T0), headers=AUTH
+        )
+        assert r.json()["status"] == "applied"
+    r = client.post("/api/v1/ingest", content=_node_batch("a2", 1, "wn2", T0 + 10), headers=AUTH)
+    assert r.json()["status"] == "partial"  # two active nodes already
+    clock[0] = T0 + 1000  # wn0 and wn1 silent for over 600 s
+    r = client.post("/api/v1/ingest", content=_node_batch("a2", 2, "wn2", T0 + 990), headers=AUTH)
+    assert r.json()["status"] == "applied", r.text
+    r = client.post("/api/v1/ingest", content=_node_batch("a0", 2, "wn0", T0 + 995), headers=AUTH)
+    assert r.json()["status"] == "applied"  # back: one of two places
+    r = client.post("/api/v1/ingest", content=_node_batch("a3", 1, "wn3", T0 + 996), headers=AUTH)
+    assert r.json()["status"] == "partial"  # wn0 and wn2 are active
+
+
 def test_silent_nodes_leave_metrics(database_url: str) -> None:
     clock = [T0 + 60]
     client = _client(database_url, clock, metrics_node_silence_seconds=600)
