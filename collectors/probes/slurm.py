@@ -12,7 +12,8 @@ requeued job has one record per run, but only with `--duplicates`: each earlier 
 state `REQUEUED` (an end state here), so every run is accounted once, under its own start.
 
 A record can reach sacct before slurmdbd has all of it: an array task that just ended is
-printed for a few seconds with no Partition and QOS `Unknown` (and under its raw id). Such a
+printed for a few seconds with no Partition and QOS `Unknown` (and under its raw id), and a
+job's TotalCPU (its steps' sum) grows until its last step (often `extern`) has ended. Such a
 record is held back until it is complete, at most `settle_seconds` after its end (then it is
 sent as it is, with `attrs["incomplete"]`, and logged); the overlap re-reads it meanwhile.
 
@@ -31,7 +32,7 @@ import os
 import re
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -127,11 +128,13 @@ class SlurmJob:
     signal: int
     nodelist: str
     qos: str = ""
+    steps_open: bool = False  # a step of this run has no end yet
 
     @property
     def incomplete(self) -> bool:
-        """Not yet all in slurmdbd: every job runs in a partition and has a QoS."""
-        return not self.partition or self.qos in ("", "Unknown")
+        """Not yet all in slurmdbd: every job runs in a partition and has a QoS, and its
+        TotalCPU (the sum of its steps') is final only once every step has ended."""
+        return not self.partition or self.qos in ("", "Unknown") or self.steps_open
 
     @property
     def event_id(self) -> str:
@@ -187,6 +190,7 @@ class ParseResult:
 def parse_sacct(text: str) -> ParseResult:
     """`sacct -P -n -D --format=FIELDS` output -> finished job runs (steps skipped)."""
     result = ParseResult([])
+    open_steps: dict[str, list[float | None]] = {}  # raw job id -> starts of unended steps
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -196,8 +200,14 @@ def parse_sacct(text: str) -> ParseResult:
             result.bad_lines += 1
             continue
         f = dict(zip(FIELDS, parts, strict=True))
-        if "." in f["JobID"]:
-            continue  # a step: its usage is in the allocation's line
+        if "." in f["JobID"]:  # a step: its usage is in the allocation's line, once it ended
+            if f["End"] in ("", "Unknown") or f["State"].startswith(("RUNNING", "PENDING")):
+                raw = (f["JobIDRaw"] or f["JobID"]).split(".", 1)[0]
+                try:
+                    open_steps.setdefault(raw, []).append(parse_time(f["Start"]))
+                except ValueError:
+                    open_steps.setdefault(raw, []).append(None)
+            continue
         try:
             start, end = parse_time(f["Start"]), parse_time(f["End"])
             if end is None:
@@ -234,6 +244,13 @@ def parse_sacct(text: str) -> ParseResult:
         except ValueError as exc:
             log.warning("sacct line %d (job %s) is not usable: %s: %r", n, f["JobID"], exc, line)
             result.bad_lines += 1
+    if open_steps:  # a run's unended step: its start is in the run (or not known)
+        result.jobs = [
+            replace(j, steps_open=True)
+            if any(t is None or t >= j.start for t in open_steps.get(j.job_id_raw, ()))
+            else j
+            for j in result.jobs
+        ]
     return result
 
 
@@ -374,8 +391,8 @@ class SlurmProbe:
             if self.cursor.fresh(j.event_id, j.end, j.legacy_ids):
                 if j.incomplete:
                     log.warning(
-                        "slurm probe: job %s (run %s) still has no partition or QoS %.0f s "
-                        "after its end; sent as it is",
+                        "slurm probe: job %s (run %s) still incomplete in sacct (no partition "
+                        "or QoS, or a step not ended) %.0f s after its end; sent as it is",
                         j.job_id, j.event_id, end - j.end,
                     )  # fmt: skip
                 events.append(j.to_event())

@@ -172,6 +172,34 @@ def test_a_record_that_stays_incomplete_is_sent_after_the_settle_time(
     assert probe.collect(end + 70).events == []
 
 
+def test_a_run_whose_step_has_not_ended_is_held_back_until_its_cpu_is_final(
+    tmp_path: Path,
+) -> None:
+    """An allocation line can end before its last step (often `extern`) is in slurmdbd;
+    meanwhile its TotalCPU (the steps' sum) is short (0.675 s where sacct later says 0.678 s,
+    seen on the real cluster under load). Held back until every step has ended."""
+    task = next(line for line in RECORDED.splitlines() if line.startswith("3_1|"))
+    f = task.split("|")
+    step = list(f)
+    step[FIELDS.index("JobID")] = "3_1.extern"
+    step[FIELDS.index("JobIDRaw")] = f[FIELDS.index("JobIDRaw")] + ".extern"
+    step[FIELDS.index("End")] = "Unknown"
+    step[FIELDS.index("State")] = "RUNNING"
+    short = list(f)
+    short[FIELDS.index("TotalCPU")] = "00:00.675"
+    final = list(f)
+    final[FIELDS.index("TotalCPU")] = "00:00.678"
+    ended = list(step)
+    ended[FIELDS.index("End")] = f[FIELDS.index("End")]
+    ended[FIELDS.index("State")] = "COMPLETED"
+    runner = Recorder("|".join(short) + "\n" + "|".join(step) + "\n")
+    probe = SlurmProbe(runner=runner, state_path=tmp_path / "s.json")
+    assert probe.collect(T_END + 30).events == [] and probe.held_back == 1
+    runner.output = "|".join(final) + "\n" + "|".join(ended) + "\n"
+    (sent,) = probe.collect(T_END + 31).events
+    assert sent.attrs["cpu_seconds"] == 0.678 and "incomplete" not in sent.attrs
+
+
 def test_a_cursor_saved_by_an_older_agent_is_honoured(tmp_path: Path) -> None:
     """Agents before run identities keyed jobs by the printed JobID: jobs they sent inside
     the overlap are not sent again under their new ids after an upgrade."""
