@@ -4,7 +4,8 @@ Server answers and what the loop does with the spooled batch:
 
     2xx                    sent: delete it ("partial": the server quarantined some
                            records, named in the answer and logged here)
-    400, 413, 422          permanently bad: move it to rejected/, log the server's reason
+    400, 413, 422          bad as a whole: move it to rejected/, log the server's reason
+                           (`afmon-agent rejected requeue` sends it again, docs/agent.md)
     401, 403               the token is refused: keep everything, log, retry later
     429, 5xx, other, down  keep everything, retry after an exponential backoff with jitter
 """
