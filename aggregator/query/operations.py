@@ -465,3 +465,32 @@ class OperationsQueries(QueryBase):
         df["gpu"] = [a.get("gpu", "") for a in attrs]
         df["model"] = [a.get("model", "") for a in attrs]
         return df
+
+    # -- the quarantine (docs/accounting.md) ------------------------------------------------
+
+    def quarantine(self, p: Principal, newest: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Records refused at ingest and not replayed yet (the `quarantine` table), as
+        (counts, records). counts: facility, reason, records, last_received, by facility and
+        most records first; records: the `newest` latest ones, newest first: id, received_at,
+        facility, agent_id, node, kind, reason, field, message. Facility admins only (their
+        facility's when bound to one), empty for others: a record is kept as sent, so it can
+        name any member's account."""
+        counts = ["facility", "reason", "records", "last_received"]
+        records = ["id", "received_at", "facility", "agent_id", "node", "kind", "reason",
+                   "field", "message"]  # fmt: skip
+        if p.role != "facility_admin":
+            return pd.DataFrame(columns=counts), pd.DataFrame(columns=records)
+        cond, params = ("facility = :f", {"f": p.facility}) if p.facility else ("1 = 1", {})
+        where = f"WHERE replayed_at IS NULL AND {cond}"
+        by_reason = self._frame(
+            "SELECT facility, reason, COUNT(*) AS records, MAX(received_at) AS last_received "
+            f"FROM quarantine {where} GROUP BY facility, reason "
+            "ORDER BY facility, COUNT(*) DESC, reason",
+            params,
+        )
+        latest = self._frame(
+            f"SELECT {', '.join(records)} FROM quarantine {where} "
+            f"ORDER BY received_at DESC, id DESC LIMIT {max(0, int(newest))}",
+            params,
+        )
+        return by_reason.astype({"records": "int64"}), latest

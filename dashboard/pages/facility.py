@@ -1,18 +1,22 @@
 """The facility page (`/`): live use against capacity, open sessions and Dask clusters, SLO
-tiles, firing alerts and top VOs; then usage per VO over time, totals per VO, nodes. The
-resource shown over time lives in the URL (`?resource=memory_byte_seconds`)."""
+tiles, firing alerts and top VOs; then usage per VO over time, totals per VO, nodes and, for
+facility admins only, the records ingest refused (the quarantine). The resource shown over time
+lives in the URL (`?resource=memory_byte_seconds`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
+from afmon.aggregator.query.reads import Principal
 from afmon.aggregator.store.schema import RESOURCES
 from afmon.dashboard import figures
 from afmon.dashboard.facility_live import live_view
+from afmon.dashboard.figures import Column, TableData, fmt_number, fmt_utc
 from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
     Context,
@@ -27,6 +31,79 @@ PATH = "/"
 TITLE = "Facility"
 DEFAULT_RESOURCE = "cpu_seconds"
 URL_STATE = True
+QUARANTINE_NEWEST = 20  # records listed one by one; the counts cover them all
+
+
+def quarantine_counts_table(df: pd.DataFrame) -> TableData:
+    """`Query.quarantine` counts -> per facility and reason: records waiting, newest (UTC)."""
+    table = TableData(
+        [Column("Facility"), Column("Reason"), Column("Records", True), Column("Newest")],
+        empty_message="No refused records: every record sent was accepted.",
+    )
+    for r in df.itertuples(index=False):
+        table.rows.append(
+            [r.facility, r.reason, fmt_number(r.records, count=True), fmt_utc(r.last_received)]
+        )
+    return table
+
+
+def quarantine_records_table(df: pd.DataFrame) -> TableData:
+    """`Query.quarantine` records -> newest first: when, where from, why."""
+    table = TableData(
+        [Column("Received"), Column("Facility"), Column("Agent"), Column("Node"),
+         Column("Kind"), Column("Reason"), Column("Field"), Column("Message")],
+        empty_message="No refused records.",
+    )  # fmt: skip
+    for r in df.itertuples(index=False):
+        table.rows.append(
+            [fmt_utc(r.received_at), r.facility, r.agent_id, r.node, r.kind, r.reason, r.field,
+             r.message]
+        )  # fmt: skip
+    return table
+
+
+def quarantine_view(p: Principal, counts: pd.DataFrame, records: pd.DataFrame) -> list[Any]:
+    """The quarantine card: nothing at all for anyone but a facility admin; for an admin the
+    pending records counted by facility and reason, the newest ones, and how to replay them."""
+    if p.role != "facility_admin":
+        return []
+    heading = html.H3("Refused records (quarantine)")
+    summary = render_table(quarantine_counts_table(counts), "fac-quarantine-counts")
+    if records.empty:
+        return [heading, html.Div(summary, className="card")]
+    total = int(counts["records"].sum())
+    where = f" --facility {p.facility}" if p.facility else ""
+    hint = html.Div(
+        [
+            "Records that ingest refused while the rest of their batch was applied, kept as "
+            "sent and not replayed yet (all of them, whatever the range). After fixing the "
+            "cause (a limit raised, a clock set right; docs/accounting.md) apply them once with ",
+            html.Code(f"afmon quarantine replay{where} --reason REASON"),
+            "; those that can never apply (the producer's fault) go with ",
+            html.Code(f"afmon quarantine drop{where} --reason REASON"),
+            ".",
+        ],
+        className="hint",
+        id="fac-quarantine-hint",
+    )
+    newest: list[Any] = [render_table(quarantine_records_table(records), "fac-quarantine-records")]
+    if total > len(records):
+        newest.append(
+            html.Div(
+                [
+                    f"The newest {len(records)} of {total} records; ",
+                    html.Code("afmon quarantine list"),
+                    " shows them all, as sent.",
+                ],
+                className="hint",
+            )  # fmt: skip
+        )
+    return [
+        heading,
+        hint,
+        html.Div(summary, className="card"),
+        html.Div(newest, className="card"),
+    ]
 
 
 def layout(params: Mapping[str, str] | None = None) -> html.Div:
@@ -61,6 +138,7 @@ def layout(params: Mapping[str, str] | None = None) -> html.Div:
             ),
             html.H3("Nodes"),
             html.Div(id="fac-nodes", className="card"),
+            html.Div(id="fac-quarantine"),  # facility admins only: filled by its callback
         ],
         id="facility-page",
     )
@@ -120,6 +198,17 @@ def register(app: Dash, ctx: Context) -> None:
             render_tiles(tiles, figures.EMPTY_USAGE),
             nodes,
         )
+
+    @app.callback(
+        Output("fac-quarantine", "children"),
+        Input("principal-picker", "value"),
+    )
+    def _quarantine(principal_key: str | None) -> list[Any]:
+        p = ctx.principal(principal_key)
+        if p is None or p.role != "facility_admin":
+            return []  # a refused record can name any member: nothing of it for others
+        counts, records = ctx.query.quarantine(p, newest=QUARANTINE_NEWEST)
+        return quarantine_view(p, counts, records)
 
     @app.callback(
         Output("fac-live", "children"),
