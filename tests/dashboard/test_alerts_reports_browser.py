@@ -63,15 +63,21 @@ def test_alerts_page_shows_a_rule_firing_on_ingested_data(alerting_app: str, bro
     open_fresh(d, alerting_app, "/")
     wait_text(d, "#fac-tiles", "core-hours")
     d.find_element(By.ID, "nav-alerts").click()
+
+    def firing(d: Any) -> str | None:
+        """The firing section's text once the page has rendered it (None before)."""
+        found = d.find_elements(By.ID, "alerts-firing")
+        return found[0].text if found and found[0].text else None
+
     # the page reads the alert table once per load: reload until the rule has fired
     deadline = time.monotonic() + TIMEOUT
-    while "TestUnmappedUsage" not in d.find_element(By.ID, "alerts-firing").text:
+    while "TestUnmappedUsage" not in (WebDriverWait(d, TIMEOUT).until(firing) or ""):
         assert time.monotonic() < deadline, "the rule never fired on the page"
         time.sleep(0.5)
         d.refresh()
-        WebDriverWait(d, TIMEOUT).until(
-            lambda d: d.find_elements(By.ID, "alerts-firing-table"), "no firing table"
-        )
+    WebDriverWait(d, TIMEOUT).until(
+        lambda d: d.find_elements(By.ID, "alerts-firing-table"), "no firing table"
+    )
     ((rule, severity, where, value, since, resolved, summary),) = table_rows(
         d, "#alerts-firing-table"
     )
