@@ -40,6 +40,118 @@ _SESSIONS_IN_RANGE = (
 )
 
 
+def _latency_keys(by: tuple[str, ...], step: str | None) -> list[str]:
+    cols = (*GROUP_COLUMNS, "profile")
+    bad = [b for b in by if b not in cols]
+    if bad or (step is not None and step not in STEPS):
+        raise QueryError(f"group latencies by {', '.join(cols)} and step by {', '.join(STEPS)}")
+    return (["step_start"] if step is not None else []) + list(by)
+
+
+def _with_time(df: pd.DataFrame, step: str | None) -> pd.DataFrame:
+    if step is not None:
+        df.insert(
+            0, "time", pd.to_datetime(df.pop("step_start").astype("int64"), unit="s", utc=True)
+        )
+    return df
+
+
+class LatencyWaits:
+    """The waits of one latency kind that began in a window, within one principal's scope, of
+    one population, as `OperationsQueries.latency_waits` read them once. Each method computes
+    in memory what the query method of the same name would read and compute again:
+    `percentiles` is `latency_percentiles`, `buckets` `latency_buckets`, `events`
+    `latency_events` (of this population), for any grouping and step."""
+
+    def __init__(
+        self,
+        kind: str,
+        population: str,
+        records: list[tuple[Any, ...]],
+        buckets: list[tuple[Any, ...]],
+        events: list[list[Any]],
+    ) -> None:
+        self.kind = kind
+        self.population = population
+        # (facility, vo, group, member, profile, start, seconds, ok): waits with a record
+        self._records = records
+        # (facility, vo, group, member, profile, hour, le, count, sum_seconds): the others
+        self._buckets = buckets
+        # the rows of `latency_events`, slowest first (every start in the window, this population)
+        self._events = events
+        # per step (None: the window; "": the exact start of each wait, the hour of a bucket)
+        self._frames: dict[str | None, tuple[pd.DataFrame, pd.DataFrame]] = {}
+
+    def frames(self, step: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(records, buckets): both have columns facility, vo, group, member, profile,
+        step_start (the start of their `step`, or 0). records: + seconds, ok (the waits with a
+        per-wait record, by the exact time they began); buckets: + le, count, sum_seconds (the
+        waits known only by their histogram bucket, by the hour)."""
+        if step is not None and step not in STEPS:
+            raise QueryError(f"step latencies by {', '.join(STEPS)}")
+        if step not in self._frames:
+            width = STEPS[step] if step is not None else None
+            keys = ["facility", "vo", "group", "member", "profile", "step_start"]
+            if "" not in self._frames:  # built once, the exact start (hour) in step_start
+                self._frames[""] = (
+                    pd.DataFrame(self._records, columns=[*keys, "seconds", "ok"]),
+                    pd.DataFrame(self._buckets, columns=[*keys, "le", "count", "sum_seconds"]),
+                )
+            records, buckets = (f.copy() for f in self._frames[""])
+            if len(records):
+                records["step_start"] = [
+                    int(r[5] // width) * width if width else 0 for r in self._records
+                ]
+            if len(buckets):
+                buckets["step_start"] = [
+                    (b[5] // width) * width if width else 0 for b in self._buckets
+                ]
+            self._frames[step] = (records, buckets)
+        return self._frames[step]
+
+    def buckets(self, by: tuple[str, ...] = (), step: str | None = None) -> pd.DataFrame:
+        """As `OperationsQueries.latency_buckets`: [time,] `by`..., le, count, sum_seconds."""
+        keys = _latency_keys(by, step)
+        records, buckets = self.frames(step)
+        records = records.assign(
+            le=[latency.bucket_of(x) for x in records["seconds"]], count=1
+        ).rename(columns={"seconds": "sum_seconds"})
+        both = pd.concat(
+            [f[[*keys, "le", "count", "sum_seconds"]] for f in (records, buckets) if len(f)]
+            or [pd.DataFrame(columns=[*keys, "le", "count", "sum_seconds"])]
+        )
+        df = both.groupby([*keys, "le"], sort=True, as_index=False)[["count", "sum_seconds"]].sum()
+        df = df.astype({"le": float, "count": "int64", "sum_seconds": float})
+        return _with_time(df, step)
+
+    def percentiles(
+        self,
+        by: tuple[str, ...] = (),
+        step: str | None = None,
+        quantiles: tuple[float, ...] = (0.5, 0.9, 0.99),
+        slo_seconds: float | None = None,
+    ) -> pd.DataFrame:
+        """As `OperationsQueries.latency_percentiles`: per group (and step) count,
+        mean_seconds, p50_seconds..., within_slo_ratio, min/max_seconds, exact_count,
+        failed_count, population."""
+        keys = _latency_keys(by, step)
+        records, buckets = self.frames(step)
+        df = latency.summarize_waits(
+            records, buckets, keys, quantiles, slo_seconds, self.population
+        )
+        return _with_time(df, step)
+
+    def events(self, limit: int = 20) -> pd.DataFrame:
+        """As `OperationsQueries.latency_events` with this population: the waits one by one,
+        slowest first (facility, id, member_id, display_name, start, end, seconds, profile,
+        outcome), at most `limit` of them (and at least one, as there)."""
+        cols = ["facility", "id", "member_id", "display_name", "start", "end", "seconds"]
+        if self.kind not in latency.EVENTS_OF_KIND:
+            raise QueryError(f"latency kind {self.kind!r} has no per-event record")
+        rows = self._events[: max(1, int(limit))]
+        return pd.DataFrame(rows, columns=[*cols, "profile", "outcome"])
+
+
 class OperationsQueries(QueryBase):
     def nodes(self, p: Principal) -> pd.DataFrame:
         """Node capacity and agent liveness; facility admins only (empty for others)."""
@@ -155,32 +267,33 @@ class OperationsQueries(QueryBase):
         )
         return out.sort_values(["read_bytes", "server"], ascending=[False, True], ignore_index=True)
 
-    def _latency_waits(
-        self, p: Principal, kind: str, start: float, end: float, step: str | None, population: str
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def latency_waits(
+        self,
+        p: Principal,
+        kind: str,
+        start: float,
+        end: float,
+        population: str = latency.POPULATION_OK,
+    ) -> LatencyWaits:
         """The waits of `kind` that began in [start, end), within the principal's scope, of
-        `population`, as (records, buckets); both have columns facility, vo, group, member,
-        profile, step_start (the start of their `step`, or 0).
+        `population`, read once: `LatencyWaits` gives their percentiles, buckets (overall, per
+        group, per step) and slowest waits, each equal to what `latency_percentiles`,
+        `latency_buckets` and `latency_events` return for the same arguments, without reading
+        the database again (the Interactive page draws all its figures from one read).
 
-        records: the waits with a per-wait record (an event, `latency.EVENTS_OF_KIND`), taken
-        by the exact time they began: + seconds, ok. buckets: the waits known only by their
-        histogram bucket: + le, count, sum_seconds. These are the latency rows of every hour
-        that overlaps [start, end) (the hour holding `start` too), less the waits the records
-        of those hours account for, so no wait counts twice and none is lost at an hour
-        boundary; failed starts are never in the histograms.
+        The waits with a per-wait record (an event, `latency.EVENTS_OF_KIND`) are taken by the
+        exact time they began; the others come from their histogram bucket: the latency rows
+        of every hour that overlaps [start, end) (the hour holding `start` too), less the waits
+        the records of those hours account for, so no wait counts twice and none is lost at an
+        hour boundary; failed starts are never in the histograms.
         """
         if kind not in latency.KINDS:
             raise QueryError(f"unknown latency kind {kind!r}; known: {', '.join(latency.KINDS)}")
         if population not in latency.POPULATIONS:
             raise QueryError(f"population is one of {', '.join(latency.POPULATIONS)}")
-        if step is not None and step not in STEPS:
-            raise QueryError(f"step latencies by {', '.join(STEPS)}")
-        width = STEPS[step] if step is not None else None
         first = int(start // HOUR) * HOUR  # the hour that holds `start`
         last = int(math.ceil(end / HOUR)) * HOUR  # the end of the hour that holds `end`
         cond, params = scope_sql(p)
-        keys = ["facility", "vo", "group", "member", "profile", "step_start"]
-        records: list[tuple[Any, ...]] = []
         # (facility, member, profile, hour, le) -> [count, sum] of the records' successful waits
         observed: dict[tuple[Any, ...], list[float]] = {}
         with read_connection(self._engine) as conn:
@@ -194,12 +307,15 @@ class OperationsQueries(QueryBase):
             ).all()
             if kind in latency.EVENTS_OF_KIND:
                 ecnd, eparams = scope_sql(p, member="e.member_id", vo="m.vo", facility="e.facility")
+                # slowest first, in `latency_events`' order, so that its rows are a prefix
                 rows = conn.execute(
                     text(
                         'SELECT e.facility, m.vo, m.grp, e.member_id, e.start, e."end" - e.start, '
-                        "e.attrs FROM event e JOIN member m ON m.id = e.member_id "
+                        'e.attrs, e.id, m.display_name, e."end" FROM event e '
+                        "JOIN member m ON m.id = e.member_id "
                         'WHERE e.kind = :ekind AND e."end" IS NOT NULL AND e.start >= :first '
-                        f"AND e.start < :last AND {ecnd}"
+                        f"AND e.start < :last AND {ecnd} "
+                        f'ORDER BY e."end" - e.start DESC, e.start, e.id, e.facility'
                     ),
                     {"ekind": latency.EVENTS_OF_KIND[kind], "first": first, "last": last,
                      **eparams},
@@ -207,23 +323,29 @@ class OperationsQueries(QueryBase):
             else:
                 rows = []
         everyone = population == latency.POPULATION_ALL
+        records: list[tuple[Any, ...]] = []
+        events: list[list[Any]] = []
         parsed: dict[str, tuple[str | None, str]] = {}  # attrs text -> (outcome, profile)
-        for fac, vo, grp, member, t, seconds, attrs_text in rows:
+        for fac, vo, grp, member, t, seconds, attrs_text, eid, name, t_end in rows:
             if attrs_text not in parsed:
                 attrs = latency.attrs_of(attrs_text)
                 parsed[attrs_text] = (latency.wait_outcome(kind, attrs), latency.profile_of(attrs))
             outcome, profile = parsed[attrs_text]
-            if outcome is None or not seconds >= 0:
+            if outcome is None:
                 continue
             ok = outcome == "ok"
+            inside = start <= t < end and (ok or everyone)
+            if inside:
+                events.append([fac, eid, member, name, t, t_end, seconds, profile, outcome])
+            if not seconds >= 0:
+                continue
             if ok:
                 key = (fac, member, profile, int(t // HOUR) * HOUR, latency.bucket_of(seconds))
                 slot = observed.setdefault(key, [0, 0.0])
                 slot[0] += 1
                 slot[1] += seconds
-            if start <= t < end and (ok or everyone):
-                at = int(t // width) * width if width else 0
-                records.append((fac, vo, grp, member, profile, at, float(seconds), ok))
+            if inside:
+                records.append((fac, vo, grp, member, profile, t, float(seconds), ok))
         buckets: list[tuple[Any, ...]] = []
         for fac, vo, grp, member, profile, hour, le, count, total in hist:
             le, count, total = float(le), int(count), float(total)
@@ -235,28 +357,14 @@ class OperationsQueries(QueryBase):
                 slot[1] -= share
                 count, total = count - take, max(0.0, total - share)
             if count > 0:
-                at = (int(hour) // width) * width if width else 0
-                buckets.append((fac, vo, grp, member, profile, at, le, count, total))
-        return (
-            pd.DataFrame(records, columns=[*keys, "seconds", "ok"]),
-            pd.DataFrame(buckets, columns=[*keys, "le", "count", "sum_seconds"]),
-        )
+                buckets.append((fac, vo, grp, member, profile, int(hour), le, count, total))
+        return LatencyWaits(kind, population, records, buckets, events)
 
-    @staticmethod
-    def _latency_keys(by: tuple[str, ...], step: str | None) -> list[str]:
-        cols = (*GROUP_COLUMNS, "profile")
-        bad = [b for b in by if b not in cols]
-        if bad or (step is not None and step not in STEPS):
-            raise QueryError(f"group latencies by {', '.join(cols)} and step by {', '.join(STEPS)}")
-        return (["step_start"] if step is not None else []) + list(by)
-
-    @staticmethod
-    def _with_time(df: pd.DataFrame, step: str | None) -> pd.DataFrame:
-        if step is not None:
-            df.insert(
-                0, "time", pd.to_datetime(df.pop("step_start").astype("int64"), unit="s", utc=True)
-            )
-        return df
+    def _latency_waits(
+        self, p: Principal, kind: str, start: float, end: float, step: str | None, population: str
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """`latency_waits(...).frames(step)`: the waits as (records, buckets) frames."""
+        return self.latency_waits(p, kind, start, end, population).frames(step)
 
     def latency_buckets(
         self,
@@ -271,20 +379,10 @@ class OperationsQueries(QueryBase):
         """Latency buckets of the waits of `kind` that began in [start, end) (and per `step`):
         columns [time,] `by`..., le, count, sum_seconds (aggregator/core/latency.py). Waits
         with per-wait records are bucketed by their exact value and start, the others come
-        from the histograms of the hours that overlap the window (`_latency_waits`).
+        from the histograms of the hours that overlap the window (`latency_waits`).
         `population`: "ok" (successful waits only) or "all" (all starts, failed included)."""
-        keys = self._latency_keys(by, step)
-        records, buckets = self._latency_waits(p, kind, start, end, step, population)
-        records = records.assign(
-            le=[latency.bucket_of(x) for x in records["seconds"]], count=1
-        ).rename(columns={"seconds": "sum_seconds"})
-        both = pd.concat(
-            [f[[*keys, "le", "count", "sum_seconds"]] for f in (records, buckets) if len(f)]
-            or [pd.DataFrame(columns=[*keys, "le", "count", "sum_seconds"])]
-        )
-        df = both.groupby([*keys, "le"], sort=True, as_index=False)[["count", "sum_seconds"]].sum()
-        df = df.astype({"le": float, "count": "int64", "sum_seconds": float})
-        return self._with_time(df, step)
+        _latency_keys(by, step)
+        return self.latency_waits(p, kind, start, end, population).buckets(by, step)
 
     def latency_percentiles(
         self,
@@ -307,10 +405,9 @@ class OperationsQueries(QueryBase):
         wait is the time to the failure). Percentiles are exact (the standard linear sample
         quantile, `latency.quantiles_of`) over the per-wait records; only waits without one
         are placed within their histogram bucket, and no percentile is outside [min, max]."""
-        keys = self._latency_keys(by, step)
-        records, buckets = self._latency_waits(p, kind, start, end, step, population)
-        df = latency.summarize_waits(records, buckets, keys, quantiles, slo_seconds, population)
-        return self._with_time(df, step)
+        _latency_keys(by, step)
+        waits = self.latency_waits(p, kind, start, end, population)
+        return waits.percentiles(by, step, quantiles, slo_seconds)
 
     def latency_events(
         self,
@@ -339,7 +436,7 @@ class OperationsQueries(QueryBase):
                     'e."end" - e.start AS seconds, e.attrs FROM event e '
                     "JOIN member m ON m.id = e.member_id WHERE e.kind = :ekind "
                     f'AND e."end" IS NOT NULL AND e.start >= :start AND e.start < :end '
-                    f'AND {cond} ORDER BY e."end" - e.start DESC, e.start, e.id'
+                    f'AND {cond} ORDER BY e."end" - e.start DESC, e.start, e.id, e.facility'
                 ),
                 {"ekind": latency.EVENTS_OF_KIND[kind], "start": start, "end": end, **params},
             )

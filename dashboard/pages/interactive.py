@@ -12,16 +12,24 @@ manager their VO's.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
 from afmon.aggregator.core import latency
+from afmon.aggregator.query.reads import Principal, Query
 from afmon.dashboard import figures
 from afmon.dashboard.figures import Column, TableData, fmt_utc
-from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
+from afmon.dashboard.pages.common import (
+    PICK_MESSAGE,
+    Context,
+    Window,
+    notice,
+    render_table,
+    role_caption,
+)
 from afmon.dashboard.theme import PLOT_LAYOUT
 
 PATH = "/interactive"
@@ -224,6 +232,34 @@ def summary_line(
     return f"{latency.KINDS[kind]}: " + ", ".join(parts) + f" ({label})."
 
 
+# -- reads -----------------------------------------------------------------------------------
+
+
+class Figures(NamedTuple):
+    """What the page draws, for one principal, kind, window and population."""
+
+    total: pd.DataFrame  # latency_percentiles over the window, one row
+    buckets: pd.DataFrame  # latency_buckets over the window
+    over_time: pd.DataFrame  # latency_percentiles per step of the window
+    profiles: pd.DataFrame  # latency_percentiles by profile
+    slowest: pd.DataFrame  # latency_events, the 10 slowest
+
+
+def read_figures(
+    q: Query, p: Principal, kind: str, w: Window, population: str, slo: float | None
+) -> Figures:
+    """Every figure of the page from one read of the waits (`Query.latency_waits`): the same
+    frames as the query methods of each, which would read the same waits once per figure."""
+    waits = q.latency_waits(p, kind, w.start, w.end, population=population)
+    return Figures(
+        total=waits.percentiles(quantiles=QUANTILES, slo_seconds=slo),
+        buckets=waits.buckets(),
+        over_time=waits.percentiles(step=w.step, quantiles=QUANTILES, slo_seconds=slo),
+        profiles=waits.percentiles(by=("profile",), quantiles=QUANTILES, slo_seconds=slo),
+        slowest=waits.events(limit=10),
+    )
+
+
 # -- callbacks -------------------------------------------------------------------------------
 
 
@@ -255,29 +291,23 @@ def register(app: Dash, ctx: Context) -> None:
         pop = population if population in latency.POPULATIONS else latency.POPULATION_OK
         slo = ctx.settings.latency_slo_seconds.get(kind)
         w = ctx.window(range_key)
-        q = ctx.query
         intro = (
             f"Your own waits, {p.name}."
             if p.role == "member"
             else f"Waits of everyone you may see ({role_caption(p)})."
         )
-        stats: dict[str, Any] = {"quantiles": QUANTILES, "slo_seconds": slo, "population": pop}
-        total = q.latency_percentiles(p, kind, w.start, w.end, **stats)
-        buckets = q.latency_buckets(p, kind, w.start, w.end, population=pop)
-        over_time = q.latency_percentiles(p, kind, w.start, w.end, step=w.step, **stats)
-        profiles = q.latency_percentiles(p, kind, w.start, w.end, by=("profile",), **stats)
-        slowest = q.latency_events(p, kind, w.start, w.end, limit=10, population=pop)
+        f = read_figures(ctx.query, p, kind, w, pop, slo)
         return (
             html.Div(intro, id="int-viewer"),
             html.Div(
                 [
-                    html.Div(summary_line(total, kind, slo, pop), id="int-summary-text"),
+                    html.Div(summary_line(f.total, kind, slo, pop), id="int-summary-text"),
                     html.Div(population_caption(pop), id="int-population-note", className="hint"),
                 ]
             ),
-            distribution_figure(buckets, kind, slo),
-            percentiles_figure(over_time, kind, slo),
-            render_table(profiles_table(profiles, slo), "int-profiles-table"),
-            render_table(slowest_table(slowest, slo), "int-slowest-table"),
+            distribution_figure(f.buckets, kind, slo),
+            percentiles_figure(f.over_time, kind, slo),
+            render_table(profiles_table(f.profiles, slo), "int-profiles-table"),
+            render_table(slowest_table(f.slowest, slo), "int-slowest-table"),
             POPULATION_LABELS[pop],
         )

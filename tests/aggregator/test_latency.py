@@ -23,6 +23,8 @@ from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, QueryError
 from afmon.aggregator.web.app import create_app
 from afmon.collectors import wire
+from afmon.dashboard.pages import interactive
+from afmon.dashboard.pages.common import Window
 from tests.dashboard.conftest import ALICE_ID, FACILITY, IDENTITY_TOML
 
 NOW = 1_790_000_000.0
@@ -395,6 +397,102 @@ def test_percentiles_are_exact_and_within_min_max_through_the_app(
         value = got[latency.quantile_column(qq)][0]
         assert inside.min() <= value <= inside.max()
         assert value == pytest.approx(float(np.quantile(inside, qq)), rel=1e-9, abs=1e-9)
+
+
+_one_read_example = itertools.count()
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    waits=st.lists(
+        st.tuples(
+            st.floats(0.0, 7 * 3600, allow_nan=False),  # when, from the example's start
+            st.floats(0.0, 9000.0, allow_nan=False),  # the wait
+            st.sampled_from(latency.SPAWN_OUTCOMES),
+            st.sampled_from(["small", "gpu"]),
+        ),
+        max_size=20,
+    ),
+    bucketed=st.lists(  # waits known only by their histogram bucket: (hour, le, count)
+        st.tuples(st.integers(0, 6), st.sampled_from(latency.BUCKETS_SECONDS), st.integers(1, 3)),
+        max_size=3,
+    ),
+    window=st.tuples(st.floats(0.0, 7 * 3600), st.floats(1.0, 7 * 3600)),
+    population=st.sampled_from(sorted(latency.POPULATIONS)),
+    step=st.sampled_from(["hour", "day"]),
+)
+def test_one_read_gives_what_each_query_method_gives(
+    client: TestClient,
+    waits: list[tuple[float, float, str, str]],
+    bucketed: list[tuple[int, float, int]],
+    window: tuple[float, float],
+    population: str,
+    step: str,
+) -> None:
+    """`latency_waits` reads the waits once (the Interactive page's one read per render): its
+    percentiles, buckets and slowest waits, per group and step, are exactly the frames of
+    `latency_percentiles`, `latency_buckets` and `latency_events`, for any window and either
+    population, records and histogram-only waits mixed, for an admin and for a member."""
+    k = next(_one_read_example)
+    base = START - (k * 10 + 15) * 86400  # each example in its own days, not the test above's
+    events = [
+        spawn(f"o{k}-{i}", ("alice", "bob", "carol")[i % 3], base + t, w, outcome=o, profile=pr)
+        for i, (t, w, o, pr) in enumerate(waits)
+    ]
+    if events:
+        assert post(client, events, seq=k + 5000)["status"] == "applied"
+    with client.app.state.services.engine.begin() as conn:
+        for hour, le, count in bucketed:
+            mean = latency.lower_bound(le) + 0.5 if math.isinf(le) else le
+            conn.execute(
+                text(
+                    "INSERT INTO latency VALUES (:f, 'atlas', '/atlas', :m, 'time_to_session', "
+                    "'legacy', :h, :le, :c, :s) ON CONFLICT DO NOTHING"
+                ),
+                {"f": FACILITY, "m": ALICE_ID, "h": int(base // 3600 + hour) * 3600, "le": le,
+                 "c": count, "s": count * mean},
+            )  # fmt: skip
+    lo, hi = base + window[0], base + window[0] + window[1]
+    q = client.app.state.services.query
+    kind = "time_to_session"
+    alice = Principal("member", member_id=ALICE_ID, vo="atlas")
+    for p in (LOCAL_ADMIN, alice):
+        once = q.latency_waits(p, kind, lo, hi, population=population)
+        for by, at in itertools.product(((), ("profile",), ("member", "profile")), (None, step)):
+            stats = {"quantiles": (0.0, 0.5, 0.9, 0.99, 1.0), "slo_seconds": 10.0}
+            pd.testing.assert_frame_equal(
+                once.percentiles(by, at, **stats),
+                q.latency_percentiles(p, kind, lo, hi, by, at, population=population, **stats),
+                check_exact=True,
+            )
+            pd.testing.assert_frame_equal(
+                once.buckets(by, at),
+                q.latency_buckets(p, kind, lo, hi, by, at, population=population),
+                check_exact=True,
+            )
+        for limit in (1, 3, 50):
+            pd.testing.assert_frame_equal(
+                once.events(limit),
+                q.latency_events(p, kind, lo, hi, limit=limit, population=population),
+                check_exact=True,
+            )
+    # the page draws every figure from one such read: the frames of the query methods
+    w = Window("custom", lo, hi, step)
+    got = interactive.read_figures(q, LOCAL_ADMIN, kind, w, population, 10.0)
+    stats = {"quantiles": interactive.QUANTILES, "slo_seconds": 10.0, "population": population}
+    want = interactive.Figures(
+        total=q.latency_percentiles(LOCAL_ADMIN, kind, lo, hi, **stats),
+        buckets=q.latency_buckets(LOCAL_ADMIN, kind, lo, hi, population=population),
+        over_time=q.latency_percentiles(LOCAL_ADMIN, kind, lo, hi, step=step, **stats),
+        profiles=q.latency_percentiles(LOCAL_ADMIN, kind, lo, hi, by=("profile",), **stats),
+        slowest=q.latency_events(LOCAL_ADMIN, kind, lo, hi, limit=10, population=population),
+    )
+    for name, a, b in zip(interactive.Figures._fields, got, want, strict=True):
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
 
 
 @settings(max_examples=300, deadline=None)
