@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -18,7 +19,7 @@ from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
 from afmon.aggregator.store.db import create_schema, make_engine
 from afmon.dashboard import vo_view as vv
 from afmon.dashboard.app import create_dash, sync_range
-from afmon.dashboard.facility_live import live_view
+from afmon.dashboard.facility_live import SLO_KINDS, live_view, slo_tiles
 from afmon.dashboard.pages import common
 from tests.dash_callbacks import post_callback as _call
 
@@ -264,6 +265,75 @@ def test_live_view(query: Query) -> None:
     assert mine.use["cores"] == pytest.approx(4.0) and mine.alerts is None
     assert mine.open_events == {"session": 1, "dask_cluster": 0}
     assert [r[0] for r in mine.top_vos.rows] == ["cms"]
+
+
+class _PerCallWaits:
+    """A kind's waits as the SLO tiles read them before: `latency_percentiles` per call."""
+
+    def __init__(self, q: Query, args: tuple[Any, ...]) -> None:
+        self._q, self._args = q, args
+
+    def percentiles(self, *a: Any, **kw: Any) -> Any:
+        return self._q.latency_percentiles(*self._args, *a, **kw)
+
+
+class _CountingQuery:
+    """`query`, counting its latency reads; `per_call` answers them the old way."""
+
+    def __init__(self, q: Query, per_call: bool) -> None:
+        self._q, self._per_call, self.reads = q, per_call, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._q, name)
+
+    def latency_waits(self, p: Principal, kind: str, start: float, end: float) -> Any:
+        self.reads.append(kind)
+        if self._per_call:
+            return _PerCallWaits(self._q, (p, kind, start, end))
+        return self._q.latency_waits(p, kind, start, end)
+
+
+def test_slo_tiles_read_each_kind_once_and_equal_the_query_method(query: Query) -> None:
+    """The SLO tiles read each kind's waits once per render and show what
+    `latency_percentiles` gives: per-wait records (ok and failed) mixed with histogram-only
+    waits, for an admin and for members, targets met, missed and unset."""
+    with query._engine.begin() as conn:  # noqa: SLF001
+        for i, (kind, member, wait, attrs) in enumerate(
+            [
+                ("spawn", CAROL, 3.0, "{}"),
+                ("spawn", CAROL, 12.5, '{"profile": "gpu"}'),
+                ("spawn", ALICE, 7.0, '{"outcome": "failed"}'),
+                ("spawn", BOB, 41.0, "{}"),
+                ("dask_scale", ALICE, 50.0, '{"reason": "first_worker"}'),
+                ("dask_scale", ALICE, 80.0, '{"reason": "first_worker"}'),
+                ("dask_scale", ALICE, 20.0, '{"reason": "scale", "from": 1, "target": 4}'),
+            ]
+        ):
+            start = T0 + 9 * 3600 + 60 * i
+            conn.execute(
+                text(
+                    "INSERT INTO event (facility, kind, id, node, local_user, member_id, start, "
+                    "\"end\", attrs) VALUES ('af-a', :k, :id, 'n1', 'x', :m, :s, :e, :a)"
+                ),
+                {"k": kind, "id": f"w{i}", "m": member, "s": start, "e": start + wait, "a": attrs},
+            )
+    bob = Principal("member", member_id=BOB, vo="cms", name="Bob")
+    carol = Principal("member", member_id=CAROL, vo="atlas", name="Carol")
+    targets = [
+        {"time_to_session": 10.0, "time_to_first_worker": 60.0},
+        {"time_to_session": 60.0, "time_to_first_worker": 90.0},
+        {},
+    ]
+    for p in (LOCAL_ADMIN, bob, carol):
+        for slos in targets:
+            once = _CountingQuery(query, per_call=False)
+            got = slo_tiles(once, p, DAY, slos)  # type: ignore[arg-type]
+            assert once.reads == list(SLO_KINDS)  # one read per kind
+            want = slo_tiles(_CountingQuery(query, per_call=True), p, DAY, slos)  # type: ignore[arg-type]
+            assert got == want
+    tiles = {t.key: t for t in slo_tiles(query, LOCAL_ADMIN, DAY, targets[0])}
+    assert ("Waits", "2") in tiles["time_to_first_worker"].lines
+    assert ("Target", "60 s: missed") in tiles["time_to_first_worker"].lines
 
 
 def test_custom_windows_and_resolution() -> None:

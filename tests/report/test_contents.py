@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 
 from afmon.aggregator import __version__
-from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal
+from afmon.aggregator.core import latency
+from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
 from afmon.aggregator.report.build import NO_LATENCY, build_report
 from afmon.aggregator.report.formats import render_csv, render_json
 from afmon.aggregator.report.quantities import LEVELS, quantities
@@ -155,6 +156,54 @@ def test_latency_percentiles_against_the_slos(world: World, doc: dict[str, Any])
     # the week before had none
     before = build_report(world.query, LOCAL_ADMIN, PREV, world.settings)
     assert before["latency"]["status"] == NO_LATENCY
+
+
+class _PerCallWaits:
+    """A kind's waits as the report read them before: `latency_percentiles` per call."""
+
+    def __init__(self, q: Query, args: tuple[Any, ...]) -> None:
+        self._q, self._args = q, args
+
+    def percentiles(self, *a: Any, **kw: Any) -> Any:
+        return self._q.latency_percentiles(*self._args, *a, **kw)
+
+
+class _CountingQuery:
+    """`world.query`, counting its latency reads; `per_call` answers them the old way."""
+
+    def __init__(self, q: Query, per_call: bool) -> None:
+        self._q, self._per_call, self.reads = q, per_call, []
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("latency_percentiles", "latency_buckets"):
+            raise AssertionError(f"the report called {name}: a read per call")
+        return getattr(self._q, name)
+
+    def latency_waits(self, p: Principal, kind: str, start: float, end: float) -> Any:
+        self.reads.append(kind)
+        if self._per_call:
+            return _PerCallWaits(self._q, (p, kind, start, end))
+        return self._q.latency_waits(p, kind, start, end)
+
+
+@pytest.mark.parametrize("who", ["admin", "admin, atlas only", "cms manager", "atlas001"])
+def test_latency_reads_each_kind_once_and_equals_the_query_methods(world: World, who: str) -> None:
+    """The latency section reads each kind's waits once per report (not once per level and
+    kind) and is exactly what `latency_percentiles` per level and kind gives."""
+    principal, filters = {
+        "admin": (LOCAL_ADMIN, {}),
+        "admin, atlas only": (LOCAL_ADMIN, {"vo": "atlas"}),
+        "cms manager": (Principal("vo_manager", vo="cms"), {}),
+        "atlas001": (Principal("member", member_id=world.member_ids["atlas001"]), {}),
+    }[who]
+    once = _CountingQuery(world.query, per_call=False)
+    doc = build_report(once, principal, WEEK, world.settings, **filters)  # type: ignore[arg-type]
+    assert sorted(once.reads) == sorted(latency.KINDS)  # one read per kind
+    per_call = _CountingQuery(world.query, per_call=True)
+    want = build_report(per_call, principal, WEEK, world.settings, **filters)  # type: ignore[arg-type]
+    assert doc["latency"] == want["latency"]
+    assert render_json(doc) == render_json(want)
+    assert doc["latency"]["status"] == "ok" and doc["latency"]["levels"]["member"]
 
 
 def test_provenance_and_no_generation_time(world: World, doc: dict[str, Any]) -> None:
