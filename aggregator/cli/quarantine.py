@@ -60,7 +60,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                       f"seq {row['seq']} {row['field']}: {row['message']}")  # fmt: skip
             return 0
         if args.action == "drop":
-            print(f"dropped {quarantine.drop(engine, selection)} quarantined records")
+            print(f"dropped {_records(quarantine.drop(engine, selection))} from the quarantine")
             return 0
         return _replay(settings, engine, selection)
     finally:
@@ -86,10 +86,15 @@ def _replay(settings: ServerSettings, engine: Engine, selection: Selection) -> i
         now=time.time(),
         progress=lambda done, total: bar(f"{done}/{total} records", done, total),
     )
-    print(f"replayed {report.applied} records; {report.already} had been replayed before")
+    print(f"replayed {_records(report.applied)}; {report.already} had been replayed before")
     for reason, n in sorted((report.still_refused or {}).items()):
-        print(f"still refused ({reason}): {n} records stay in the quarantine")
+        stay = "stays" if n == 1 else "stay"
+        print(f"still refused ({reason}): {_records(n)} {stay} in the quarantine")
     return 1 if report.still_refused else 0
+
+
+def _records(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
