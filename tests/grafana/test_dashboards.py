@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from afmon.aggregator.metrics.catalog import series_names
 from afmon.collectors import wire
 from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 from tests.conftest import free_port
+from tests.prometheus_server import running_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
@@ -165,8 +164,6 @@ def prometheus(
     tmp_path: Path, server_factory: Callable[..., Any]
 ) -> Iterator[tuple[str, list[str]]]:
     """A live afmon fed with 2 h of a simulated facility, scraped every second by Prometheus."""
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is missing: `make test` installs Debian's prometheus package"
     sim = FacilitySimulator(facility="test-af", nodes=2, members_per_vo=2, seed=11,
                             sessions_per_member_day=24)  # fmt: skip
     identity = tmp_path / "identity.toml"
@@ -177,40 +174,24 @@ def prometheus(
     backfill(sim, poster, now - 2 * 3600, now - 30, report=None)
     poster.post(_extra_batch(server.facility, now))
     host = server.url.removeprefix("http://")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
+    config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "afmon", "static_configs": [{"targets": [host]}]}],
-    }))  # fmt: skip
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
+    }
+    with running_prometheus(tmp_path, config) as prom:
         deadline = time.monotonic() + 90
         last = "no answer yet"
         while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            prom.alive()
             # two scrapes or more in the last minute, so that rate() has two samples
-            ready, last = _try_query(url, 'count_over_time(up{job="afmon"}[1m]) >= 3 and up == 1')
+            expr = 'count_over_time(up{job="afmon"}[1m]) >= 3 and up == 1'
+            ready, last = _try_query(prom.url, expr)
             if ready:
                 break
             time.sleep(0.5)
         else:
             pytest.fail(f"Prometheus did not scrape afmon 3 times within 90 s; last: {last}")
-        yield url, [server.facility]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        yield prom.url, [server.facility]
 
 
 def _try_query(url: str, expr: str) -> tuple[list[dict[str, Any]], str]:
