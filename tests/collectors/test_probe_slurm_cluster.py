@@ -228,7 +228,9 @@ def test_live_polling_sends_each_run_once_as_sacct_duplicates_lists_them(
         assert e.attrs["wall_seconds"] == int(row["ElapsedRaw"])
         assert e.attrs["wall_seconds"] * e.attrs["cores"] == int(row["CPUTimeRAW"])
         assert e.attrs["cpu_seconds"] == parse_duration(row["TotalCPU"])
-    assert int(requeued[0]["ElapsedRaw"]) >= 1 and int(requeued[1]["ElapsedRaw"]) >= 4
+    # the second run burnt its 4 s in full (bash's SECONDS counts whole seconds: 3 s and a bit,
+    # which Slurm may print as 3); the first was cut short by the requeue at any point
+    assert int(requeued[1]["ElapsedRaw"]) >= 3
     assert len({by_run[run_key(r)].id for r in requeued}) == 2
 
     # QoS and account: the accounting dimensions, as sacct has them
