@@ -201,6 +201,84 @@ def decode(
     return batch
 
 
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch whose records are left undecoded: to judge each record on its own."""
+
+    version: int
+    agent_id: Text
+    facility: Name
+    node: Text
+    seq: Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
+    sent_at: Epoch
+    series: list[msgspec.Raw] = []
+    events: list[msgspec.Raw] = []
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+_series_decoder = msgspec.json.Decoder(Series)
+_event_decoder = msgspec.json.Decoder(Event)
+MAX_RAW_KEPT = 65536  # characters of a malformed record kept for the quarantine
+
+# Stand-ins that keep the records' positions, for records that cannot be decoded; each is
+# refused (`malformed`), so nothing of it is ever applied.
+_NO_SERIES = Series(metric="malformed", unit="1", kind="gauge", labels={}, times=[], values=[])
+_NO_EVENT = Event(kind="session", id="malformed", user="malformed", start=0.0)
+
+
+def decode_records(
+    body: bytes, *, max_decompressed: int | None = None
+) -> tuple[Batch, list[Refusal]]:
+    """Decode a batch whose records are judged one by one: a record of the wrong shape (a
+    string among the values, an unknown field, a bad label name) is refused on its own with
+    reason `malformed` (its position keeps a stand-in, its text is in the refusal's `raw`);
+    only an envelope that cannot be decoded (not JSON, a bad `seq`, `agent_id`, `facility`,
+    an unsupported `version`) raises WireError for the whole batch."""
+    if body[:2] == b"\x1f\x8b":
+        body = _gunzip(body, max_decompressed)
+    try:
+        batch = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        if not isinstance(exc, msgspec.ValidationError):
+            raise WireError("$", f"not valid JSON: {exc}") from None
+        batch, refused = _decode_one_by_one(body)
+    else:
+        refused = []
+    check_envelope(batch)
+    return batch, refused
+
+
+def _decode_one_by_one(body: bytes) -> tuple[Batch, list[Refusal]]:
+    try:
+        env = _envelope.decode(body)
+    except msgspec.ValidationError as exc:
+        field, _, message = _split_msgspec_error(str(exc))
+        raise WireError(field, message) from None
+    refused: list[Refusal] = []
+    series: list[Series] = []
+    events: list[Event] = []
+    for kind, raws, decoder, out, stand_in in (
+        ("series", env.series, _series_decoder, series, _NO_SERIES),
+        ("event", env.events, _event_decoder, events, _NO_EVENT),
+    ):
+        for i, raw in enumerate(raws):
+            try:
+                out.append(decoder.decode(raw))  # type: ignore[attr-defined]
+            except msgspec.ValidationError as exc:
+                field, _, message = _split_msgspec_error(str(exc))
+                where = f"$.{'series' if kind == 'series' else 'events'}[{i}]"
+                refused.append(Refusal(
+                    kind, i, where + field[1:], "malformed",  # type: ignore[arg-type]
+                    f"{message} (the record cannot be read; the rest of its batch can)",
+                    bytes(raw)[:MAX_RAW_KEPT].decode("utf-8", "replace"),
+                ))  # fmt: skip
+                out.append(stand_in)  # type: ignore[attr-defined]
+    batch = Batch(
+        version=env.version, agent_id=env.agent_id, facility=env.facility, node=env.node,
+        seq=env.seq, sent_at=env.sent_at, series=series, events=events,
+    )  # fmt: skip
+    return batch, refused
+
+
 # Labels the server derives and a producer may not send: the facility comes from the
 # credential that posted the batch, the VO, group and member from the identity map
 # (docs/security.md). Letting a series carry one would let a producer write as another
@@ -219,6 +297,7 @@ class Refusal(msgspec.Struct, frozen=True):
     field: str
     reason: str
     message: str
+    raw: str | None = None  # the record as sent, when it could not be decoded (`malformed`)
 
 
 def check_envelope(batch: Batch) -> None:

@@ -129,9 +129,14 @@ def make_router(
         state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         code_verifier, challenge = _pkce()
         params = {
-            "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri(request),
-            "scope": "openid profile wlcg.groups", "state": state, "nonce": nonce,
-            "code_challenge": challenge, "code_challenge_method": "S256",
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri(request),
+            "scope": "openid profile wlcg.groups",
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
         }
         if login_hint:
             params["login_hint"] = login_hint
@@ -140,7 +145,10 @@ def make_router(
         response.set_cookie(
             LOGIN_COOKIE,
             sessions.dump_login({"state": state, "issuer": issuer, "verifier": code_verifier}),
-            max_age=LOGIN_MAX_AGE, httponly=True, samesite="lax", path="/auth",
+            max_age=LOGIN_MAX_AGE,
+            httponly=True,
+            samesite="lax",
+            path="/auth",
         )
         return response
 
@@ -166,11 +174,17 @@ def make_router(
             raise HTTPException(400, "sign-in state missing or wrong; start again at /auth/login")
         token_endpoint = endpoints(pending["issuer"])["token_endpoint"]
         try:
-            r = client.post(token_endpoint, data={
-                "grant_type": "authorization_code", "code": code,
-                "redirect_uri": redirect_uri(request), "client_id": client_id,
-                "client_secret": client_secret, "code_verifier": pending["verifier"],
-            })
+            r = client.post(
+                token_endpoint,
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": redirect_uri(request),
+                    "client_id": client_id,
+                    "client_secret": client_secret,
+                    "code_verifier": pending["verifier"],
+                },
+            )
             r.raise_for_status()
             access_token = r.json()["access_token"]
         except (httpx.HTTPError, KeyError, ValueError) as exc:
@@ -183,8 +197,12 @@ def make_router(
         response = RedirectResponse("/", status_code=302)
         expires = float(claims["exp"])
         response.set_cookie(
-            SESSION_COOKIE, sessions.dump(principal, expires),
-            max_age=max(1, int(expires - clock())), httponly=True, samesite="lax", path="/",
+            SESSION_COOKIE,
+            sessions.dump(principal, expires),
+            max_age=max(1, int(expires - clock())),
+            httponly=True,
+            samesite="lax",
+            path="/",
             secure=request.url.scheme == "https",
         )
         response.delete_cookie(LOGIN_COOKIE, path="/auth")

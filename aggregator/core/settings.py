@@ -49,6 +49,14 @@ class ServerSettings(BaseSettings):
         description="A gauge (such as memory) is integrated between two samples only when they "
         "are at most this far apart; a longer gap is treated as no data.",
     )
+    late_sample_window_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="A sample older than its series' newest arrives late: within this window "
+        "it is stored and the hours it touches are recomputed (the ledger does not depend on "
+        "arrival order); a series record with a sample further back is refused (reason "
+        "`too_old`) and quarantined. At most AFMON_RETENTION_DAYS.",
+    )
     default_hepscore23_per_core: float = Field(
         10.0, description="HEPscore23 per core used for nodes that have not reported their own."
     )
@@ -243,6 +251,16 @@ class ServerSettings(BaseSettings):
         if self.tsdb_raw_only and not self.tsdb_url:
             raise ValueError(
                 "AFMON_TSDB_RAW_ONLY needs AFMON_TSDB_URL: without a store, raw samples are lost"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _late_window_within_retention(self) -> ServerSettings:
+        if self.late_sample_window_seconds > self.retention_days * 86400:
+            raise ValueError(
+                f"AFMON_LATE_SAMPLE_WINDOW_SECONDS ({self.late_sample_window_seconds:g}) is "
+                f"longer than AFMON_RETENTION_DAYS ({self.retention_days:g} days): a late "
+                "sample needs its neighbours, which are pruned after the retention"
             )
         return self
 

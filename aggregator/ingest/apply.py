@@ -23,6 +23,7 @@ from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.identity.accounts import IdentityMap, MemberRef
 from afmon.aggregator.ingest import quarantine as quarantined
 from afmon.aggregator.ingest.admission import SeriesKey, admit, labels_json, series_key
+from afmon.aggregator.ingest.late import LateSamples, SeriesState, place_late
 from afmon.aggregator.ingest.limits import Cardinality, Limits, check_size, label_refusals
 from afmon.aggregator.ingest.quarantine import StillRefused
 from afmon.aggregator.ledger.base import (
@@ -69,6 +70,26 @@ READ_BACK_METRICS = frozenset(
         "agent_spool_batches",
     }
 )
+
+
+def first_per_record(refused: Iterable[wire.Refusal]) -> list[wire.Refusal]:
+    """One refusal per record, the first found (a record that cannot be read is refused as
+    `malformed` only, not also for what its stand-in breaks)."""
+    seen: set[tuple[str, int]] = set()
+    out: list[wire.Refusal] = []
+    for r in refused:
+        if (r.kind, r.index) not in seen:
+            seen.add((r.kind, r.index))
+            out.append(r)
+    return out
+
+
+def kept_when_raw_only(s: wire.Series) -> bool:
+    """Whether the database keeps the samples of `s` even when raw samples live only in the
+    time-series store: those afmon reads back, and those of accounted series (a late sample is
+    placed among its stored neighbours, ingest/late.py)."""
+    return s.metric in READ_BACK_METRICS or (s.metric in ACCOUNTED_METRICS and "user" in s.labels)
+
 
 FreshSamples = tuple[int, list[float], list[float]]
 """A series id with the times and values of its samples that are new to the store."""
@@ -151,7 +172,7 @@ class Ingestor:
         raises `StillRefused`. Raises `wire.WireError` (or its `LimitExceeded`) for a batch
         refused as a whole, with nothing of it written."""
         check_size(batch, self._limits)
-        refused = [*refused, *label_refusals(batch, self._limits)]
+        refused = first_per_record([*refused, *label_refusals(batch, self._limits)])
         p = self._p
         now = self._clock()
         with self._engine.begin() as conn:
@@ -163,18 +184,31 @@ class Ingestor:
             if claimed == 0:
                 return IngestResult("duplicate", batch.seq)
             keys = [series_key(batch.facility, s) for s in batch.series]
-            more, own_node = admit(
-                conn, batch, keys, refused, self._series_ids, self._cardinality
-            )
+            more, own_node = admit(conn, batch, keys, refused, self._series_ids, self._cardinality)
             refused += more
+            new_series: dict[SeriesKey, int] = {}
+            gone = {r.index for r in refused if r.kind == "series"}
+            ids = self._series_ids_for(conn, batch, keys, new_series, gone)
+            state = self._series_state(conn, [sid for sid in ids if sid is not None])
+            too_old, late = place_late(
+                conn,
+                batch,
+                ids,
+                state,
+                self._settings.late_sample_window_seconds,
+                self._kept,
+                p,
+            )
+            refused += too_old
             if refused and not quarantine:
                 raise StillRefused(refused)  # rolls the claim back: a later replay may apply
-            new_series: dict[SeriesKey, int] = {}
             clean = wire.without(batch, refused)
-            if len(clean.series) < len(keys):
+            if len(clean.series) < len(ids):
                 gone = {r.index for r in refused if r.kind == "series"}
-                keys = [k for i, k in enumerate(keys) if i not in gone]
-            result = self._apply(conn, clean, keys, now, new_series, own_node)
+                kept = [i for i in range(len(ids)) if i not in gone]
+                late = {j: late[i] for j, i in enumerate(kept) if i in late}
+                ids = [ids[i] for i in kept]
+            result = self._apply(conn, clean, ids, state, late, now, own_node)  # type: ignore[arg-type]
             if refused:
                 quarantined.store(conn, batch, refused, now, self._settings.quarantine_keep)
         # Only ids of committed series may be remembered: a rolled-back id can be reused.
@@ -197,41 +231,59 @@ class Ingestor:
 
     # -- the parts of one transaction -------------------------------------------------
 
+    def _kept(self, s: wire.Series) -> bool:
+        """Whether the samples of `s` go into the `sample` table (all, or with
+        AFMON_TSDB_RAW_ONLY those `kept_when_raw_only`)."""
+        return self._all_in_database or kept_when_raw_only(s)
+
     def _apply(
         self,
         conn: Connection,
         batch: wire.Batch,
-        keys: list[SeriesKey],
+        ids: list[int],
+        state: dict[int, SeriesState],
+        late: dict[int, LateSamples],
         now: float,
-        new_series: dict[SeriesKey, int],
         own_node: bool = True,
     ) -> IngestResult:
         facility = batch.facility
-        ids = self._series_ids_for(conn, batch, keys, new_series)
-        state = self._series_state(conn, ids)
-        hepscore = self._update_nodes(conn, batch, now)
+        hepscore = self._update_nodes(conn, batch, ids, state, now)
         inc = Increments()
         members: dict[str, MemberRef] = {}
         fresh: list[FreshSamples] = []  # into the `sample` table
         points: list[Points] = []  # into the time-series store's outbox
-        new_state: list[tuple[float, float, int]] = []
+        new_state: list[tuple[float, float, float, int]] = []
+        firsts: list[tuple[float, int, float]] = []  # a late sample before the first one
         stale = written = 0
         gap = self._settings.gauge_max_gap_seconds
-        for s, sid in zip(batch.series, ids, strict=True):
+        for i, (s, sid) in enumerate(zip(batch.series, ids, strict=True)):
             times, values = s.times, s.values
-            last_t, last_v = state[sid]
+            last_t, last_v, first_t = state[sid]
             n = fresh_count(times, last_t)
-            stale += len(times) - n
-            if n == 0:
+            placed = late.get(i)
+            if placed is not None:
+                stale += placed.repeats
+                if placed.times:
+                    written += len(placed.times)
+                    if self._kept(s):
+                        fresh.append((sid, placed.times, placed.values))
+                    if self._outbox is not None:
+                        points.append((series_head(batch, s), placed.times, placed.values))
+                    if first_t is not None and placed.times[0] < first_t:
+                        firsts.append((placed.times[0], sid, placed.times[0]))
+                elif n == 0:
+                    continue
+            elif n == 0:
                 continue
-            if n < len(times):  # copies only when part of the series was seen before
+            if 0 < n < len(times):  # copies only when part of the series was seen before
                 times, values = times[-n:], values[-n:]
-            written += n
-            if self._all_in_database or s.metric in READ_BACK_METRICS:
-                fresh.append((sid, times, values))
-            if self._outbox is not None:
-                points.append((series_head(batch, s), times, values))
-            new_state.append((times[-1], values[-1], sid))
+            if n:
+                written += n
+                if self._kept(s):
+                    fresh.append((sid, times, values))
+                if self._outbox is not None:
+                    points.append((series_head(batch, s), times, values))
+                new_state.append((times[-1], values[-1], times[0], sid))
             rule = ACCOUNTED_METRICS.get(s.metric)
             user = s.labels.get("user")
             if rule is None or user is None:
@@ -239,7 +291,9 @@ class Ingestor:
             resource = rule.resource_for(s.labels)  # checked in `_admit`
             node = s.labels.get("node", batch.node)
             pieces: Iterable[tuple[float, float]] | None = None
-            if rule.how == "counter":
+            if n == 0:
+                pieces = ()
+            elif rule.how == "counter":
                 # per hour when the whole series maps to one member, else per sample
                 if self._one_member(facility, user, times[0], times[-1]):
                     pieces = counter_increases_per_hour(times, values, last_t, last_v, s.created)
@@ -247,6 +301,8 @@ class Ingestor:
                     pieces = counter_increases(times, values, last_t, last_v, s.created)
             else:
                 pieces = gauge_integral(times, values, last_t, last_v, gap)
+            if placed is not None and placed.times:
+                pieces = chain(pieces, placed.corrections(rule, s.created, gap))
             per_hour: dict[tuple[int, str], float] = defaultdict(float)
             rid, lo, hi = "", 0.0, -1.0
             for t, amount in pieces:
@@ -266,6 +322,12 @@ class Ingestor:
             self._outbox.stage(conn, points, written, now)
         if new_state:
             self._write_state(conn, new_state)
+        if firsts:
+            conn.exec_driver_sql(
+                f"UPDATE series SET first_time = {self._p} WHERE id = {self._p} "
+                f"AND first_time > {self._p}",
+                firsts,
+            )
         events = self._apply_events(conn, batch, inc, members, hepscore)
         self._ensure_unmapped(conn, members)
         if inc.amounts:
@@ -310,10 +372,16 @@ class Ingestor:
         batch: wire.Batch,
         keys: list[SeriesKey],
         new_series: dict[SeriesKey, int],
-    ) -> list[int]:
+        skip: set[int],
+    ) -> list[int | None]:
+        """The id of each series record (None for those in `skip`, refused), made for those
+        the store does not have yet."""
         p = self._p
-        ids: list[int] = []
-        for s, key in zip(batch.series, keys, strict=True):
+        ids: list[int | None] = []
+        for i, (s, key) in enumerate(zip(batch.series, keys, strict=True)):
+            if i in skip:
+                ids.append(None)
+                continue
             sid = self._series_ids.get(key) or new_series.get(key)
             if sid is None:
                 labels = labels_json(s)
@@ -338,45 +406,60 @@ class Ingestor:
             ids.append(sid)
         return ids
 
-    def _series_state(
-        self, conn: Connection, ids: list[int]
-    ) -> dict[int, tuple[float | None, float | None]]:
-        state: dict[int, tuple[float | None, float | None]] = {}
+    def _series_state(self, conn: Connection, ids: list[int]) -> dict[int, SeriesState]:
+        state: dict[int, SeriesState] = {}
         unique = sorted(set(ids))
         for i in range(0, len(unique), 500):
             chunk = unique[i : i + 500]
             marks = ", ".join([self._p] * len(chunk))
             rows = conn.exec_driver_sql(
-                f"SELECT id, last_time, last_value FROM series WHERE id IN ({marks})"
+                f"SELECT id, last_time, last_value, first_time FROM series WHERE id IN ({marks})"
                 f"{self._for_update}",
                 tuple(chunk),
             )
-            state.update((r[0], (r[1], r[2])) for r in rows)
+            state.update((r[0], (r[1], r[2], r[3])) for r in rows)
         return state
 
-    def _write_state(self, conn: Connection, new_state: list[tuple[float, float, int]]) -> None:
-        """Each series' newest (time, value). On PostgreSQL in one statement: an executemany
-        is a round trip per series there."""
+    def _write_state(
+        self, conn: Connection, new_state: list[tuple[float, float, float, int]]
+    ) -> None:
+        """Each series' newest (time, value), and its first time when it had none. On
+        PostgreSQL in one statement: an executemany is a round trip per series there."""
         if self._pg:
-            times, values, ids = zip(*new_state, strict=True)
+            times, values, firsts, ids = zip(*new_state, strict=True)
             conn.exec_driver_sql(
-                "UPDATE series SET last_time = u.t, last_value = u.v FROM unnest("
-                "%s::float8[], %s::float8[], %s::integer[]) AS u(t, v, id) WHERE series.id = u.id",
-                (list(times), list(values), list(ids)),
+                "UPDATE series SET last_time = u.t, last_value = u.v, "
+                "first_time = COALESCE(series.first_time, u.f) FROM unnest("
+                "%s::float8[], %s::float8[], %s::float8[], %s::integer[]) AS u(t, v, f, id) "
+                "WHERE series.id = u.id",
+                (list(times), list(values), list(firsts), list(ids)),
             )
             return
+        p = self._p
         conn.exec_driver_sql(
-            f"UPDATE series SET last_time = {self._p}, last_value = {self._p} WHERE id = {self._p}",
+            f"UPDATE series SET last_time = {p}, last_value = {p}, "
+            f"first_time = COALESCE(first_time, {p}) WHERE id = {p}",
             new_state,
         )
 
-    def _update_nodes(self, conn: Connection, batch: wire.Batch, now: float) -> dict[str, float]:
-        """Record node capacity from node_* series; return HEPscore23/core per node."""
+    def _update_nodes(
+        self,
+        conn: Connection,
+        batch: wire.Batch,
+        ids: list[int | None],
+        state: dict[int, SeriesState],
+        now: float,
+    ) -> dict[str, float]:
+        """Record node capacity from node_* series (their newest samples only: a late batch
+        leaves the node as it is); return HEPscore23/core per node."""
         p = self._p
         latest: dict[str, dict[str, float]] = {}
-        for s in batch.series:
+        for s, sid in zip(batch.series, ids, strict=True):
             column = NODE_METRICS.get(s.metric)
-            if column and s.values:
+            if not column or not s.values or sid is None:
+                continue
+            last = state[sid][0]
+            if last is None or s.times[-1] > last:
                 latest.setdefault(s.labels.get("node", batch.node), {})[column] = s.values[-1]
         for node, values in latest.items():
             cols = ", ".join(values)

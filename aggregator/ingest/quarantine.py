@@ -47,7 +47,9 @@ def store(
             r.reason,
             r.field,
             r.message,
-            _encoder.encode(
+            r.raw
+            if r.raw is not None
+            else _encoder.encode(
                 batch.series[r.index] if r.kind == "series" else batch.events[r.index]
             ).decode(),
         )
@@ -151,8 +153,8 @@ def replay(
     report = ReplayReport()
     todo = rows(engine, selection)
     for n, row in enumerate(todo, 1):
-        batch = _batch(row)
         try:
+            batch = _batch(row)
             status = apply(batch, judge(batch))
         except StillRefused as exc:
             report.refused(exc.refusals[0].reason)
@@ -180,9 +182,16 @@ class StillRefused(Exception):
 
 
 def _batch(row: dict[str, Any]) -> wire.Batch:
+    """The record as a batch of its own; StillRefused when it cannot be read (`malformed`:
+    only its producer can fix it)."""
     record = row["record"].encode()
-    series = [_series.decode(record)] if row["kind"] == "series" else []
-    events = [_event.decode(record)] if row["kind"] == "event" else []
+    try:
+        series = [_series.decode(record)] if row["kind"] == "series" else []
+        events = [_event.decode(record)] if row["kind"] == "event" else []
+    except msgspec.DecodeError as exc:
+        raise StillRefused(
+            [wire.Refusal(row["kind"], 0, row["field"], "malformed", str(exc))]
+        ) from None
     return wire.Batch(
         version=wire.WIRE_VERSION,
         agent_id=QUARANTINE_AGENT,

@@ -99,5 +99,3 @@ def dask_computation_rule(inc: Increments, facility: str, member: MemberRef, e: 
     outcome = _choice(e, "outcome", ("ok", "erred", "cancelled"), "ok")
     if outcome == "ok":
         inc.observe(facility, member, TIME_TO_FINISH, _profile(e), _hour(e.start), _wait(e))
-
-

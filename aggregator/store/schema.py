@@ -177,6 +177,9 @@ class SeriesRow(SQLModel, table=True):
     local_user: str | None = None
     last_time: float | None = None
     last_value: float | None = None
+    first_time: float | None = Field(
+        default=None, description="Time of its first sample (0: earlier than any kept)"
+    )
 
     __table_args__ = (UniqueConstraint("facility", "metric", "labels", name="uq_series_key"),)
 

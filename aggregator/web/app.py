@@ -164,10 +164,10 @@ def create_app(
                 f"body larger than {s.settings.max_body_bytes} bytes; send smaller batches",
             )
         try:
-            batch = wire.decode(
-                body,
-                max_decompressed=s.settings.max_body_bytes * 8,
-                strict=False,  # each record is judged on its own (Ingestor.judge)
+            # each record is judged on its own: one that cannot be read is refused here
+            # (`malformed`), those that break a rule by the ingestor
+            batch, malformed = wire.decode_records(
+                body, max_decompressed=s.settings.max_body_bytes * 8
             )
             stamped = batch.facility
             if stamped != facility:
@@ -183,7 +183,7 @@ def create_app(
                 response = _ingest_error(429, "$", f"more than {limit:g} batches/s from this agent")
                 response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
                 return response
-            refused = s.ingestor.judge(batch)
+            refused = [*malformed, *s.ingestor.judge(batch)]
             result = await run_in_threadpool(s.ingestor.apply, batch, refused)
         except wire.TooLarge as exc:
             s.instruments.batches.labels(facility, "too_large").inc()

@@ -117,9 +117,7 @@ def error(description: str, schema: str = "Error", headers: dict[str, Any] | Non
 
 def reader_errors() -> dict[int | str, dict[str, Any]]:
     """The refusals of every read route (`reader_principal`)."""
-    return {
-        401: error("No session and no bearer token, or a token refused", headers=_CHALLENGE)
-    }
+    return {401: error("No session and no bearer token, or a token refused", headers=_CHALLENGE)}
 
 
 # -- ingest: the agent's batch --------------------------------------------------------------
@@ -149,6 +147,15 @@ EXAMPLE_BATCH = wire.Batch(
 
 def _batch_components() -> tuple[dict[str, Any], dict[str, Any]]:
     (batch,), components = msgspec.json.schema_components((wire.Batch,), ref_template=_REF)
+    # Records are judged one by one (wire.decode_records): one that is not a Series or Event
+    # is refused on its own in the answer (`malformed`), not the batch; the schema says so.
+    for field, name in (("series", "Series"), ("events", "Event")):
+        prop = components["Batch"]["properties"][field]
+        prop["items"] = {"anyOf": [{"$ref": _REF.format(name=name)}, {}]}
+        prop["description"] = (
+            f"{name} records; one that does not match {name} is refused on its own "
+            "(reason `malformed`, listed in the answer's `refused`), the rest applied"
+        )
     return batch, components
 
 
@@ -178,9 +185,7 @@ INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     401: error("Missing, unknown or revoked agent token", "IngestError"),
     413: error("Body too large (compressed or once decompressed)", "IngestError"),
-    422: error(
-        "Not a valid batch (the field named), or over a cardinality limit", "IngestError"
-    ),
+    422: error("Not a valid batch (the field named), or over a cardinality limit", "IngestError"),
     429: error("Over the agent's batch rate", "IngestError", _RETRY),
     503: error("The database cannot store data now; retry", "IngestError", _RETRY),
 }

@@ -323,6 +323,7 @@ def _raw_only_batch(t0: float) -> wire.Batch:
             ),
             series("gpu_utilization_ratio", "ratio", "gauge", {**node, "gpu": "0"}, [1.5e-07, 0.5]),
             series("agent_spool_batches", "1", "gauge", node, [2.0, 5.0]),
+            series("node_cpu_busy_ratio", "ratio", "gauge", node, [0.25, 0.75]),
         ],
     )
 
@@ -331,8 +332,9 @@ def test_raw_only_keeps_raw_samples_in_the_store(
     server_factory, vm_factory, database_url: str
 ) -> None:
     """AFMON_TSDB_RAW_ONLY: every sample reaches VictoriaMetrics exactly; the database keeps
-    only the series afmon reads back, and those readers still answer."""
-    from afmon.aggregator.ingest.apply import READ_BACK_METRICS
+    only the series afmon reads back and the accounted ones (late samples are placed among
+    them), and the readers still answer."""
+    from afmon.aggregator.ingest.apply import READ_BACK_METRICS, kept_when_raw_only
     from afmon.aggregator.query.reads import LOCAL_ADMIN, SERVER_METRICS, Query
     from afmon.aggregator.query.signals import agent_spool_growth_batches
     from afmon.aggregator.store.db import make_engine, read_connection
@@ -353,7 +355,7 @@ def test_raw_only_keeps_raw_samples_in_the_store(
         "status": "applied",
         "facility": server.facility,
         "seq": 1,
-        "samples": 12,
+        "samples": 14,
         "stale_samples": 0,
         "events": 0,
     }
@@ -377,9 +379,11 @@ def test_raw_only_keeps_raw_samples_in_the_store(
     assert kept == sorted(
         (s.metric, t, v)
         for s in batch.series
-        if s.metric in READ_BACK_METRICS
+        if kept_when_raw_only(s)
         for t, v in zip(s.times, s.values, strict=True)
     )
+    assert {"user_cpu_seconds", "agent_spool_batches"} <= {m for m, _t, _v in kept}
+    assert "node_cpu_cores" not in {m for m, _t, _v in kept}
     assert cpu == 20.0  # the ledger is kept as ever (the counter started at `created`)
     assert [o.value for o in spool] == [3.0]
     assert servers["read_bytes"].tolist() == [350.0]
@@ -400,7 +404,7 @@ def test_drainer_writes_staged_points_and_rows_of_older_versions(tmp_path: Path)
             text("INSERT INTO tsdb_outbox (created, lines, samples) VALUES (0, :l, 1)"),
             {"l": legacy},
         )
-        Outbox(engine).stage(conn, points, 12, 0.0)
+        Outbox(engine).stage(conn, points, 14, 0.0)
     written: list[bytes] = []
     drainer = Drainer(engine, type("W", (), {"write": lambda _self, b: written.append(b)})())
     assert drainer.drain_once() == 2 and drainer.pending() == 0

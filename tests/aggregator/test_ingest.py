@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -121,11 +124,15 @@ def test_counter_without_created_starts_from_a_baseline_and_survives_a_reset(
         (b"not json", "$", "not valid JSON"),
         (wire.encode(batch(version=2)), "$.version", "unsupported wire version 2"),
         (
+            b'{"version":1,"agent_id":"a","facility":"af","node":"n","seq":-1,"sent_at":1}',
+            "$.seq",
+            "Expected `int` >= 0",
+        ),
+        (
             b'{"version":1,"agent_id":"a","facility":"af","node":"n","seq":1,"sent_at":1,'
-            b'"series":[{"metric":"m","unit":"u","kind":"gauge","labels":{},"times":[1],'
-            b'"values":["x"]}]}',
-            "$.series[0].values[0]",
-            "Expected `float`",
+            b'"series":{"metric":"m"}}',
+            "$.series",
+            "Expected `array`",
         ),
     ],
 )
@@ -207,6 +214,55 @@ def test_a_bad_event_is_quarantined_and_the_rest_applied(client: TestClient) -> 
     assert (refusal["field"], refusal["reason"]) == ("$.events[0].start", "too_old")
     assert "before AFMON_MAX_EVENT_AGE_DAYS" in refusal["message"]
     assert counts(client)["event"] == 1
+
+
+def test_a_record_that_cannot_be_read_is_quarantined_and_the_rest_applied(
+    client: TestClient,
+) -> None:
+    """A wrong type, an unknown field or a bad name inside one record refuses that record
+    only (`malformed`, kept as sent); `afmon quarantine replay` leaves it there."""
+    good = msgspec.json.encode(GOOD).decode()
+    bad_value = good.replace("[10.0,25.0]", '[10.0,"25"]')
+    unknown = good[:-1] + ',"colour":"blue"}'
+    event = f'{{"kind":"session","id":"s1","user":"alice","start":{NOW - 60},"end":"later"}}'
+    ok_event = (
+        f'{{"kind":"session","id":"s2","user":"alice","start":{NOW - 3600},"end":{NOW - 1800}}}'
+    )
+    body = (
+        '{"version":1,"agent_id":"agent-1","facility":"af","node":"n1","seq":1,'
+        f'"sent_at":{NOW},"series":[{bad_value},{good},{unknown}],'
+        f'"events":[{event},{ok_event}]}}'
+    ).encode()
+    r = post(client, body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert (answer["status"], answer["samples"], answer["events"]) == ("partial", 2, 1)
+    got = [(x["field"], x["reason"]) for x in answer["refused"]]
+    assert got == [
+        ("$.series[0].values[1]", "malformed"),
+        ("$.series[2]", "malformed"),
+        ("$.events[0].end", "malformed"),
+    ]
+    assert "Expected `float`, got `str`" in answer["refused"][0]["message"]
+    assert "colour" in answer["refused"][1]["message"]
+    assert cpu_total(client) == 25.0
+    with client.app.state.services.engine.connect() as conn:
+        rows = conn.execute(text("SELECT reason, kind, record FROM quarantine ORDER BY id")).all()
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("malformed", "series", bad_value),
+        ("malformed", "series", unknown),
+        ("malformed", "event", event),
+    ]
+    metrics = client.get("/metrics").text
+    assert 'afmon_ingest_refused_records_total{facility="af",reason="malformed"} 3.0' in metrics
+    env = {**os.environ, "AFMON_DATABASE_URL": str(client.app.state.services.engine.url)}
+    done = subprocess.run(
+        [sys.executable, "-m", "afmon.aggregator.cli", "quarantine", "replay"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "malformed" in done.stdout + done.stderr
+    assert cpu_total(client) == 25.0
 
 
 def test_envelope_refusal_leaves_earlier_data_and_seq_usable(client: TestClient) -> None:
