@@ -292,7 +292,7 @@ class Refusal(msgspec.Struct, frozen=True):
     `reason` is a stable machine-readable code (counted in /metrics, kept in the server's
     quarantine); `field` and `message` say where and what for a person."""
 
-    kind: Literal["series", "event"]
+    kind: Literal["series", "event", "line"]  # "line": of a line-protocol body (its number)
     index: int
     field: str
     reason: str
@@ -325,11 +325,12 @@ def refusals(
     max_future_skew: float | None = None,
     max_value: float | None = None,
     max_event_age: float | None = None,
+    max_event_duration: float | None = None,
 ) -> list[Refusal]:
     """Cross-field rules that the types cannot state, per record: the first problem of each
     series and event that breaks one (the others are fine on their own). The bounds are the
     server's settings (AFMON_MAX_FUTURE_SKEW_SECONDS, AFMON_MAX_SAMPLE_VALUE,
-    AFMON_MAX_EVENT_AGE_DAYS); None leaves a bound out."""
+    AFMON_MAX_EVENT_AGE_DAYS, AFMON_MAX_EVENT_DURATION_DAYS); None leaves a bound out."""
     out: list[Refusal] = []
     limit = None if now is None or max_future_skew is None else now + max_future_skew
     for i, s in enumerate(batch.series):
@@ -354,6 +355,15 @@ def refusals(
             out.append(Refusal("event", i, f"{where}.start", "too_old",
                                f"event {e.id} started {(now - e.start) / 86400:.0f} days ago, "
                                "before AFMON_MAX_EVENT_AGE_DAYS"))  # fmt: skip
+        elif (
+            max_event_duration is not None
+            and e.end is not None
+            and e.end - e.start > max_event_duration
+        ):
+            out.append(Refusal("event", i, f"{where}.end", "too_long",
+                               f"event {e.id} lasted {(e.end - e.start) / 86400:.1f} days, "
+                               f"longer than AFMON_MAX_EVENT_DURATION_DAYS "
+                               f"({max_event_duration / 86400:g})"))  # fmt: skip
     return out
 
 

@@ -57,6 +57,12 @@ class ServerSettings(BaseSettings):
         "arrival order); a series record with a sample further back is refused (reason "
         "`too_old`) and quarantined. At most AFMON_RETENTION_DAYS.",
     )
+    capacity_slack: float = Field(
+        0.5,
+        ge=0,
+        description="A user's CPU time growing faster than the node's cores allow, or memory "
+        "beyond the node's, by more than this share is refused (reason `beyond_capacity`).",
+    )
     default_hepscore23_per_core: float = Field(
         10.0, description="HEPscore23 per core used for nodes that have not reported their own."
     )
@@ -153,6 +159,12 @@ class ServerSettings(BaseSettings):
         gt=0,
         description="An event (session, job) that started longer ago is refused (reason "
         "`too_old`): a start in 1970 would spread over half a million ledger hours.",
+    )
+    max_event_duration_days: float = Field(
+        90.0,
+        gt=0,
+        description="An ended event (session, job, cluster) that lasted longer is refused "
+        "(reason `too_long`): batch systems, hub cullers and Dask clusters end far sooner.",
     )
     quarantine_keep: int = Field(
         100_000,

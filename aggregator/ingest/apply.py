@@ -23,6 +23,7 @@ from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.identity.accounts import IdentityMap, MemberRef
 from afmon.aggregator.ingest import quarantine as quarantined
 from afmon.aggregator.ingest.admission import SeriesKey, admit, labels_json, series_key
+from afmon.aggregator.ingest.capacity import capacity_refusals
 from afmon.aggregator.ingest.late import LateSamples, SeriesState, place_late
 from afmon.aggregator.ingest.limits import Cardinality, Limits, check_size, label_refusals
 from afmon.aggregator.ingest.quarantine import StillRefused
@@ -51,6 +52,7 @@ NODE_METRICS = {
     "node_hepscore23_per_core": "hepscore23_per_core",
     "node_cpu_busy_ratio": "cpu_busy_ratio",
 }
+NODE_COLUMNS = ("cpu_cores", "memory_bytes", "hepscore23_per_core")
 
 
 # Raw series that afmon reads back from the `sample` table (query/operations.py: data_servers,
@@ -190,6 +192,17 @@ class Ingestor:
             gone = {r.index for r in refused if r.kind == "series"}
             ids = self._series_ids_for(conn, batch, keys, new_series, gone)
             state = self._series_state(conn, [sid for sid in ids if sid is not None])
+            nodes, reported = self._nodes(conn, batch, ids, state)
+            over = capacity_refusals(
+                batch,
+                ids,
+                {sid: (t, v) for sid, (t, v, _f) in state.items()},
+                {n: (c.get("cpu_cores"), c.get("memory_bytes")) for n, c in nodes.items()},
+                self._settings.capacity_slack,
+            )
+            for r in over:
+                ids[r.index] = None
+            refused += over
             too_old, late = place_late(
                 conn,
                 batch,
@@ -208,7 +221,7 @@ class Ingestor:
                 kept = [i for i in range(len(ids)) if i not in gone]
                 late = {j: late[i] for j, i in enumerate(kept) if i in late}
                 ids = [ids[i] for i in kept]
-            result = self._apply(conn, clean, ids, state, late, now, own_node)  # type: ignore[arg-type]
+            result = self._apply(conn, clean, ids, state, late, nodes, reported, now, own_node)  # type: ignore[arg-type]
             if refused:
                 quarantined.store(conn, batch, refused, now, self._settings.quarantine_keep)
         # Only ids of committed series may be remembered: a rolled-back id can be reused.
@@ -227,6 +240,7 @@ class Ingestor:
             max_future_skew=s.max_future_skew_seconds,
             max_value=s.max_sample_value,
             max_event_age=s.max_event_age_days * 86400,
+            max_event_duration=s.max_event_duration_days * 86400,
         )
 
     # -- the parts of one transaction -------------------------------------------------
@@ -243,11 +257,15 @@ class Ingestor:
         ids: list[int],
         state: dict[int, SeriesState],
         late: dict[int, LateSamples],
+        nodes: dict[str, dict[str, float]],
+        reported: dict[str, dict[str, float]],
         now: float,
         own_node: bool = True,
     ) -> IngestResult:
         facility = batch.facility
-        hepscore = self._update_nodes(conn, batch, ids, state, now)
+        self._write_nodes(conn, facility, reported, now)
+        hepscore = {n: c["hepscore23_per_core"] for n, c in nodes.items()
+                    if c.get("hepscore23_per_core")}  # fmt: skip
         inc = Increments()
         members: dict[str, MemberRef] = {}
         fresh: list[FreshSamples] = []  # into the `sample` table
@@ -442,38 +460,51 @@ class Ingestor:
             new_state,
         )
 
-    def _update_nodes(
+    def _nodes(
         self,
         conn: Connection,
         batch: wire.Batch,
         ids: list[int | None],
         state: dict[int, SeriesState],
-        now: float,
-    ) -> dict[str, float]:
-        """Record node capacity from node_* series (their newest samples only: a late batch
-        leaves the node as it is); return HEPscore23/core per node."""
+    ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """Every node of the facility with its known capacity (cpu_cores, memory_bytes,
+        hepscore23_per_core, ...) as the batch leaves it, and what the batch reported: its
+        node_* series' newest samples (only when newer than the stored: a late batch leaves
+        a node as it is)."""
         p = self._p
-        latest: dict[str, dict[str, float]] = {}
+        nodes: dict[str, dict[str, float]] = {}
+        reported: dict[str, dict[str, float]] = {}
+        for r in conn.exec_driver_sql(
+            "SELECT node, cpu_cores, memory_bytes, hepscore23_per_core FROM node "
+            f"WHERE facility = {p}",
+            (batch.facility,),
+        ):
+            nodes[r[0]] = {c: v for c, v in zip(NODE_COLUMNS, r[1:], strict=True) if v is not None}
         for s, sid in zip(batch.series, ids, strict=True):
             column = NODE_METRICS.get(s.metric)
             if not column or not s.values or sid is None:
                 continue
             last = state[sid][0]
             if last is None or s.times[-1] > last:
-                latest.setdefault(s.labels.get("node", batch.node), {})[column] = s.values[-1]
-        for node, values in latest.items():
+                name = s.labels.get("node", batch.node)
+                nodes.setdefault(name, {})[column] = s.values[-1]
+                reported.setdefault(name, {})[column] = s.values[-1]
+        return nodes, reported
+
+    def _write_nodes(
+        self, conn: Connection, facility: str, reported: dict[str, dict[str, float]], now: float
+    ) -> None:
+        """Store the node capacity the batch reported."""
+        p = self._p
+        for node, values in reported.items():
             cols = ", ".join(values)
             sets = ", ".join(f"{c} = excluded.{c}" for c in values)
             conn.exec_driver_sql(
                 f"INSERT INTO node (facility, node, updated, {cols}) "
                 f"VALUES ({', '.join([p] * (3 + len(values)))}) "
                 f"ON CONFLICT (facility, node) DO UPDATE SET updated = excluded.updated, {sets}",
-                (batch.facility, node, now, *values.values()),
+                (facility, node, now, *values.values()),
             )
-        rows = conn.exec_driver_sql(
-            f"SELECT node, hepscore23_per_core FROM node WHERE facility = {p}", (batch.facility,)
-        )
-        return {r[0]: r[1] for r in rows if r[1]}
 
     def _apply_events(
         self,

@@ -185,6 +185,9 @@ def _batch(row: dict[str, Any]) -> wire.Batch:
     """The record as a batch of its own; StillRefused when it cannot be read (`malformed`:
     only its producer can fix it)."""
     record = row["record"].encode()
+    if row["kind"] not in ("series", "event"):  # a line-protocol line that could not be read
+        raise StillRefused([wire.Refusal(row["kind"], 0, row["field"], row["reason"],
+                                         "only its producer can fix it")])  # fmt: skip
     try:
         series = [_series.decode(record)] if row["kind"] == "series" else []
         events = [_event.decode(record)] if row["kind"] == "event" else []

@@ -265,6 +265,65 @@ def test_a_record_that_cannot_be_read_is_quarantined_and_the_rest_applied(
     assert cpu_total(client) == 25.0
 
 
+def _node_series(metric: str, unit: str, value: float, node: str = "n1") -> wire.Series:
+    return wire.Series(metric=metric, unit=unit, kind="gauge", labels={"node": node},
+                       times=[NOW - 30], values=[value])  # fmt: skip
+
+
+def _user(metric: str, user: str, times: list[float], values: list[float], **kw: object):
+    unit, kind = ("seconds", "counter") if metric == "user_cpu_seconds" else ("bytes", "gauge")
+    return wire.Series(metric=metric, unit=unit, kind=kind, labels={"user": user, "node": "n1"},
+                       times=times, values=values, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_more_than_the_node_could_do_is_refused_beyond_capacity(client: TestClient) -> None:
+    """4 cores and 8 GB: CPU time growing faster than 4 cores (x 1.5 slack, +1 s), a counter
+    reset to more than 4 cores could have used since the sample before, memory beyond
+    8 GB x 1.5 are refused; within capacity, and on a node that reported none, applied."""
+    capacity = [
+        _node_series("node_cpu_cores", "cores", 4.0),
+        _node_series("node_memory_bytes", "bytes", 8e9),
+    ]
+    r = post(client, batch(1, [*capacity, GOOD]))
+    assert r.json()["status"] == "applied", r.text
+    r = post(client, batch(2, [
+        _user("user_cpu_seconds", "alice", [NOW - 5, NOW], [40.0, 70.0]),  # 4 cores x 6 s x 1.5
+        _user("user_cpu_seconds", "bob", [NOW - 20, NOW - 10], [0.0, 1e6], created=NOW - 30),
+        _user("user_cpu_seconds", "carol", [NOW - 20, NOW - 10, NOW], [50.0, 60.0, 5.0]),
+        _user("user_cpu_seconds", "dave", [NOW - 20, NOW - 10, NOW], [50.0, 60.0, 1e5]),
+        _user("user_memory_rss_bytes", "bob", [NOW - 10, NOW], [1e9, 1.3e10]),
+        _user("user_memory_rss_bytes", "carol", [NOW - 10, NOW], [1e9, 1.1e10]),
+    ]))  # fmt: skip
+    answer = r.json()
+    assert answer["status"] == "partial", answer
+    got = {(x["field"], x["reason"]) for x in answer["refused"]}
+    assert got == {
+        ("$.series[1].values[1]", "beyond_capacity"),  # 1e6 s in 10 s
+        ("$.series[3].values[2]", "beyond_capacity"),  # a "reset" to 1e5 s in 10 s
+        ("$.series[4].values[1]", "beyond_capacity"),  # 13 GB
+    }
+    bob = next(x for x in answer["refused"] if x["field"] == "$.series[1].values[1]")
+    assert "grew by 1e+06 s in 10 s: more than node n1's 4 cores allow" in bob["message"]
+    assert cpu_total(client) == 25.0 + 45.0 + 15.0  # alice before and now, carol (dave refused)
+    # a node that reported no capacity is not judged
+    other = wire.Series(metric="user_cpu_seconds", unit="seconds", kind="counter",
+                        labels={"user": "erin", "node": "n2"}, times=[NOW - 20, NOW - 10],
+                        values=[0.0, 1e6], created=NOW - 30)  # fmt: skip
+    assert post(client, batch(3, [other])).json()["status"] == "applied"
+
+
+def test_an_event_longer_than_the_bound_is_refused_too_long(client: TestClient) -> None:
+    long = wire.Event(kind="session", id="s1", user="alice", start=NOW - 100 * 86400, end=NOW)
+    ok = wire.Event(kind="session", id="s2", user="alice", start=NOW - 80 * 86400, end=NOW)
+    r = post(client, batch(1, events=[long, ok]))
+    [refusal] = r.json()["refused"]
+    assert (refusal["field"], refusal["reason"]) == ("$.events[0].end", "too_long")
+    assert (
+        "lasted 100.0 days, longer than AFMON_MAX_EVENT_DURATION_DAYS (90)" in (refusal["message"])
+    )
+    assert r.json()["events"] == 1
+
+
 def test_envelope_refusal_leaves_earlier_data_and_seq_usable(client: TestClient) -> None:
     post(client, batch(1, [cpu([NOW - 20, NOW - 10], [1.0, 2.0], created=NOW - 30)]))
     bad = post(client, batch(2, [cpu([NOW - 5], [3.0])], version=2))

@@ -33,6 +33,7 @@ from afmon.aggregator.ingest.apply import Ingestor
 from afmon.aggregator.store.db import create_schema, make_engine
 from afmon.collectors import wire
 from afmon.collectors.simulator import FacilitySimulator, Poster
+from tests.aggregator.ledger_truth import expected_totals, member_totals
 from tests.conftest import ServerProcess
 
 HOUR = 3600.0
@@ -158,25 +159,6 @@ def test_reversed_order_gives_the_same_ledger() -> None:
 
 
 # -- through a real server ---------------------------------------------------------------
-
-
-def member_totals(server: ServerProcess) -> dict[tuple[str, str], float]:
-    r = httpx.get(
-        f"{server.url}/api/v1/usage",
-        params={"start": 0, "end": START + 10 * 86400, "by": "member"},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    return {(row["member"], row["resource"]): row["amount"] for row in r.json() if row["amount"]}
-
-
-def expected_totals(sim: FacilitySimulator) -> dict[tuple[str, str], float]:
-    ids = sim.member_ids()
-    out: dict[tuple[str, str], float] = {}
-    for (local, resource), amount in sim.truth.by_account.items():
-        key = (ids.get(local, "afmon:unmapped|test-af"), resource)
-        out[key] = out.get(key, 0.0) + amount
-    return {k: v for k, v in out.items() if v}
 
 
 def test_swapped_batches_too_old_refusal_and_replay(
