@@ -122,7 +122,9 @@ class PushLoop:
         return out
 
     def build_batch(self, now: float, seq: int, agent_id: str) -> wire.Batch:
-        out = self.collect(now)
+        return self._batch(now, seq, agent_id, self.collect(now))
+
+    def _batch(self, now: float, seq: int, agent_id: str, out: ProbeOutput) -> wire.Batch:
         return wire.Batch(
             version=wire.WIRE_VERSION,
             agent_id=agent_id,
@@ -135,8 +137,16 @@ class PushLoop:
         )
 
     def spool_batch(self) -> SpooledBatch:
-        batch = self.build_batch(self.clock(), self.spool.allocate_seq(), self.spool.agent_id)
-        return self.spool.put(batch)
+        """Collect and spool one batch. OSError when the spool cannot be written (a full
+        disk): the collected samples then count as dropped (`Spool.count_dropped`)."""
+        now = self.clock()
+        out = self.collect(now)
+        try:
+            seq = self.spool.allocate_seq()
+        except OSError:
+            self.spool.count_dropped(sum(len(s.times) for s in out.series))
+            raise
+        return self.spool.put(self._batch(now, seq, self.spool.agent_id, out))
 
     # -- sending --------------------------------------------------------------------------
 
@@ -240,7 +250,11 @@ class PushLoop:
                 try:
                     self.spool_batch()
                 except OSError as exc:
-                    log.error("cannot spool a batch (%s): this interval's samples are lost", exc)
+                    log.error(
+                        "cannot spool a batch (%s): this interval's samples are lost (counted "
+                        "in agent_spool_dropped_samples, %d so far)", exc,
+                        self.spool.dropped_samples,
+                    )  # fmt: skip
                 next_collect += self.interval
                 if next_collect <= self.monotonic():  # fell behind: skip, do not catch up
                     next_collect = self.monotonic() + self.interval

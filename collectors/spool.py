@@ -20,6 +20,7 @@ still holds, or, split (`--split N`), as pieces under new seqs. See `requeue` an
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import logging
@@ -185,6 +186,13 @@ class Spool:
         self._save_state()
         return range(first, first + count)
 
+    def count_dropped(self, samples: int) -> None:
+        """Count samples that could not be spooled: in memory at once, on disk when
+        state.json can be written (it may not, on a full disk; a later save carries it)."""
+        self._state.dropped_samples += samples
+        with contextlib.suppress(OSError):
+            self._save_state()
+
     @property
     def dropped_samples(self) -> int:
         return self._state.dropped_samples
@@ -197,10 +205,20 @@ class Spool:
     # -- batches --------------------------------------------------------------------------
 
     def put(self, batch: wire.Batch) -> SpooledBatch:
-        """Write a batch durably, then enforce the byte cap by dropping the oldest batches."""
+        """Write a batch durably, then enforce the byte cap by dropping the oldest batches.
+
+        A batch that cannot be written (a full or read-only disk) raises OSError and its
+        samples count as dropped: in memory at once, on disk when it can be written again,
+        and in the agent's `agent_spool_dropped_samples` of the next batch that is sent."""
         data = wire.encode(batch, compress=True)
         path = self.batches_dir / f"{batch.seq:012d}-{batch.sample_count}.json.gz"
-        _write_durably(path, data)
+        try:
+            _write_durably(path, data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
+            self.count_dropped(batch.sample_count)
+            raise
         self._enforce_cap()
         return SpooledBatch(path, batch.seq, batch.sample_count, len(data))
 

@@ -250,6 +250,37 @@ def test_dropped_samples_are_reported_in_the_next_batch(
     assert (dropped.unit, dropped.kind) == ("1", "counter")
 
 
+def test_a_batch_that_cannot_be_spooled_is_counted_and_reported(
+    tmp_path: Path,
+    ingest_server: IngestServer,
+    client: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk (ENOSPC on the batch's write): the batch's samples count as dropped, in
+    memory even when state.json cannot be written either, and the next batch that can be
+    spooled carries the count."""
+    import errno
+
+    from afmon.collectors import spool as spool_module
+
+    loop = make_loop(tmp_path, ingest_server, client, [Ticks()])
+    real_write = spool_module._write_durably
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_write_durably", full)
+    with pytest.raises(OSError, match="No space left"):
+        loop.spool_batch()
+    assert loop.spool.dropped_samples == 3  # test_tick + the agent's own two series
+    assert not list((tmp_path / "batches").glob(".*.tmp"))
+    monkeypatch.setattr(spool_module, "_write_durably", real_write)
+    assert loop.run_once().sent == 1
+    [batch] = ingest_server.batches
+    assert series_value(batch, "agent_spool_dropped_samples") == 3
+    assert Spool(tmp_path).dropped_samples == 3  # saved once the disk had room
+
+
 def test_run_forever_keeps_the_interval_backs_off_and_flushes_on_stop(
     tmp_path: Path, ingest_server: IngestServer, client: httpx.Client
 ) -> None:
