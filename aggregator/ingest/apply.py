@@ -330,10 +330,13 @@ class Ingestor:
                     rid = ref.id
                 per_hour[(int(t // HOUR) * HOUR, rid)] += amount
             factor = hepscore.get(node, self._settings.default_hepscore23_per_core)
+            unverified = rule.unverified if s.labels.get("identity") == "asserted" else None
             for (h, rid), amount in per_hour.items():
                 inc.add(facility, members[rid], resource, h, amount)
                 if rule.normalised is not None:
                     inc.add(facility, members[rid], rule.normalised, h, amount * factor)
+                if unverified is not None:
+                    inc.add(facility, members[rid], unverified, h, amount)
         if fresh:
             insert_rows(conn, "sample", ("series_id", "time", "value"), sample_rows(fresh))
         if points and self._outbox is not None:

@@ -37,12 +37,15 @@ class MetricRule:
     """How a per-user metric (a series with a `user` label) enters the ledger.
 
     `resource` may name a label in braces ("data_read_{source}_bytes"); `normalised`
-    names a second resource that receives the amount x the node's HEPscore23 per core.
+    names a second resource that receives the amount x the node's HEPscore23 per core;
+    `unverified` one that receives the amount again when the series' `identity` label is
+    "asserted" (a user name no authentication vouched for, docs/data.md).
     """
 
     resource: str
     how: Literal["counter", "integral"]
     normalised: str | None = None
+    unverified: str | None = None
 
     def resource_for(self, labels: dict[str, str]) -> str:
         return self.resource.format_map(labels) if "{" in self.resource else self.resource
@@ -52,8 +55,12 @@ ACCOUNTED_METRICS: dict[str, MetricRule] = {
     "user_cpu_seconds": MetricRule("cpu_seconds", "counter", normalised="cpu_hs23_seconds"),
     "user_io_read_bytes": MetricRule("io_read_bytes", "counter"),
     "user_io_write_bytes": MetricRule("io_write_bytes", "counter"),
-    "user_data_read_bytes": MetricRule("data_read_{source}_bytes", "counter"),  # docs/data.md
-    "user_data_written_bytes": MetricRule("data_written_{source}_bytes", "counter"),
+    "user_data_read_bytes": MetricRule(  # docs/data.md
+        "data_read_{source}_bytes", "counter", unverified="data_unverified_bytes"
+    ),
+    "user_data_written_bytes": MetricRule(
+        "data_written_{source}_bytes", "counter", unverified="data_unverified_bytes"
+    ),
     "user_files_opened": MetricRule("data_files_opened", "counter"),
     "user_memory_rss_bytes": MetricRule("memory_byte_seconds", "integral"),
     "user_gpus_held": MetricRule("gpu_allocated_seconds", "integral"),

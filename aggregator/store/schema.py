@@ -37,6 +37,12 @@ RESOURCES: dict[str, Resource] = {
             for s in _SOURCES
         ),
         Resource("data_files_opened", "1", "Files opened via XRootD"),
+        Resource(
+            "data_unverified_bytes",
+            "B",
+            "Bytes read or written via XRootD under a user name no authentication vouched for "
+            "(also counted in data_read_*/data_written_*)",
+        ),
         Resource("session_seconds", "s", "Interactive session time"),
         Resource("sessions", "1", "Interactive sessions started"),
         Resource("dask_cluster_seconds", "s", "Dask cluster lifetime"),

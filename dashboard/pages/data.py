@@ -35,6 +35,7 @@ COLOURS = {"local": "#0072B2", "cache": "#009E73", "remote": "#E69F00"}
 MB, GB = 1e6, 1e9
 RATE_AXIS = "Read rate [MB/s]"
 EMPTY = "No data access recorded in this range yet."
+UNVERIFIED = "data_unverified_bytes"  # XRootD bytes under an asserted identity (docs/data.md)
 
 
 def cache_share(read_by_source: Mapping[str, float]) -> float | None:
@@ -47,8 +48,9 @@ def _share_text(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.1f} %"
 
 
-def tiles(df: pd.DataFrame) -> list[Tile]:
-    """`data_usage` (totals) -> one tile: read per source, written, cache share."""
+def tiles(df: pd.DataFrame, unverified: float = 0.0) -> list[Tile]:
+    """`data_usage` (totals) -> one tile: read per source, written, cache share, and the
+    bytes moved under an unverified (asserted) identity when there are any."""
     if df.empty or not df["amount"].any():
         return []
     sums = df.groupby(["direction", "source"])["amount"].sum()
@@ -59,6 +61,8 @@ def tiles(df: pd.DataFrame) -> list[Tile]:
         ("Written, all sources", fmt_number(written / GB, "GB")),
         ("Cache share of reads", _share_text(cache_share(read))),
     ]
+    if unverified:
+        lines.append(("Identity unverified", fmt_number(unverified / GB, "GB")))
     return [Tile("all", "Data moved", lines)]
 
 
@@ -87,9 +91,10 @@ def rate_figure(
     return fig
 
 
-def members_table(df: pd.DataFrame, opened: pd.DataFrame, members: pd.DataFrame) -> TableData:
+def members_table(df: pd.DataFrame, counts: pd.DataFrame, members: pd.DataFrame) -> TableData:
     """Per member (by VO, then name): VO, bytes read per source and written (GB), files
-    opened, cache share."""
+    opened, cache share, and the bytes moved under a user name no authentication vouched
+    for (`counts`: usage_totals by member of data_files_opened and data_unverified_bytes)."""
     table = TableData(
         [
             Column("Member"),
@@ -98,13 +103,15 @@ def members_table(df: pd.DataFrame, opened: pd.DataFrame, members: pd.DataFrame)
             Column("Written [GB]", True),
             Column("Files opened", True),
             Column("Cache share", True),
+            Column("Identity unverified [GB]", True),
         ],
         empty_message=EMPTY,
     )
     if df.empty or not df["amount"].any():
         return table
     info = members.set_index("member_id")
-    files = dict(zip(opened["member"], opened["amount"], strict=True))
+    files = _per_member(counts, "data_files_opened")
+    unverified = _per_member(counts, UNVERIFIED)
     for member, g in df.groupby("member", sort=True):
         sums = g.groupby(["direction", "source"])["amount"].sum()
         read = {s: float(sums.get(("read", s), 0.0)) for s in SOURCES}
@@ -122,10 +129,16 @@ def members_table(df: pd.DataFrame, opened: pd.DataFrame, members: pd.DataFrame)
                 fmt_number(written / GB),
                 fmt_number(files.get(member, 0.0), count=True),
                 _share_text(cache_share(read)),
+                fmt_number(unverified.get(member, 0.0) / GB),
             ]
         )
     table.rows.sort(key=lambda row: (row[1], row[0]))  # by VO, then name
     return table
+
+
+def _per_member(counts: pd.DataFrame, resource: str) -> dict[str, float]:
+    rows = counts[counts["resource"] == resource] if not counts.empty else counts
+    return dict(zip(rows["member"], rows["amount"], strict=True)) if not rows.empty else {}
 
 
 def servers_table(df: pd.DataFrame, seconds: float) -> TableData:
@@ -212,7 +225,9 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
     names = figures.member_names(members)
     totals = q.data_usage(p, w.start, w.end, by="member")
     over = {by: q.data_usage(p, w.start, w.end, by=by, step=w.step) for by in ("member", "vo")}
-    opened = q.usage_totals(p, w.start, w.end, by=("member",), resources=("data_files_opened",))
+    counts = q.usage_totals(
+        p, w.start, w.end, by=("member",), resources=("data_files_opened", UNVERIFIED)
+    )
     elapsed = min(w.end, ctx.clock()) - w.start
     if p.role == "facility_admin":
         servers = render_table(
@@ -229,10 +244,10 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
     )
     return (
         intro,
-        render_tiles(tiles(totals), EMPTY),
+        render_tiles(tiles(totals, sum(_per_member(counts, UNVERIFIED).values())), EMPTY),
         rate_figure(over["member"], "source", w.start, w.end, w.step),
         rate_figure(over["member"], "member", w.start, w.end, w.step, names),
         rate_figure(over["vo"], "vo", w.start, w.end, w.step),
-        render_table(members_table(totals, opened, members), "data-members-table"),
+        render_table(members_table(totals, counts, members), "data-members-table"),
         servers,
     )

@@ -176,6 +176,13 @@ def test_ledger_bytes_per_member_equal_the_file_sizes(
         LENA: 2,
         UNMAPPED: 3,  # two asserted reads and the killed transfer
     }
+    # the bytes of asserted identities, flagged as unverified where they landed
+    flagged = q.usage_totals(
+        LOCAL_ADMIN, 0, 4e9, by=("member",), resources=("data_unverified_bytes",)
+    )
+    assert dict(zip(flagged["member"], flagged["amount"], strict=True)) == {
+        UNMAPPED: 2 * F["B"]["f3.root"]
+    }
 
 
 def test_every_byte_on_the_servers_links_is_attributed_or_reported_unattributed(

@@ -38,6 +38,7 @@ XROOTD = [
     ("alice", "user_data_written_bytes", "cache", 0.25e9),
     ("bob", "user_data_read_bytes", "remote", 3e9),
 ]
+IDENTITY = {"alice": "verified", "bob": "asserted"}  # the XRootD probe's `identity` label
 CAROL_POSIX_READ = 0.5e9
 SERVERS = [("10.0.0.5:1094", "local", 1e9), ("10.0.0.9:1094", "cache", 2e9)]
 
@@ -49,7 +50,8 @@ def _series(now: float) -> list[wire.Series]:
             metric,
             "bytes",
             "counter",
-            {"user": u, "source": s, "node": NODE},
+            # bob logged in without an authentication protocol: his name is only asserted
+            {"user": u, "source": s, "node": NODE, "identity": IDENTITY[u]},
             [t],
             [v],
             created=created,
@@ -150,6 +152,7 @@ def test_data_page_as_facility_admin(data_app: LiveApp, browser: Any) -> None:
     assert "Read, cache 2.00 GB" in tile and "Read, remote 3.00 GB" in tile
     assert "Written, all sources 0.25 GB" in tile
     assert "Cache share of reads 30.8 %" in tile  # 2 / 6.5
+    assert "Identity unverified 3.00 GB" in tile  # bob's remote reads
 
     per_hour = 3600 * 1e6  # the graphs show MB/s averaged over each hour
     assert _trace_sums(d, "data-by-source") == pytest.approx(
@@ -168,9 +171,9 @@ def test_data_page_as_facility_admin(data_app: LiveApp, browser: Any) -> None:
     assert d.find_element(By.CSS_SELECTOR, "#data-by-source .ytitle").text == "Read rate [MB/s]"
 
     assert _rows(d, "data-members-table") == [
-        ["Alice Archer", "atlas", "1.00", "2.00", "0", "0.25", "4", "66.7 %"],
-        ["Carol Chen", "atlas", "0.50", "0", "0", "0", "0", "0.0 %"],
-        ["Bob Brown", "cms", "0", "0", "3.00", "0", "2", "0.0 %"],
+        ["Alice Archer", "atlas", "1.00", "2.00", "0", "0.25", "4", "66.7 %", "0"],
+        ["Carol Chen", "atlas", "0.50", "0", "0", "0", "0", "0.0 %", "0"],
+        ["Bob Brown", "cms", "0", "0", "3.00", "0", "2", "0.0 %", "3.00"],
     ]
     servers = _rows(d, "data-servers-table")
     assert [r[:3] for r in servers] == [
@@ -190,6 +193,7 @@ def test_data_page_as_a_member_shows_only_their_bytes(data_app: LiveApp, browser
     wait_text(d, "#data-servers-note", "facility admins only")
     wait_text(d, "#data-tiles", "Read, remote 0 GB")
     assert _rows(d, "data-members-table") == [
-        ["Alice Archer", "atlas", "1.00", "2.00", "0", "0.25", "4", "66.7 %"]
+        ["Alice Archer", "atlas", "1.00", "2.00", "0", "0.25", "4", "66.7 %", "0"]
     ]
+    assert "Identity unverified" not in d.find_element(By.CSS_SELECTOR, "#data-tiles").text
     assert set(_trace_sums(d, "data-by-member")) == {"Alice Archer"}
