@@ -8,6 +8,11 @@ measurement `afmon` is the generic way in: its fields are afmon metric names
 become labels, and an optional `unit` tag must match the metric's unit.
 Identity labels: `user` from the tag `user`, `node` from the tag `node`, else `host`
 (Telegraf adds `host` to every point). Fields that no row maps are ignored and counted.
+
+The unit of refusal is the line, as in InfluxDB: a line that cannot be read or mapped adds
+none of its points and is refused on its own (`Converted.bad_lines`: quarantined by the
+ingest as `malformed`, kind `line`), the other lines are applied. Two points of one series
+at one time: the last one wins (InfluxDB's rule), unless its row sums (`combine="sum"`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ LP_MAP: dict[tuple[str, str], FieldMap] = {
     ),
 }
 LABEL_NAME = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:.\-]{0,127}$")
+MAX_LABEL_VALUE = 256  # wire.LabelValue
 
 
 class LineError(ValueError):
@@ -145,14 +151,35 @@ def parse_line(line: str, scale: float) -> Point:
     if len(parts) == 3:
         if not parts[2].lstrip("-").isdigit():
             raise ValueError(f"timestamp {parts[2]!r} is not an integer")
-        time = int(parts[2]) * scale
+        try:
+            time = int(parts[2]) * scale
+        except OverflowError:
+            raise ValueError("timestamp out of range") from None
     return Point(measurement, tags, fields, time)
 
 
 @dataclass
 class Converted:
+    """The batch of a body's good lines; each bad line is a refusal of its own (kind
+    `line`, reason `malformed`, its text in `raw`), none of its points in the batch."""
+
     batch: wire.Batch
     ignored_fields: int
+    good_lines: int  # read and mapped (or ignored: nothing of it maps), not comments
+    bad_lines: list[wire.Refusal]
+
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]  # (metric, sorted labels)
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """One point of a good line, mapped: its afmon series, time and value."""
+
+    key: SeriesKey
+    time: float
+    value: float
+    combine: Literal["one", "sum"]
 
 
 def to_batch(
@@ -164,67 +191,40 @@ def to_batch(
     seq: int,
     now: float,
 ) -> Converted:
-    """Parse a body and map it onto afmon series; raises LineError naming the line."""
+    """Parse a body and map its good lines onto afmon series; a bad line is refused on its
+    own (`Converted.bad_lines`). Raises LineError (line 0) for a bad precision only."""
     if precision not in PRECISION_SECONDS:
         raise LineError(0, f"precision must be one of {', '.join(PRECISION_SECONDS)}")
     scale = PRECISION_SECONDS[precision]
-    # (metric, labels) -> time -> (value, line number)
-    series: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, tuple[float, int]]] = (
-        defaultdict(dict)
-    )
-    ignored = 0
-    first_node = ""
+    # (metric, labels) -> time -> value; a repeated point replaces the one before (InfluxDB:
+    # the last write wins), or adds to it when its row sums (per-process RSS)
+    series: dict[SeriesKey, dict[float, float]] = defaultdict(dict)
+    ignored = good = 0
+    bad: list[wire.Refusal] = []
+    first_node = bad_node = ""
     for n, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            p = parse_line(line, scale)
+            points, skipped = read_line(line, scale, now)
         except ValueError as exc:
-            raise LineError(n, str(exc), line) from None
-        t = now if p.time is None else p.time
-        if t < 0:
-            raise LineError(n, "timestamp before 1970", line)
-        for field, value in p.fields.items():
-            if p.measurement == GENERIC_MEASUREMENT and field not in wire.KNOWN_METRICS:
-                raise LineError(n, f"{field!r} is not an afmon metric (docs/wire-format.md)", line)
-            try:
-                mapped = _map(p, field)
-            except ValueError as exc:
-                raise LineError(n, str(exc), line) from None
-            if mapped is None:
-                ignored += 1
-                continue
-            fmap, labels = mapped
-            metric = fmap.metric
-            unit, kind = wire.KNOWN_METRICS[metric]
-            if isinstance(value, (bool, str)):
-                raise LineError(n, f"field {field!r} of {metric} must be a number", line)
-            if metric.startswith("user_") and "user" not in labels:
-                raise LineError(n, f"{metric} needs a `user` tag (the local account)", line)
-            if "node" not in labels:
-                raise LineError(n, f"{metric} needs a `node` or `host` tag", line)
-            if p.tags.get("unit", unit) != unit:
-                raise LineError(n, f"{metric} is in {unit!r}, not {p.tags['unit']!r}", line)
-            v = fmap.offset + fmap.scale * float(value)
-            if kind == "counter" and v < 0:
-                raise LineError(n, f"counter {metric} has a negative value", line)
-            first_node = first_node or labels["node"]
-            key = (metric, tuple(sorted(labels.items())))
-            points = series[key]
-            if t in points:
-                if fmap.combine != "sum":
-                    raise LineError(
-                        n,
-                        f"repeats {metric} {dict(key[1])} at the time of line {points[t][1]}",
-                        line,
-                    )
-                v += points[t][0]
-            points[t] = (v, n)
+            bad.append(_bad_line(n, line, str(exc)))
+            bad_node = bad_node or _node_of(line, scale)
+            continue
+        good += 1
+        ignored += skipped
+        for m in points:
+            first_node = first_node or dict(m.key[1])["node"]
+            values = series[m.key]
+            if m.combine == "sum" and m.time in values:
+                values[m.time] += m.value
+            else:
+                values[m.time] = m.value
     out: list[wire.Series] = []
-    for (metric, labels), points in series.items():
+    for (metric, labels), points_at in series.items():
         unit, kind = wire.KNOWN_METRICS[metric]
-        times = sorted(points)
+        times = sorted(points_at)
         out.append(
             wire.Series(
                 metric=metric,
@@ -232,19 +232,88 @@ def to_batch(
                 kind=kind,  # type: ignore[arg-type]
                 labels=dict(labels),
                 times=times,
-                values=[points[t][0] for t in times],
+                values=[points_at[t] for t in times],
             )
         )
     batch = wire.Batch(
         version=wire.WIRE_VERSION,
         agent_id=agent_id,
         facility=facility,
-        node=first_node or "line-protocol",
+        # the batch's node (its agent row): of the first good line, else of a bad one
+        node=first_node or bad_node or "line-protocol",
         seq=seq,
         sent_at=now,
         series=out,
     )
-    return Converted(batch, ignored)
+    return Converted(batch, ignored, good, bad)
+
+
+def read_line(line: str, scale: float, now: float) -> tuple[list[Mapped], int]:
+    """The mapped points of one non-empty, non-comment line and how many of its fields no
+    row maps; raises ValueError with the reason when any part of the line is refused (then
+    none of its points count)."""
+    p = parse_line(line, scale)
+    t = now if p.time is None else p.time
+    if t < 0:
+        raise ValueError("timestamp before 1970")
+    points: list[Mapped] = []
+    ignored = 0
+    for name, value in p.fields.items():
+        if p.measurement == GENERIC_MEASUREMENT and name not in wire.KNOWN_METRICS:
+            raise ValueError(f"{name!r} is not an afmon metric (docs/wire-format.md)")
+        mapped = _map(p, name)
+        if mapped is None:
+            ignored += 1
+            continue
+        fmap, labels = mapped
+        metric = fmap.metric
+        unit, kind = wire.KNOWN_METRICS[metric]
+        if isinstance(value, (bool, str)):
+            raise ValueError(f"field {name!r} of {metric} must be a number")
+        if metric.startswith("user_") and "user" not in labels:
+            raise ValueError(f"{metric} needs a `user` tag (the local account)")
+        if "node" not in labels:
+            raise ValueError(f"{metric} needs a `node` or `host` tag")
+        if p.tags.get("unit", unit) != unit:
+            raise ValueError(f"{metric} is in {unit!r}, not {p.tags['unit']!r}")
+        for label, tag in labels.items():  # else the wire would refuse the whole body
+            if len(tag) > MAX_LABEL_VALUE:
+                raise ValueError(f"{label} is longer than {MAX_LABEL_VALUE} characters")
+            if "\x00" in tag:
+                raise ValueError(f"{label} has a NUL character")
+        try:
+            v = fmap.offset + fmap.scale * float(value)
+        except OverflowError:
+            v = math.inf
+        if not math.isfinite(v):
+            raise ValueError(f"field {name!r} of {metric} is out of range")
+        if kind == "counter" and v < 0:
+            raise ValueError(f"counter {metric} has a negative value")
+        points.append(Mapped((metric, tuple(sorted(labels.items()))), t, v, fmap.combine))
+    return points, ignored
+
+
+def _node_of(line: str, scale: float) -> str:
+    """The node a bad line names when that much of it can be read, else ""."""
+    try:
+        tags = parse_line(line, scale).tags
+    except ValueError:
+        return ""
+    node = tags.get("node") or tags.get("host") or ""
+    return node if len(node) <= MAX_LABEL_VALUE and "\x00" not in node else ""
+
+
+def _bad_line(n: int, line: str, reason: str) -> wire.Refusal:
+    """The refusal of line `n`: named like LineError, kept as sent (less NUL characters,
+    which PostgreSQL cannot store in text) for the quarantine."""
+    return wire.Refusal(
+        kind="line",
+        index=n,
+        field=f"line {n}",
+        reason="malformed",
+        message=str(LineError(n, reason, line)).replace("\x00", "\ufffd"),
+        raw=line[: wire.MAX_RAW_KEPT].replace("\x00", "\ufffd"),
+    )
 
 
 def _map(p: Point, field: str) -> tuple[FieldMap, dict[str, str]] | None:

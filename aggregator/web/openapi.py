@@ -49,12 +49,14 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
     "WriteError": {
         "title": "WriteError",
         "description": "A refused line-protocol write, shaped like InfluxDB's; `line` is the "
-        "1-based line at fault when one is.",
+        "1-based line at fault when one is, `refused_lines` how many lines were refused when "
+        "no line was good (each is quarantined).",
         "type": "object",
         "properties": {
             "code": {"type": "string"},
             "message": {"type": "string"},
             "line": {"type": "integer"},
+            "refused_lines": {"type": "integer"},
         },
         "required": ["code", "message"],
     },
@@ -198,10 +200,19 @@ _WRITE_HEADERS = {
         "afmon maps)",
         "schema": {"enum": ["applied", "partial", "duplicate", "empty"]},
     },
-    "X-Afmon-Refused": {"description": "Records refused", "schema": {"type": "integer"}},
+    "X-Afmon-Refused": {
+        "description": "Records refused (quarantined), bad lines included",
+        "schema": {"type": "integer"},
+    },
     "X-Afmon-Refused-Reason": {
-        "description": "The first refused record's reason and field",
+        "description": "The first refused record's reason and field (`malformed: line 3` for "
+        "a bad line)",
         "schema": {"type": "string"},
+    },
+    "X-Afmon-Refused-Lines": {
+        "description": "Lines refused on their own (reason `malformed`, quarantined); the "
+        "other lines were applied",
+        "schema": {"type": "integer"},
     },
     "X-Afmon-Samples": {"schema": {"type": "integer"}},
     "X-Afmon-Ignored-Fields": {"schema": {"type": "integer"}},
@@ -223,8 +234,16 @@ WRITE_EXTRA = {
 }
 
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    204: {"description": "Written (or nothing afmon maps)", "headers": _WRITE_HEADERS},
-    400: error("Not line protocol, a bad precision, or a line afmon refuses", "WriteError"),
+    204: {
+        "description": "Written (or nothing afmon maps); a bad line is refused on its own "
+        "(`X-Afmon-Refused-Lines`) and the other lines written",
+        "headers": _WRITE_HEADERS,
+    },
+    400: error(
+        "Bad gzip or not UTF-8, a bad precision, or no good line: every line refused "
+        "(quarantined; `line` names the first, `refused_lines` counts them)",
+        "WriteError",
+    ),
     401: error("Missing, unknown or revoked agent token", "WriteError"),
     413: error("Body too large (compressed or once decompressed)", "WriteError"),
     415: error("A content-encoding other than gzip", "WriteError"),

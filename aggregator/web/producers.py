@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 import zlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Query, Request
@@ -109,7 +110,15 @@ def _credential(request: Request, s: Services) -> tuple[str, str]:
     return agent
 
 
-async def _apply(s: Services, batch: wire.Batch, credential: str, started: float) -> IngestResult:
+async def _apply(
+    s: Services,
+    batch: wire.Batch,
+    credential: str,
+    started: float,
+    extra: Sequence[wire.Refusal] = (),
+) -> IngestResult:
+    """Apply a converted batch through the one Ingestor; `extra`: refusals the conversion
+    made (line protocol's bad lines, their text in `raw`), quarantined with the judged ones."""
     facility = batch.facility
     if s.rate_limits.take(f"{credential}|{batch.agent_id}") > 0:
         s.instruments.batches.labels(facility, "rate_limited").inc()
@@ -118,7 +127,7 @@ async def _apply(s: Services, batch: wire.Batch, credential: str, started: float
     try:
         # encode + decode: the same validation as an agent's batch (names, lengths, skew)
         batch = wire.decode(wire.encode(batch), strict=False)
-        refused = s.ingestor.judge(batch)
+        refused = [*extra, *s.ingestor.judge(batch)]
         result = await run_in_threadpool(s.ingestor.apply, batch, refused)
     except LimitExceeded as exc:
         s.instruments.batches.labels(facility, "over_limit").inc()
@@ -204,13 +213,19 @@ def make_router() -> APIRouter:
                     seq=content_seq(b"lp", precision.encode(), body),
                     now=s.clock(),
                 )
-            except lp.LineError as exc:
+            except lp.LineError as exc:  # a bad precision: the whole body
                 s.instruments.batches.labels(facility, "rejected").inc()
                 raise Refused(400, "invalid", str(exc), {"line": exc.line}) from None
             headers = {"X-Afmon-Ignored-Fields": str(converted.ignored_fields)}
-            if not converted.batch.series:
+            bad = converted.bad_lines
+            if not converted.batch.series and not bad:
                 return Response(status_code=204, headers={**headers, "X-Afmon-Status": "empty"})
-            result = await _apply(s, converted.batch, credential, started)
+            # a bad line is refused on its own (quarantined, counted), the good ones applied
+            result = await _apply(s, converted.batch, credential, started, bad)
+            if bad and not converted.good_lines:  # nothing written: InfluxDB answers 400
+                first = bad[0]
+                extra = {"line": first.index, "refused_lines": len(bad)}
+                raise Refused(400, "invalid", first.message, extra)
         except Refused as exc:
             return JSONResponse(
                 {"code": exc.code, "message": exc.message, **exc.extra},
@@ -222,6 +237,8 @@ def make_router() -> APIRouter:
             first = result.refused[0]
             headers["X-Afmon-Refused"] = str(len(result.refused))
             headers["X-Afmon-Refused-Reason"] = f"{first.reason}: {first.field}"
+        if bad:  # also on a duplicate: the body's lines are as bad as the first time
+            headers["X-Afmon-Refused-Lines"] = str(len(bad))
         return Response(status_code=204, headers=headers)
 
     @router.post(
