@@ -253,6 +253,8 @@ def _decode_one_by_one(body: bytes) -> tuple[Batch, list[Refusal]]:
     except msgspec.ValidationError as exc:
         field, _, message = _split_msgspec_error(str(exc))
         raise WireError(field, message) from None
+    except msgspec.DecodeError as exc:  # broken JSON after the first type error
+        raise WireError("$", f"not valid JSON: {exc}") from None
     refused: list[Refusal] = []
     series: list[Series] = []
     events: list[Event] = []
