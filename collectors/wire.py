@@ -294,7 +294,8 @@ class Refusal(msgspec.Struct, frozen=True):
     `reason` is a stable machine-readable code (counted in /metrics, kept in the server's
     quarantine); `field` and `message` say where and what for a person."""
 
-    kind: Literal["series", "event", "line"]  # "line": of a line-protocol body (its number)
+    # "line": of a line-protocol body (its number); "metric": of an OTLP request (its ordinal)
+    kind: Literal["series", "event", "line", "metric"]
     index: int
     field: str
     reason: str

@@ -15,8 +15,9 @@ non-monotonic Sum. Metrics that nothing maps are ignored and counted.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from google.protobuf import json_format
@@ -67,12 +68,14 @@ OTLP_MAP: dict[str, tuple[OtlpMap, ...]] = {
 
 
 class OtlpError(ValueError):
-    """A request that cannot be accepted; `where` names the metric or point."""
+    """A request, metric or point that cannot be accepted; `where` names it, `reason` is the
+    refusal's code."""
 
-    def __init__(self, where: str, message: str) -> None:
+    def __init__(self, where: str, message: str, reason: str = "malformed") -> None:
         super().__init__(f"{where}: {message}")
         self.where = where
         self.message = message
+        self.reason = reason
 
 
 def parse_request(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
@@ -105,76 +108,60 @@ def _attrs(kvs: Any) -> dict[str, str]:
 
 @dataclass
 class Converted:
+    """The batch of what maps; `refused`: metrics not accepted (kind "metric", its JSON kept
+    as `raw`), whole or some of their points; `rejected_points`: how many points that is."""
+
     batch: wire.Batch
     ignored_points: int
+    refused: list[wire.Refusal] = field(default_factory=list)
+    rejected_points: int = 0
+
+
+Point = tuple[str, dict[str, str], float, float, float | None, str]
+"""(afmon metric, labels, time, value, created, combine) of one accepted data point."""
 
 
 def to_batch(
     request: ExportMetricsServiceRequest, *, facility: str, agent_id: str, seq: int, now: float
 ) -> Converted:
+    """Map the request onto afmon series. A metric that cannot be mapped as sent (wrong unit
+    or shape, delta temporality, a histogram under an afmon name) is refused on its own, as
+    are the points of a metric that lack a user or node or carry no finite value; the rest
+    is mapped. Two points of one series at one time: the last wins (summed rows add)."""
     # (metric, labels) -> time -> (value, created)
     series: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, tuple[float, float | None]]]
     series = defaultdict(dict)
-    ignored = 0
+    ignored = rejected = ordinal = 0
+    refused: list[wire.Refusal] = []
     first_node = ""
     for r, rm in enumerate(request.resource_metrics):
         res = _attrs(rm.resource.attributes)
         for s, sm in enumerate(rm.scope_metrics):
             for m, metric in enumerate(sm.metrics):
+                ordinal += 1
                 where = f"resource_metrics[{r}].scope_metrics[{s}].metrics[{m}] ({metric.name})"
                 candidates = _candidates(metric.name)
                 if not candidates:
                     ignored += _point_count(metric)
                     continue
-                points, is_counter_shape = _points(metric, where)
-                for fmap in candidates:
-                    unit, kind = wire.KNOWN_METRICS[fmap.metric]
-                    if metric.unit != fmap.unit:
-                        raise OtlpError(
-                            where, f"unit must be {fmap.unit!r} (for {unit}), not {metric.unit!r}"
-                        )
-                    if (kind == "counter") != is_counter_shape:
-                        shape = (
-                            "a monotonic cumulative Sum (a Counter)"
-                            if kind == "counter"
-                            else "a Gauge or a non-monotonic Sum"
-                        )
-                        raise OtlpError(where, f"{fmap.metric} is a {kind}: send {shape}")
-                    for i, dp in enumerate(points):
-                        if dp.flags & NO_RECORDED_VALUE:
-                            continue
-                        attrs = _attrs(dp.attributes)
-                        if any(attrs.get(k) not in allowed for k, allowed in fmap.where):
-                            continue
-                        labels = _labels(fmap, metric.name, attrs, res)
-                        if fmap.metric.startswith("user_") and "user" not in labels:
-                            raise OtlpError(
-                                f"{where}.data_points[{i}]",
-                                "no user: set the point attribute `user` or the resource "
-                                "attribute `process.owner`",
-                            )
-                        if "node" not in labels:
-                            raise OtlpError(
-                                f"{where}.data_points[{i}]",
-                                "no node: set the resource attribute `host.name`",
-                            )
-                        first_node = first_node or labels["node"]
-                        v = float(getattr(dp, dp.WhichOneof("value") or "as_double"))
-                        t = dp.time_unix_nano / 1e9
-                        created = dp.start_time_unix_nano / 1e9 if kind == "counter" else None
-                        key = (fmap.metric, tuple(sorted(labels.items())))
-                        slot = series[key]
-                        if t in slot:
-                            if fmap.combine != "sum":
-                                raise OtlpError(
-                                    f"{where}.data_points[{i}]",
-                                    f"repeats {fmap.metric} {labels} at the same time",
-                                )
-                            old_v, old_c = slot[t]
-                            v += old_v
-                            starts = [c for c in (created, old_c) if c]
-                            created = min(starts) if starts else None
-                        slot[t] = (v, created or None)
+                try:
+                    points, bad = _read_metric(metric, candidates, res, where)
+                except OtlpError as exc:
+                    refused.append(_refusal(ordinal - 1, exc, metric))
+                    rejected += _point_count(metric)
+                    continue
+                if bad:
+                    refused.append(_refusal(ordinal - 1, bad[0], metric, len(bad)))
+                    rejected += len(bad)
+                for name, labels, t, v, created, combine in points:
+                    first_node = first_node or labels["node"]
+                    slot = series[(name, tuple(sorted(labels.items())))]
+                    if t in slot and combine == "sum":
+                        old_v, old_c = slot[t]
+                        v += old_v
+                        starts = [c for c in (created, old_c) if c]
+                        created = min(starts) if starts else None
+                    slot[t] = (v, created or None)
     out = []
     for (metric, labels), slot in series.items():
         unit, kind = wire.KNOWN_METRICS[metric]
@@ -200,7 +187,58 @@ def to_batch(
         sent_at=now,
         series=out,
     )
-    return Converted(batch, ignored)
+    return Converted(batch, ignored, refused, rejected)
+
+
+def _refusal(index: int, exc: OtlpError, metric: Any, points: int | None = None) -> wire.Refusal:
+    what = f"{points} point{'s' * (points != 1)}: " if points is not None else ""
+    raw = json_format.MessageToJson(metric, indent=None)[: wire.MAX_RAW_KEPT]
+    return wire.Refusal("metric", index, exc.where, exc.reason, what + exc.message, raw)
+
+
+def _read_metric(
+    metric: Any, candidates: tuple[OtlpMap, ...], res: dict[str, str], where: str
+) -> tuple[list[Point], list[OtlpError]]:
+    """The points of a mapped metric, and the problems of the points refused on their own;
+    OtlpError when the metric as a whole cannot be mapped."""
+    points, is_counter_shape = _points(metric, where)
+    out: list[Point] = []
+    bad: list[OtlpError] = []
+    for fmap in candidates:
+        unit, kind = wire.KNOWN_METRICS[fmap.metric]
+        if metric.unit != fmap.unit:
+            raise OtlpError(
+                where, f"unit must be {fmap.unit!r} (for {unit}), not {metric.unit!r}", "wrong_unit"
+            )
+        if (kind == "counter") != is_counter_shape:
+            shape = (
+                "a monotonic cumulative Sum (a Counter)"
+                if kind == "counter"
+                else "a Gauge or a non-monotonic Sum"
+            )
+            raise OtlpError(where, f"{fmap.metric} is a {kind}: send {shape}", "wrong_kind")
+        for i, dp in enumerate(points):
+            if dp.flags & NO_RECORDED_VALUE:
+                continue
+            attrs = _attrs(dp.attributes)
+            if any(attrs.get(k) not in allowed for k, allowed in fmap.where):
+                continue
+            at = f"{where}.data_points[{i}]"
+            labels = _labels(fmap, metric.name, attrs, res)
+            v = float(getattr(dp, dp.WhichOneof("value") or "as_double"))
+            if fmap.metric.startswith("user_") and "user" not in labels:
+                bad.append(OtlpError(at, "no user: set the point attribute `user` or the "
+                                     "resource attribute `process.owner`", "no_user"))  # fmt: skip
+            elif "node" not in labels:
+                bad.append(OtlpError(at, "no node: set the resource attribute `host.name`",
+                                     "no_node"))  # fmt: skip
+            elif not math.isfinite(v):
+                bad.append(OtlpError(at, f"value {v} is not a finite number", "non_finite"))
+            else:
+                t = dp.time_unix_nano / 1e9
+                created = dp.start_time_unix_nano / 1e9 if kind == "counter" else None
+                out.append((fmap.metric, labels, t, v, created, fmap.combine))
+    return out, bad
 
 
 def _candidates(name: str) -> tuple[OtlpMap, ...]:
@@ -225,9 +263,12 @@ def _points(metric: Any, where: str) -> tuple[Any, bool]:
                 where,
                 "delta temporality is not accepted: configure the exporter for cumulative "
                 "(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=cumulative)",
+                "unsupported",
             )
         return metric.sum.data_points, metric.sum.is_monotonic
-    raise OtlpError(where, f"a {kind} cannot map onto an afmon series; send a Sum or a Gauge")
+    raise OtlpError(
+        where, f"a {kind} cannot map onto an afmon series; send a Sum or a Gauge", "unsupported"
+    )
 
 
 def _labels(fmap: OtlpMap, name: str, attrs: dict[str, str], res: dict[str, str]) -> dict[str, str]:

@@ -273,16 +273,22 @@ def make_router() -> APIRouter:
                 status = 415 if exc.where == "content-type" else 400
                 raise Refused(status, "invalid", str(exc)) from None
             partial = ExportMetricsServiceResponse()
-            if converted.batch.series:
-                result = await _apply(s, converted.batch, credential, started)
-                if result.refused:  # OTLP's own way to say "some points were not accepted"
-                    series = converted.batch.series
-                    partial.partial_success.rejected_data_points = sum(
-                        len(series[r.index].times) for r in result.refused if r.kind == "series"
-                    )
+            if converted.batch.series or converted.refused:
+                # metrics and points refused by the mapping are quarantined with the rest
+                result = await _apply(
+                    s, converted.batch, credential, started, extra=converted.refused
+                )
+                series = converted.batch.series
+                rejected = converted.rejected_points + sum(
+                    len(series[r.index].times) for r in result.refused if r.kind == "series"
+                )
+                if rejected:  # OTLP's own way to say "some points were not accepted"
+                    partial.partial_success.rejected_data_points = rejected
                     partial.partial_success.error_message = "; ".join(
-                        f"{series[r.index].metric}: {r.message}" for r in result.refused[:10]
-                    )
+                        f"{series[r.index].metric}: {r.message}" if r.kind == "series"
+                        else f"{r.field}: {r.message}"
+                        for r in result.refused[:10]
+                    )  # fmt: skip
         except Refused as exc:
             code = code_pb2.UNAUTHENTICATED if exc.status == 401 else code_pb2.INVALID_ARGUMENT
             if exc.status == 429:

@@ -143,13 +143,30 @@ def test_otlp_json_semantic_conventions_and_errors(server_factory, tmp_path: Pat
         delta["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
             "aggregationTemporality"
         ] = 1
+        # a metric that cannot be mapped as sent is refused on its own (OTLP partial
+        # success), quarantined; the rest of the request is applied
+        memory = {
+            "name": "process.memory.usage",
+            "unit": "By",
+            "gauge": {
+                "dataPoints": [
+                    {"timeUnixNano": str(T0_NS + 60 * 10**9), "asDouble": v} for v in (1.5e9, "NaN")
+                ]
+            },
+        }
+        memory["gauge"]["dataPoints"][1]["timeUnixNano"] = str(T0_NS + 70 * 10**9)
+        delta["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].append(memory)
         r = client.post("/v1/metrics", content=json.dumps(delta), headers=headers)
-        assert r.status_code == 400
-        assert "metrics[0] (process.cpu.time): delta temporality" in r.json()["message"]
+        assert r.status_code == 200, r.text
+        partial = r.json()["partialSuccess"]
+        assert partial["rejectedDataPoints"] == "4"  # the 3 delta points and the NaN one
+        assert "metrics[0] (process.cpu.time): delta temporality" in partial["errorMessage"]
+        assert "1 point: value nan is not a finite number" in partial["errorMessage"]
         wrong_unit = copy.deepcopy(SEMCONV)
         wrong_unit["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["unit"] = "ms"
         r = client.post("/v1/metrics", content=json.dumps(wrong_unit), headers=headers)
-        assert r.status_code == 400 and "unit must be 's'" in r.json()["message"]
+        assert r.status_code == 200, r.text
+        assert "unit must be 's'" in r.json()["partialSuccess"]["errorMessage"]
         r = client.post(
             "/v1/metrics",
             content=b"\x01\x02",
@@ -160,6 +177,19 @@ def test_otlp_json_semantic_conventions_and_errors(server_factory, tmp_path: Pat
         assert r.status_code == 401
     # user + system (not wait), counted in full from its start time, on the process's series
     assert ledger(tmp_path / "server.sqlite")[(ALICE, "cpu_seconds")] == 45.0
+    with sqlite3.connect(tmp_path / "server.sqlite") as conn:
+        kept = conn.execute("SELECT kind, reason, field FROM quarantine ORDER BY id").fetchall()
+        memory = conn.execute(
+            "SELECT x.value FROM sample x JOIN series s ON s.id = x.series_id "
+            "WHERE s.metric = 'user_memory_rss_bytes'"
+        ).fetchall()
+    where = "resource_metrics[0].scope_metrics[0].metrics"
+    assert kept == [
+        ("metric", "unsupported", f"{where}[0] (process.cpu.time)"),
+        ("metric", "non_finite", f"{where}[2] (process.memory.usage).data_points[1]"),
+        ("metric", "wrong_unit", f"{where}[0] (process.cpu.time)"),
+    ]
+    assert memory == [(1.5e9,)]  # the finite point of the request that carried the delta
     with sqlite3.connect(tmp_path / "server.sqlite") as conn:
         labels = conn.execute("SELECT labels FROM series WHERE metric = 'user_cpu_seconds'")
         assert [json.loads(x[0]) for x in labels] == [
