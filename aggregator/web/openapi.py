@@ -281,13 +281,14 @@ def _otlp(description: str) -> dict[str, Any]:
 
 OTLP_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Exported: an ExportMetricsServiceResponse, in the request's encoding",
+        "description": "Exported: an ExportMetricsServiceResponse, in the request's encoding; "
+        "metrics or points afmon refused (quarantined) are counted in its partial_success",
         "content": {
             "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {"schema": {"type": "object"}},
         },
     },
-    400: _otlp("Not an OTLP metrics request, or data afmon refuses"),
+    400: _otlp("Not an OTLP metrics request"),
     401: _otlp("Missing, unknown or revoked agent token"),
     413: _otlp("Body too large (compressed or once decompressed)"),
     415: _otlp("A content type other than protobuf or JSON, or an unknown content-encoding"),
