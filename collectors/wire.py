@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import math
 import operator
+import re
 import zlib
 from typing import Annotated, Literal
 
@@ -31,12 +32,24 @@ CONTENT_TYPE = "application/vnd.afmon.batch+json"
 # Strings carry no NUL character: PostgreSQL cannot store one in text, so a NUL must be
 # refused here, naming its field, and never reach the database (a 500 there).
 NO_NUL = r"^[^\x00]*$"
+# Names and label values carry no control character at all (a newline or escape in a label
+# would garble logs, exports and the Prometheus exposition); free text (event attributes, such
+# as a spawn's error message) may have line breaks, but no NUL.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def fits_label(value: str) -> bool:
+    """Whether `value` may be a label value or name of the wire (`LabelValue`, `Text`)."""
+    return len(value) <= 256 and _CONTROL.search(value) is None
+
+
 Name = Annotated[
     str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_:][A-Za-z0-9_:.\-]*$")
 ]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_NUL)]
-LabelValue = Annotated[str, msgspec.Meta(max_length=256, pattern=NO_NUL)]
-Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=NO_NUL)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_CONTROL)]
+LabelValue = Annotated[str, msgspec.Meta(max_length=256, pattern=NO_CONTROL)]
+Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=NO_CONTROL)]
 AttrText = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
 Epoch = Annotated[float, msgspec.Meta(ge=0)]
 SEQ_MAX = (1 << 63) - 1  # the database's BIGINT

@@ -276,11 +276,11 @@ def read_line(line: str, scale: float, now: float) -> tuple[list[Mapped], int]:
             raise ValueError(f"{metric} needs a `node` or `host` tag")
         if p.tags.get("unit", unit) != unit:
             raise ValueError(f"{metric} is in {unit!r}, not {p.tags['unit']!r}")
-        for label, tag in labels.items():  # else the wire would refuse the whole body
+        for label, tag in labels.items():  # else the wire would refuse the series
             if len(tag) > MAX_LABEL_VALUE:
                 raise ValueError(f"{label} is longer than {MAX_LABEL_VALUE} characters")
-            if "\x00" in tag:
-                raise ValueError(f"{label} has a NUL character")
+            if not wire.fits_label(tag):
+                raise ValueError(f"{label} has a control character")
         try:
             v = fmap.offset + fmap.scale * float(value)
         except OverflowError:
@@ -300,7 +300,7 @@ def _node_of(line: str, scale: float) -> str:
     except ValueError:
         return ""
     node = tags.get("node") or tags.get("host") or ""
-    return node if len(node) <= MAX_LABEL_VALUE and "\x00" not in node else ""
+    return node if wire.fits_label(node) else ""
 
 
 def _bad_line(n: int, line: str, reason: str) -> wire.Refusal:

@@ -154,7 +154,8 @@ def to_batch(
                     refused.append(_refusal(ordinal - 1, bad[0], metric, len(bad)))
                     rejected += len(bad)
                 for name, labels, t, v, created, combine in points:
-                    first_node = first_node or labels["node"]
+                    if not first_node and wire.fits_label(labels["node"]):
+                        first_node = labels["node"]  # the batch's node (a bad one: its series')
                     slot = series[(name, tuple(sorted(labels.items())))]
                     if t in slot and combine == "sum":
                         old_v, old_c = slot[t]

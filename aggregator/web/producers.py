@@ -125,9 +125,10 @@ async def _apply(
         limit = s.settings.ingest_rate_per_agent
         raise Refused(429, "too many requests", f"more than {limit:g} requests/s", retry_after=1)
     try:
-        # encode + decode: the same validation as an agent's batch (names, lengths, skew)
-        batch = wire.decode(wire.encode(batch), strict=False)
-        refused = [*extra, *s.ingestor.judge(batch)]
+        # encode + decode: the same validation as an agent's batch (names, lengths, control
+        # characters), record by record: a series that breaks it is refused on its own
+        batch, malformed = wire.decode_records(wire.encode(batch))
+        refused = [*extra, *malformed, *s.ingestor.judge(batch)]
         result = await run_in_threadpool(s.ingestor.apply, batch, refused)
     except LimitExceeded as exc:
         s.instruments.batches.labels(facility, "over_limit").inc()

@@ -276,6 +276,17 @@ def _user(metric: str, user: str, times: list[float], values: list[float], **kw:
                        times=times, values=values, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
+@pytest.mark.parametrize("bad", ["al\nice", "alice\x1b[31m", "tab\there", "del\x7f"])
+def test_a_control_character_in_a_label_refuses_its_record(client: TestClient, bad: str) -> None:
+    """A newline or escape in a label would garble logs, exports and /metrics."""
+    r = post(client, batch(1, [GOOD, _other(labels={"user": bad, "node": "n1"})]))
+    assert r.status_code == 200 and r.json()["status"] == "partial", r.text
+    [refusal] = r.json()["refused"]
+    assert refusal["reason"] == "malformed"
+    assert refusal["field"] == "$.series[1].labels[...]"  # msgspec names no key
+    assert cpu_total(client) == 25.0
+
+
 def test_more_than_the_node_could_do_is_refused_beyond_capacity(client: TestClient) -> None:
     """4 cores and 8 GB: CPU time growing faster than 4 cores (x 1.5 slack, +1 s), a counter
     reset to more than 4 cores could have used since the sample before, memory beyond

@@ -89,7 +89,7 @@ GOOD = "afmon,host=n1,user=a user_cpu_seconds=1 1"
         ("afmon,host=n1,user=a user_cpu_seconds=1 " + "9" * 400, 2, "timestamp out of range"),
         ("afmon,host=n1,user=a user_cpu_seconds=" + "9" * 400 + "i 1", 2, "is out of range"),
         (f"afmon,host={'h' * 257},user=a user_cpu_seconds=1 1", 2, "node is longer than 256"),
-        ("afmon,host=n\x001,user=a user_cpu_seconds=1 1", 2, "line 2: node has a NUL"),
+        ("afmon,host=n\x001,user=a user_cpu_seconds=1 1", 2, "line 2: node has a control character"),
         # validated as a whole: two good fields before the bad third add nothing
         ("afmon,host=n1,user=b user_cpu_seconds=1,user_processes=2,no_such=3 1", 2, "no_such"),
     ],
