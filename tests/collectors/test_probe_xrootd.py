@@ -1,15 +1,17 @@
-"""The XRootD probe against two real xrootd servers (Debian's xrootd-server, in a private
+"""The XRootD probe against three real xrootd servers (Debian's xrootd-server, in a private
 network and mount namespace; see tests/collectors/xrootd_netns.py), its batches posted through
 the real ingest, compared with xrootd's own record: its summary stream's `link out`/`link in`
 counters and the files' sizes on disk, to the byte.
 
-Cases (issue 17): a 19-character user, authenticated (`sec.protocol unix`: mapped) and not
-(only 8 asserted characters: visible as such, unmapped); a login name spoofed with
-`root://nobody@` (the authenticated name wins; unauthenticated, it is marked asserted and never
-lands on nobody's member); an xrdcp upload (the payload, not the pgwrite CRCs); a transfer
-killed by the client (close record read=0: the bytes are reported unattributed, per server);
-an agent restart while a file is open (state checkpointed and taken up: no byte counted twice
-or lost, none misattributed); and a server restart."""
+Cases (issue 17): a 19-character user, authenticated (`sec.protocol unix` on A, `sss` on C:
+mapped) and not (B: only 8 asserted characters, visible as such, unmapped); a login name spoofed
+with `root://nobody@` (the authenticated name wins: the account's on A, the sss key's on C;
+unauthenticated, it is marked asserted and never lands on nobody's member); an sss key of user
+`anybody` (xrdcp sends `nobody`: verified as `nobody`, whoever ran it); an sss keytab another
+account owns, or others may read (refused, nothing counted); an xrdcp upload (the payload, not
+the pgwrite CRCs); a transfer killed by the client (close record read=0: the bytes are reported
+unattributed, per server); an agent restart while a file is open (state checkpointed and taken
+up: no byte counted twice or lost, none misattributed); and a server restart."""
 
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ DANA = "https://atlas-auth.example.org/|dana-sub"
 NOAH = "https://cms-auth.example.org/|noah-sub"
 LENA = "https://cms-auth.example.org/|lena-sub"
 UNMAPPED = "afmon:unmapped|af-test"
-A, B = netns.LABEL["A"], netns.LABEL["B"]
+A, B, C = netns.LABEL["A"], netns.LABEL["B"], netns.LABEL["C"]
 F = netns.FILES
 
 
@@ -144,7 +146,24 @@ def test_identities_are_verified_or_visibly_asserted(run: list[dict[str, Any]]) 
         # server B does not: 8 asserted characters, marked as such (and as possibly cut)
         ("asserted:nobody", "asserted", "none", "cache"): F["B"]["f3.root"],  # daemon's spoof
         (long_cut, "asserted", "none", "cache"): F["B"]["f3.root"],
+        # server C authenticates with sss: the user of the client's key, in full; daemon's
+        # root://nobody@ spoof with its own key is daemon's
+        (netns.LONG, "verified", "sss", "local"): F["C"]["f4.root"],
+        ("daemon", "verified", "sss", "local"): F["C"]["f4.root"],
+        # an `anybody` key vouches for the name the client sends, and xrdcp 5.5 sends `nobody`
+        # (not its account's): daemon's read is, verified, nobody's
+        ("nobody", "verified", "sss", "local"): F["C"]["f5.root"],
     }
+
+
+def test_sss_refuses_a_key_that_is_not_the_accounts_own(run: list[dict[str, Any]]) -> None:
+    """The key is the identity: daemon cannot read LONG's keytab (0600, LONG's), and the client
+    will not use a keytab others may read, so both logins fail (no `u` record, no open: nothing
+    counted to anyone; the failed handshakes are C's unattributed protocol overhead)."""
+    refused = one(run, "sss_refused")
+    assert all(r["rc"] != 0 for r in refused.values()), refused
+    assert "Auth failed" in refused["stolen"]["stderr"], refused
+    assert "not secure" in refused["readable"]["stderr"], refused
 
 
 def test_ledger_bytes_per_member_equal_the_file_sizes(
@@ -160,20 +179,26 @@ def test_ledger_bytes_per_member_equal_the_file_sizes(
     disk = one(run, "disk")
     assert disk["A"]["up.root"] == netns.UPLOAD[3]
     assert got == {
-        (DANA, "local", "xrootd", "read"): 2 * F["A"]["f1.root"] + F["A"]["f2.root"],
-        (NOAH, "local", "xrootd", "read"): F["A"]["f2.root"],
+        # daemon's sss spoof (root://nobody@) on C is daemon's
+        (DANA, "local", "xrootd", "read"): (
+            2 * F["A"]["f1.root"] + F["A"]["f2.root"] + disk["C"]["f4.root"]
+        ),
+        # daemon's read with the `anybody` key lands on nobody's member: sss vouched `nobody`
+        (NOAH, "local", "xrootd", "read"): F["A"]["f2.root"] + disk["C"]["f5.root"],
         (NOAH, "local", "xrootd", "written"): disk["A"]["up.root"],  # payload, not pgwrite CRCs
-        # the long name resolves in full, and the open file across the agent restart counts
-        # once, to its reader
-        (LENA, "local", "xrootd", "read"): F["A"]["f1.root"] + disk["A"]["slow.root"],
+        # the long name resolves in full (unix on A, sss on C), and the open file across the
+        # agent restart counts once, to its reader
+        (LENA, "local", "xrootd", "read"): (
+            F["A"]["f1.root"] + disk["A"]["slow.root"] + disk["C"]["f4.root"]
+        ),
         # asserted names are never mapped: not to nobody's member, not by an 8-char prefix
         (UNMAPPED, "cache", "xrootd", "read"): 2 * F["B"]["f3.root"],
     }
     opened = q.usage_totals(LOCAL_ADMIN, 0, 4e9, by=("member",), resources=("data_files_opened",))
     assert dict(zip(opened["member"], opened["amount"], strict=True)) == {
-        DANA: 3,
-        NOAH: 2,
-        LENA: 2,
+        DANA: 4,
+        NOAH: 3,
+        LENA: 3,
         UNMAPPED: 3,  # two asserted reads and the killed transfer
     }
     # the bytes of asserted identities, flagged as unverified where they landed
@@ -190,7 +215,7 @@ def test_every_byte_on_the_servers_links_is_attributed_or_reported_unattributed(
 ) -> None:
     v = server_values(run)
     xrootd = one(run, "xrootd")  # the servers' own link counters, summed over their lives
-    for server in (A, B):
+    for server in (A, B, C):
         assert v[("xrootd_server_link_out_bytes", server, "")] == xrootd[server]["link_out"]
         assert v[("xrootd_server_link_in_bytes", server, "")] == xrootd[server]["link_in"]
         out = v[("xrootd_server_read_bytes", server, "")]
@@ -199,8 +224,10 @@ def test_every_byte_on_the_servers_links_is_attributed_or_reported_unattributed(
         into = v[("xrootd_server_written_bytes", server, "")]
         into += v[("xrootd_unattributed_bytes", server, "in")]
         assert into == xrootd[server]["link_in"]
-    # on A only protocol overhead (and the upload's pgwrite CRCs) is unattributed ...
+    # on A and C only protocol overhead (and the upload's pgwrite CRCs) is unattributed ...
     assert 0 < v[("xrootd_unattributed_bytes", A, "out")] <= 4096 * 7
+    assert 0 < v[("xrootd_unattributed_bytes", C, "out")] <= 4096 * 7
+    assert 0 < v[("xrootd_unattributed_bytes", C, "in")] <= 4096
     crcs = 4 * -(-netns.UPLOAD[3] // 4096)
     assert crcs < v[("xrootd_unattributed_bytes", A, "in")] <= crcs + 4096 * 7
     # ... on B the killed transfer's tens of MB, which its close record reports as 0
@@ -212,8 +239,10 @@ def test_every_byte_on_the_servers_links_is_attributed_or_reported_unattributed(
     assert v[("xrootd_server_read_bytes", A, "")] == (
         3 * F["A"]["f1.root"] + 2 * F["A"]["f2.root"] + F["A"]["slow.root"]
     )
+    assert v[("xrootd_server_read_bytes", C, "")] == 2 * F["C"]["f4.root"] + F["C"]["f5.root"]
     assert v[("xrootd_server_restarts", A, "")] == 1  # the restart was seen: a new tos and pid
     assert v[("xrootd_server_restarts", B, "")] == 0
+    assert v[("xrootd_server_restarts", C, "")] == 0
 
 
 def test_the_agent_restart_fell_on_an_open_file(run: list[dict[str, Any]]) -> None:
@@ -226,13 +255,14 @@ def test_the_agent_restart_fell_on_an_open_file(run: list[dict[str, Any]]) -> No
 
 def test_top_servers_query(ledger: TestClient) -> None:
     top = ledger.app.state.services.query.data_servers(LOCAL_ADMIN, 0, 4e9)
-    assert top["server"].tolist() == [A, B]  # most bytes read first
-    assert top["source"].tolist() == ["local", "cache"]
+    assert top["server"].tolist() == [A, C, B]  # most bytes read first
+    assert top["source"].tolist() == ["local", "local", "cache"]
     assert top["read_bytes"].tolist() == [
         3 * F["A"]["f1.root"] + 2 * F["A"]["f2.root"] + F["A"]["slow.root"],
+        2 * F["C"]["f4.root"] + F["C"]["f5.root"],
         2 * F["B"]["f3.root"],
     ]
-    assert top["restarts"].tolist() == [1, 0]
+    assert top["restarts"].tolist() == [1, 0, 0]
     # through the ledger too: every byte on each server's links is a user's or unattributed
     assert (top["read_bytes"] + top["unattributed_out_bytes"]).tolist() == top[
         "link_out_bytes"
@@ -240,4 +270,4 @@ def test_top_servers_query(ledger: TestClient) -> None:
     assert (top["written_bytes"] + top["unattributed_in_bytes"]).tolist() == top[
         "link_in_bytes"
     ].tolist()
-    assert top["unattributed_out_bytes"].iloc[1] > 20_000_000  # B's killed transfer
+    assert top["unattributed_out_bytes"].iloc[2] > 20_000_000  # B's killed transfer

@@ -1,4 +1,4 @@
-"""Run two real xrootd servers, the XRootD probe's listener and `xrdcp` clients together in a
+"""Run three real xrootd servers, the XRootD probe's listener and `xrdcp` clients together in a
 private network and mount namespace, and write what the probe reports as JSON lines, beside
 what xrootd itself recorded (its summary stream, and the files on disk).
 
@@ -11,11 +11,18 @@ copies of /etc/passwd and /etc/group):
 Server A (port 21094, local storage) authenticates clients with `sec.protocol unix`: its `u`
 records name the client's real account (`&p=unix&n=...`). Server B (port 21095, a cache) has
 no authentication protocol: its `u` records carry only the 8-character name the client
-asserted. Phases (a `{"batch": ...}` line after each):
+asserted. Server C (port 21096, local storage) authenticates with `sec.protocol sss` only: its
+keytab (made here with `xrdsssadmin`) holds one key per identity, and each client account
+holds a copy (mode 0600, its own) of the one key it may use (SSS_KEYS); the `u` record names
+the key's user (`&p=sss&n=...`), whatever account or URL user the client has. Phases (a
+`{"batch": ...}` line after each):
 
 1. reads and an upload: `daemon`, `nobody` and the 19-character LONG read from A (`daemon` also
    as `root://nobody@`); on B `daemon` reads as `root://nobody@` (a spoof) and LONG reads;
-   `nobody` uploads with xrdcp (pgwrite) to A;
+   `nobody` uploads with xrdcp (pgwrite) to A; on C LONG reads with its key, `daemon` reads
+   with its key as `root://nobody@` (a spoof) and with an `anybody` key (for which xrdcp sends
+   no name of its own: C hears `nobody`); `daemon` fails to log in to C with LONG's key (it
+   cannot read it) and with its own key in a keytab others may read (`{"sss_refused": ...}`);
 2. a transfer from B killed by the client mid-file (its close record says read=0);
 3. the agent restarts while LONG reads a 7 MiB file from A through a slow pipe (its open
    record seen, its close still to come): the probe is closed (checkpoint) and a new one takes
@@ -49,14 +56,15 @@ from afmon.collectors.probes import xrootd_packets as xp
 from afmon.collectors.probes.xrootd import Monitor, XRootDProbe
 
 SUMMARY_PORT, DETAIL_PORT, RECORDER_PORT = 9931, 9930, 9932
-SERVERS = {"A": 21094, "B": 21095}
+SERVERS = {"A": 21094, "B": 21095, "C": 21096}
 LABEL = {name: f"127.0.0.1:{port}" for name, port in SERVERS.items()}
-ROLES = {LABEL["A"]: "local", LABEL["B"]: "cache"}
+ROLES = {LABEL["A"]: "local", LABEL["B"]: "cache", LABEL["C"]: "local"}
 LONG = "analysis-user-19chr"  # 19 characters: kXR_login carries only "analysis"
 LONG_UID = 64019
 FILES = {
     "A": {"f1.root": 3_000_017, "f2.root": 1_234_567, "slow.root": 7 << 20},
     "B": {"f3.root": 777_777, "big.root": 60_000_000},
+    "C": {"f4.root": 2_222_223, "f5.root": 555_557},
 }
 # (run as, URL user or None, server, file)
 PHASE1 = [
@@ -67,6 +75,23 @@ PHASE1 = [
     ("daemon", "nobody", "B", "f3.root"),  # unauthenticated: only "nobody" asserted
     (LONG, None, "B", "f3.root"),
 ]
+# server C's sss keys: name -> (the account holding a copy, the key's user, its group)
+SSS_KEYS = {
+    "lena": (LONG, LONG, LONG),
+    "dana": ("daemon", "daemon", "daemon"),
+    # `anybody`: the server takes the name the client sends; xrdcp (no sss ID registry in the
+    # process) sends `nobody`, not its account's name
+    "any": ("daemon", "anybody", "usrgroup"),
+}
+# (sss key, URL user or None, file) read from C by the key's holder
+PHASE1_SSS = [
+    ("lena", None, "f4.root"),
+    ("dana", "nobody", "f4.root"),  # spoof: the key's user wins
+    ("any", None, "f5.root"),
+]
+# refused logins, by daemon: with LENA's keytab (unreadable to daemon), and with its own key in
+# a keytab others may read (mode 0644)
+SSS_REFUSED = {"stolen": "lena", "readable": "dana"}
 UPLOAD = ("nobody", "A", "up.root", 1_048_577)
 KILLED = ("daemon", "B", "big.root")
 SLOW = (LONG, "A", "slow.root")
@@ -86,7 +111,8 @@ xrootd.monitor all auth flush 1s window 1s fstat 1s lfn ops xfr 1 ident 5s dest 
 files 127.0.0.1:{detail}
 {auth}
 """
-AUTH = {"A": "xrootd.seclib libXrdSec.so\nsec.protocol unix", "B": ""}
+SEC = "xrootd.seclib libXrdSec.so\nsec.protocol"
+AUTH = {"A": f"{SEC} unix", "B": "", "C": f"{SEC} sss -s {{keytab}}"}
 
 
 def _die_with_parent() -> None:
@@ -154,13 +180,35 @@ def start_xrootd(work: Path, name: str) -> subprocess.Popen[bytes]:
             summary=SUMMARY_PORT,
             recorder=RECORDER_PORT,
             detail=DETAIL_PORT,
-            auth=AUTH[name],
+            auth=AUTH[name].format(keytab=base / "sss.keytab"),
         )
     )
     return subprocess.Popen(
         ["xrootd", "-c", str(cfg), "-l", str(base / "xrootd.log"), "-R", "xrootd", "-n", name],
         preexec_fn=_die_with_parent,
     )
+
+
+def make_sss_keys(work: Path) -> dict[str, Path]:
+    """Server C's keytab (one key per SSS_KEYS entry, the xrootd user's, mode 0600) and, per
+    key, a keytab holding only that key, owned by its holder (mode 0600, as sss demands)."""
+    keytab = work / "C" / "sss.keytab"
+    for num, (key, (_holder, user, group)) in enumerate(SSS_KEYS.items(), 1):
+        cmd = ["xrdsssadmin", "-n", str(num), "-k", key, "-u", user, "-g", group, "add"]
+        subprocess.run([*cmd, str(keytab)], input="y\n", text=True, capture_output=True, check=True)
+    lines = keytab.read_text().splitlines()  # one key a line: "0 u:USER g:GROUP n:NAME ..."
+    shutil.chown(keytab, "xrootd", "xrootd")
+    keytab.chmod(0o600)
+    client = {}
+    for key, (holder, _user, _group) in SSS_KEYS.items():
+        d = work / f"sss-{key}"
+        d.mkdir(mode=0o700)
+        client[key] = d / "sss.keytab"
+        client[key].write_text(next(ln for ln in lines if f" n:{key} " in ln) + "\n")
+        client[key].chmod(0o600)
+        for p in (d, client[key]):
+            shutil.chown(p, holder, holder)
+    return client
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -178,11 +226,21 @@ def url(server: str, fname: str, as_user: str | None = None) -> str:
     return f"root://{who}127.0.0.1:{SERVERS[server]}//{fname}"
 
 
-def xrdcp(user: str, src: str, dst: str) -> None:
-    subprocess.run(
+def xrdcp(
+    user: str, src: str, dst: str, sss_keytab: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """xrdcp run as `user`; with `sss_keytab`, authenticating with sss and that keytab only
+    (unchecked, its stderr is kept)."""
+    env = None
+    if sss_keytab is not None:
+        env = dict(os.environ, XrdSecPROTOCOL="sss", XrdSecSSSKT=str(sss_keytab))
+    return subprocess.run(
         ["runuser", "-u", user, "--", "xrdcp", "-s", "-f", src, dst],
-        check=True,
+        check=check,
         timeout=60,
+        env=env,
+        text=True,
+        stderr=None if check else subprocess.PIPE,
         preexec_fn=_die_with_parent,
     )
 
@@ -278,6 +336,7 @@ def main(out_path: str) -> int:
                 (work / name / "data" / fname).write_bytes(os.urandom(size))
             for p in [work / name, *(work / name).rglob("*")]:
                 shutil.chown(p, "xrootd", "xrootd")
+        sss_keytab = make_sss_keys(work)
         upload = work / UPLOAD[2]
         upload.write_bytes(os.urandom(UPLOAD[3]))
         upload.chmod(0o644)
@@ -286,9 +345,20 @@ def main(out_path: str) -> int:
             procs[name] = start_xrootd(work, name)
         time.sleep(0.5)
 
-        # 1. reads (verified on A, asserted on B) and an upload
+        # 1. reads (verified on A and C, asserted on B) and an upload
         for user, as_user, server, fname in PHASE1:
             xrdcp(user, url(server, fname, as_user), "/dev/null")
+        for key, as_user, fname in PHASE1_SSS:
+            xrdcp(SSS_KEYS[key][0], url("C", fname, as_user), "/dev/null", sss_keytab[key])
+        readable = work / "sss-readable.keytab"
+        shutil.copy(sss_keytab[SSS_REFUSED["readable"]], readable)
+        shutil.chown(readable, "daemon", "daemon")
+        readable.chmod(0o644)
+        refused = {}
+        for case, keytab in (("stolen", sss_keytab[SSS_REFUSED["stolen"]]), ("readable", readable)):
+            r = xrdcp("daemon", url("C", "f4.root"), "/dev/null", keytab, check=False)
+            refused[case] = {"rc": r.returncode, "stderr": r.stderr}
+        emit(sss_refused=refused)
         user, server, fname, _size = UPLOAD
         xrdcp(user, str(upload), url(server, fname))
         wait_settled("phase 1")
