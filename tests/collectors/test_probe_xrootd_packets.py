@@ -241,6 +241,26 @@ def test_identities_are_verified_only_by_an_authentication_protocol() -> None:
     assert login_identity("x", {"n": "eve"}, 1.0).identity == "asserted"  # n= without p=
 
 
+# recorded from xrootd 5.5.3 with `sec.protocol sss`: a 19-character account's xrdcp with its
+# own key (tests/collectors/xrootd_netns.py, server C); the login name is cut to 8 characters,
+# sss vouches for the whole name
+SSS_LOGIN = bytes.fromhex(
+    "750100976b1198a40000000178726f6f742f616e616c797369732e373132373a313331313330353336353535"
+    "373539405b3a3a3132372e302e302e315d0a26703d737373266e3d616e616c797369732d757365722d3139"
+    "63687226683d5b3a3a666666663a3132372e302e302e315d266f3d26723d26673d266d3d26523d76352e35"
+    "2e3326783d787264637026793d26493d3426493d34"
+)
+
+
+def test_a_real_sss_login_is_verified_under_the_whole_name() -> None:
+    m = xp.parse_map(SSS_LOGIN, xp.parse_header(SSS_LOGIN))
+    assert (m.code, m.userid.user, m.cgi["p"], m.cgi["n"]) == (
+        "u", "analysis", "sss", "analysis-user-19chr",
+    )  # fmt: skip
+    who = login_identity(m.userid.user, m.cgi, 1.0)
+    assert (who.local, who.identity, who.auth) == ("analysis-user-19chr", "verified", "sss")
+
+
 @given(st.integers(0, 50_000_000))
 def test_pgwrite_payload_inverts_the_crc_overhead(size: int) -> None:
     assert pgwrite_payload(size + 4 * -(-size // 4096)) == size
