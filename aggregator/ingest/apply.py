@@ -367,6 +367,17 @@ class Ingestor:
                 self._sql_ledger_day,
                 [(*key, amount, RESOURCES[key[4]].unit) for key, amount in sorted(daily.items())],
             )
+        if inc.batch:  # the batch resources by account, QoS and partition (docs/batch.md)
+            key_columns = "facility, vo, grp, member_id, account, qos, partition, resource, hour"
+            conn.exec_driver_sql(
+                f"INSERT INTO batch_usage ({key_columns}, amount, unit) "
+                f"VALUES ({', '.join([self._p] * 11)}) ON CONFLICT ({key_columns}) "
+                "DO UPDATE SET amount = batch_usage.amount + excluded.amount",
+                [
+                    (*key, amount, RESOURCES[key[7]].unit)
+                    for key, amount in sorted(inc.batch.items())  # key order, as above
+                ],
+            )
         if inc.latencies:
             conn.exec_driver_sql(
                 self._sql_latency, [(*k, int(c), s) for k, (c, s) in inc.latencies.items()]

@@ -223,6 +223,29 @@ class Increments:
         slot[0] += 1
         slot[1] += seconds
 
+    # batch resources by the scheduler's accounting dimensions (table `batch_usage`):
+    # (facility, vo, grp, member, account, qos, partition, resource, hour) -> amount
+    batch: dict[tuple[str, str, str, str, str, str, str, str, int], float] = field(
+        default_factory=lambda: defaultdict(float)
+    )
+
+    def add_batch(
+        self,
+        facility: str,
+        member: MemberRef,
+        dimensions: tuple[str, str, str],
+        resource: str,
+        hour: int,
+        amount: float,
+    ) -> None:
+        """Add `amount` to the ledger and, under `dimensions` (account, qos, partition), to
+        its batch breakdown: one call adds both, so the breakdown of a member's hour always
+        holds the same amounts as the ledger (docs/batch.md)."""
+        self.add(facility, member, resource, hour, amount)
+        account, qos, partition = dimensions
+        key = (facility, member.vo, member.grp, member.id, account, qos, partition, resource, hour)
+        self.batch[key] += amount
+
     def __len__(self) -> int:
         return len(self.amounts)
 

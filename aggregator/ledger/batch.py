@@ -15,6 +15,11 @@ and its queue wait (start - submit) in the latency histograms (kind `batch_queue
 profile = the partition or accounting group), in the hour the wait began. CPU efficiency,
 CPU / (wall x cores), is derived by the query layer from the sums, never stored.
 
+Every amount also goes, with the same key, to the breakdown by the scheduler's accounting
+dimensions (`Increments.add_batch`, table `batch_usage`): attrs.account (Slurm's account,
+HTCondor's AcctGroup), attrs.qos and attrs.partition, "" when absent, at most 64 characters.
+One call adds both, so per member, resource and hour the breakdown sums to the ledger.
+
 The run is [end - wall, end): wall time is `wall_seconds` when sent (HTCondor's
 RemoteWallClockTime leaves out time between evictions), else end - start. The ingest gives
 the rule the HEPscore23 per core of the job's node as `attrs["node_hepscore23_per_core"]`.
@@ -35,6 +40,8 @@ QUEUE_WAIT = "batch_queue_wait"
 HEPSCORE_ATTR = "node_hepscore23_per_core"
 # wall_seconds may exceed end - start by this much (schedulers round their clocks apart)
 WALL_SLACK_SECONDS = 1.0
+DIMENSIONS = ("account", "qos", "partition")  # the breakdown's key, in this order
+DIMENSION_CHARS = 64  # a key value is cut to this length (a scheduler's names are short)
 
 
 def _number(e: wire.Event, attr: str, default: float | None = None) -> float:
@@ -47,6 +54,13 @@ def _number(e: wire.Event, attr: str, default: float | None = None) -> float:
     if value < 0:
         raise AttrError(attr, f"batch job {e.id}: {attr} must not be negative ({value})")
     return float(value)
+
+
+def dimensions(e: wire.Event) -> tuple[str, str, str]:
+    """The job's (account, qos, partition): "" for an absent attribute."""
+    values = (e.attrs.get(a) for a in DIMENSIONS)
+    account, qos, partition = ("" if v is None else str(v)[:DIMENSION_CHARS] for v in values)
+    return account, qos, partition
 
 
 def _hour(t: float) -> int:
@@ -93,9 +107,10 @@ def account_batch_job(inc: Increments, facility: str, member: MemberRef, e: wire
         wait = max(0.0, e.start - _number(e, "submit", e.start))
     profile = e.attrs.get("partition") or e.attrs.get("account") or "default"
     run_start = e.end - wall
+    dims = dimensions(e)
 
     if e.attrs.get("requeued") is not True:  # jobs as sacct counts them, runs as `sacct -D`
-        inc.add(facility, member, "batch_jobs", _hour(e.start), 1.0)
+        inc.add_batch(facility, member, dims, "batch_jobs", _hour(e.start), 1.0)
     for resource, total in (
         ("batch_job_seconds", wall),
         ("batch_wall_core_seconds", wall * cores),
@@ -106,5 +121,5 @@ def account_batch_job(inc: Increments, facility: str, member: MemberRef, e: wire
     ):
         if total:
             for hour, amount in spread(run_start, e.end, total):
-                inc.add(facility, member, resource, hour, amount)
+                inc.add_batch(facility, member, dims, resource, hour, amount)
     inc.observe(facility, member, QUEUE_WAIT, str(profile)[:64], _hour(e.start - wait), wait)

@@ -23,6 +23,7 @@ from afmon.aggregator.query.base import (
     Role,
     scope_sql,
 )
+from afmon.aggregator.query.batch import batch_by_sql, checked_by, widen
 from afmon.aggregator.query.operations import SERVER_METRICS, OperationsQueries
 from afmon.aggregator.store.db import read_connection
 from afmon.aggregator.store.rollup import DAY
@@ -236,6 +237,17 @@ class Query(OperationsQueries):
         wall_core = wide["batch_wall_core_seconds"]
         wide["cpu_efficiency"] = wide["batch_cpu_seconds"] / wall_core.where(wall_core > 0)
         return wide.rename_axis(index=by, columns=None).reset_index()
+
+    def batch_by(
+        self, p: Principal, start: float, end: float, by: str | Sequence[str] = ("account",)
+    ) -> pd.DataFrame:
+        """Batch jobs per account, QoS and/or partition in [start, end) (`by`: one or more of
+        them, optionally with facility, vo, group, member; "" where jobs had none): `by`...,
+        one column per BATCH_RESOURCES entry and cpu_efficiency, as `batch_usage` has them.
+        Summed over the dimensions they equal `batch_usage`'s (query/batch.py)."""
+        keys = checked_by(by)
+        sql, params = batch_by_sql(p, start, end, keys)
+        return widen(self._frame(sql, params), keys, BATCH_RESOURCES)
 
     # -- one VO, and the live facility overview (dashboard VO and Facility pages) -----------
 

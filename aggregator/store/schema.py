@@ -150,6 +150,43 @@ class UsageDay(SQLModel, table=True):
     )
 
 
+class BatchUsage(SQLModel, table=True):
+    """The batch resources of the ledger broken down by the scheduler's accounting dimensions
+    (Slurm account / HTCondor accounting group, QoS, partition): sites report batch usage
+    by them. Written with `usage` by the same rule, so per member, resource and hour the sum
+    over the dimensions is the `usage` amount (docs/batch.md). "" where a job had none."""
+
+    __tablename__ = "batch_usage"
+    facility: str = Field(primary_key=True)
+    vo: str = Field(primary_key=True)
+    grp: str = Field(primary_key=True)
+    member_id: str = Field(primary_key=True)
+    account: str = Field(primary_key=True, description="Slurm account or HTCondor AcctGroup")
+    qos: str = Field(primary_key=True)
+    partition: str = Field(primary_key=True)
+    resource: str = Field(primary_key=True)
+    hour: int = Field(primary_key=True, description="Start of the UTC hour, epoch seconds")
+    amount: float = 0.0
+    unit: str
+
+    __table_args__ = (
+        # covering index of the range reads (query/batch.py): by hour, scoped by VO or member
+        Index(
+            "ix_batch_usage_hour_cover",
+            "hour",
+            "vo",
+            "member_id",
+            "facility",
+            "grp",
+            "account",
+            "qos",
+            "partition",
+            "resource",
+            "amount",
+        ),
+    )
+
+
 class LatencyBucket(SQLModel, table=True):
     """Latency histograms: per hour, observations counted in fixed buckets (`le` seconds,
     upper bound inclusive, inf for the last) with their sum, so any window merges exactly."""
