@@ -1,6 +1,7 @@
 """The Batch page (`/batch`): batch usage per VO and per member (jobs, core-hours, CPU
-efficiency, GPU-hours, HEPscore23-normalised hours), core-hours over time, and the batch
-queue wait next to the interactive waits. Rules: docs/batch.md."""
+efficiency, GPU-hours, HEPscore23-normalised hours), per scheduler account and per QoS (the
+way sites report batch usage), core-hours over time, and the batch queue wait next to the
+interactive waits. Rules: docs/batch.md."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ WAITS: tuple[tuple[str, str], ...] = (
     ("time_to_first_worker", "Time to first Dask worker"),
 )
 HOUR = 3600.0
+# the accounting dimensions shown one table each: (dimension, column title)
+DIMENSION_TABLES: tuple[tuple[str, str], ...] = (("account", "Account"), ("qos", "QoS"))
+NONE_SHOWN = "(none)"  # a job without the attribute (stored as "")
 
 
 def layout() -> html.Div:
@@ -36,6 +40,10 @@ def layout() -> html.Div:
             html.Div(id="bat-vos", className="card"),
             html.H3("Per member"),
             html.Div(id="bat-members", className="card"),
+            html.H3("Per account"),
+            html.Div(id="bat-accounts", className="card"),
+            html.H3("Per QoS"),
+            html.Div(id="bat-qos", className="card"),
             html.Div(
                 dcc.Graph(id="bat-core-hours", config={"displaylogo": False}), className="card"
             ),
@@ -86,6 +94,23 @@ def usage_table(
     return table
 
 
+def dimension_table(df: pd.DataFrame, by: str, title: str) -> TableData:
+    """`Query.batch_by(by=(by,))` -> one row per account (or QoS), most core-hours first;
+    jobs without one are under "(none)"."""
+    table = TableData(
+        [Column(title), Column("Jobs", True), Column("Wall core-hours", True),
+         Column("CPU efficiency", True), Column("GPU hours", True)],
+        empty_message="No batch job ended in this range.",
+    )  # fmt: skip
+    for r in df.sort_values("batch_wall_core_seconds", ascending=False).itertuples(index=False):
+        table.rows.append([
+            str(getattr(r, by)) or NONE_SHOWN, fmt_number(r.batch_jobs, count=True),
+            fmt_number(r.batch_wall_core_seconds / HOUR), _efficiency(r.cpu_efficiency),
+            fmt_number(r.batch_gpu_seconds / HOUR),
+        ])  # fmt: skip
+    return table
+
+
 def waits_table(frames: Mapping[str, pd.DataFrame]) -> TableData:
     """{kind: `latency_percentiles` without grouping} -> one row per kind with waits."""
     table = TableData(
@@ -123,6 +148,8 @@ def register(app: Dash, ctx: Context) -> None:
         Output("bat-intro", "children"),
         Output("bat-vos", "children"),
         Output("bat-members", "children"),
+        Output("bat-accounts", "children"),
+        Output("bat-qos", "children"),
         Output("bat-core-hours", "figure"),
         Output("bat-waits", "children"),
         Input("principal-picker", "value"),
@@ -132,7 +159,8 @@ def register(app: Dash, ctx: Context) -> None:
         p = ctx.principal(principal_key)
         if p is None:
             axis = figures.display_unit(GRAPH_RESOURCE).axis
-            return notice(PICK_MESSAGE), [], [], figures.empty_figure(axis, PICK_MESSAGE), []
+            empty = figures.empty_figure(axis, PICK_MESSAGE)
+            return notice(PICK_MESSAGE), [], [], [], [], empty, []
         return _render(ctx, p, range_key)
 
 
@@ -144,6 +172,13 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
     vos = dict(zip(members["member_id"], members["vo"], strict=True))
     per_vo = usage_table(q.batch_usage(p, w.start, w.end, by="vo"), "vo")
     per_member = usage_table(q.batch_usage(p, w.start, w.end, by="member"), "member", names, vos)
+    per_dimension = [
+        render_table(
+            dimension_table(q.batch_by(p, w.start, w.end, by=(by,)), by, title),
+            f"bat-{by}-table",
+        )
+        for by, title in DIMENSION_TABLES
+    ]
     fig = figures.usage_figure(
         q.usage_over_time(p, GRAPH_RESOURCE, w.start, w.end, by="member", step=w.step),
         GRAPH_RESOURCE, "member", w.start, w.end, w.step, names=names,
@@ -166,6 +201,7 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         intro,
         render_table(per_vo, "bat-vos-table"),
         render_table(per_member, "bat-members-table"),
+        *per_dimension,
         fig,
         render_table(waits, "bat-waits-table"),
     )

@@ -29,17 +29,20 @@ pytestmark = pytest.mark.browser
 
 def _jobs(now: float) -> list[wire.Event]:
     def job(id_: str, user: str, start: float, wall: float, cores: int, cpu: float, gpus: int,
-            wait: float) -> wire.Event:  # fmt: skip
+            wait: float, account: str, qos: str | None = None) -> wire.Event:  # fmt: skip
         attrs = dict(partition="short", cores=cores, cpu_seconds=cpu, gpus=gpus,
-                     wall_seconds=wall, submit=start - wait, node="wn-01")  # fmt: skip
+                     wall_seconds=wall, submit=start - wait, node="wn-01", account=account,
+                     qos=qos)  # fmt: skip
+        attrs = {k: v for k, v in attrs.items() if v is not None}
         return wire.Event("batch_job", id_, user, start, start + wall, attrs)
 
     return [
-        # alice: 4 cores x 1 h at 75 %, 2 cores x 1 h at 50 % with a GPU
-        job("slurm:af:101", "alice", now - 7200, 3600, 4, 10800.0, 0, 600),
-        job("slurm:af:102", "alice", now - 5400, 3600, 2, 3600.0, 1, 60),
-        # bob: 1 core x 30 min at 90 %
-        job("slurm:af:103", "bob", now - 3000, 1800, 1, 1620.0, 0, 1200),
+        # alice, QoS normal: 4 cores x 1 h at 75 % (account physics), 2 cores x 1 h at 50 %
+        # with a GPU (account mltrain)
+        job("slurm:af:101", "alice", now - 7200, 3600, 4, 10800.0, 0, 600, "physics", "normal"),
+        job("slurm:af:102", "alice", now - 5400, 3600, 2, 3600.0, 1, 60, "mltrain", "normal"),
+        # bob: 1 core x 30 min at 90 %, account physics, no QoS
+        job("slurm:af:103", "bob", now - 3000, 1800, 1, 1620.0, 0, 1200, "physics"),
         # an interactive session start of alice's: 5 s
         wire.Event("spawn", "spawn-alice-1", "alice", now - 1000, now - 995),
     ]
@@ -86,6 +89,18 @@ def test_batch_page_as_facility_admin(batch_app: LiveApp, browser: Any) -> None:
         ["Alice Archer", "atlas", "2", "6.00", "4.00", "67%", "1.00", "40.00"],
         ["Bob Brown", "cms", "1", "0.50", "0.45", "90%", "0", "4.50"],
     ]
+    # jobs, wall core-hours, CPU efficiency, GPU hours per account and per QoS
+    assert _rows(d, "bat-account-table") == [
+        ["physics", "2", "4.50", "77%", "0"],  # (10800 + 1620) / (4 x 3600 + 1800)
+        ["mltrain", "1", "2.00", "50%", "1.00"],
+    ]
+    assert _rows(d, "bat-qos-table") == [
+        ["normal", "2", "6.00", "67%", "1.00"],
+        ["(none)", "1", "0.50", "90%", "0"],
+    ]
+    heads = d.find_elements(By.CSS_SELECTOR, "#bat-qos-table thead th")
+    assert [h.text for h in heads] == ["QoS", "Jobs", "Wall core-hours", "CPU efficiency",
+                                       "GPU hours"]  # fmt: skip
     # queue waits 600, 60 and 1200 s; one session start of 5 s
     waits = {r[0]: r for r in _rows(d, "bat-waits-table")}
     assert waits["Batch queue wait"][:3] == ["Batch queue wait", "3", "10.3 min"]
@@ -112,9 +127,11 @@ def test_a_member_sees_only_their_own_batch_jobs(batch_app: LiveApp, browser: An
     assert _rows(d, "bat-members-table") == [
         ["Bob Brown", "cms", "1", "0.50", "0.45", "90%", "0", "4.50"]
     ]
+    assert _rows(d, "bat-account-table") == [["physics", "1", "0.50", "90%", "0"]]
+    assert _rows(d, "bat-qos-table") == [["(none)", "1", "0.50", "90%", "0"]]
     waits = {r[0]: r for r in _rows(d, "bat-waits-table")}
     assert waits["Batch queue wait"][:3] == ["Batch queue wait", "1", "20.0 min"]
     assert "Time to session" not in waits  # alice's, not bob's
     body = d.find_element(By.TAG_NAME, "body").text
-    for other in ("Alice", "atlas", "6.00"):
+    for other in ("Alice", "atlas", "6.00", "mltrain"):
         assert other not in body, f"{other!r} is shown to Bob"
