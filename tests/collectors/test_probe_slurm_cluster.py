@@ -10,6 +10,9 @@ checked every 30 s, so that one job keeps the test waiting 60-90 s).
 The probe polls *while* the jobs run, as an agent does, so it sees array tasks that sacct
 prints first under their raw id (and without partition and QoS) and later, complete, as
 `<array>_<task>`, and the requeued run as soon as it ended.
+
+The jobs run in two accounts and two QoS (a second account and QoS added with sacctmgr), so
+the ledger's breakdown by account and by QoS is compared with sacct's, grouped the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +32,17 @@ from afmon.aggregator.query.reads import LOCAL_ADMIN, Query
 from afmon.aggregator.web.app import create_app
 from afmon.collectors import wire
 from afmon.collectors.probes.slurm import SACCT_ENV, SlurmProbe, parse_duration, parse_time
-from tests.collectors.slurm_cluster import ACCOUNT, END_STATES, NODE, PARTITION, SlurmCluster
+from tests.collectors.slurm_cluster import (
+    ACCOUNT,
+    CLUSTER,
+    END_STATES,
+    NODE,
+    PARTITION,
+    SlurmCluster,
+)
 
+OTHER_ACCOUNT = "chem"  # the second account, and the second QoS (the first is Slurm's normal)
+HIGH_QOS = "high"
 TOKEN = "slurm-test-token"
 FACILITY = "af-slurm"
 HS23 = 12.5
@@ -42,6 +54,7 @@ def cluster() -> Iterator[SlurmCluster]:
     c = SlurmCluster()
     try:
         c.start()
+        add_account_and_qos(c)
     except Exception as exc:  # noqa: BLE001  (any start failure fails the test, clearly)
         c.stop()
         pytest.fail(f"could not start a real Slurm for this test (it needs root): {exc}")
@@ -49,6 +62,25 @@ def cluster() -> Iterator[SlurmCluster]:
         yield c
     finally:
         c.stop()
+
+
+def add_account_and_qos(c: SlurmCluster, timeout: float = 30) -> None:
+    """A second account for both users and a second QoS, then wait until slurmctld has them
+    from slurmdbd (a job submitted before would be refused)."""
+    c.run("sacctmgr", "-i", "add", "account", OTHER_ACCOUNT, f"cluster={CLUSTER}")
+    c.run("sacctmgr", "-i", "add", "qos", HIGH_QOS)
+    for user in c.users:
+        c.run("sacctmgr", "-i", "add", "user", user, f"account={OTHER_ACCOUNT}",
+              f"cluster={CLUSTER}")  # fmt: skip
+        c.run("sacctmgr", "-i", "modify", "user", user, "set", f"qos+={HIGH_QOS}")
+    deadline = time.monotonic() + timeout
+    while True:
+        known = c.run("scontrol", "show", "assoc_mgr", "flags=assoc,qos", check=False)
+        if f"Account={OTHER_ACCOUNT}" in known and f"QOS={HIGH_QOS}(" in known:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"slurmctld never learnt the new account and QoS:\n{known}")
+        time.sleep(0.25)
 
 
 @dataclass
@@ -93,11 +125,15 @@ def jobs(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Run
         "cancelled": cluster.submit(b, "sleep 300"),
         "requeued": cluster.submit(a, BURN.format(s=4)),
         "ok": cluster.submit(a, BURN.format(s=2)),
-        "failed": cluster.submit(a, "exit 3"),
-        "array": cluster.submit(a, BURN.format(s=1), "--array=0-9"),
+        "failed": cluster.submit(a, "exit 3", f"--account={OTHER_ACCOUNT}"),
+        "array": cluster.submit(a, BURN.format(s=1), "--array=0-9", f"--qos={HIGH_QOS}"),
         "multicore": cluster.submit(
-            b, f"{BURN.format(s=2)} &\n{BURN.format(s=2)}\nwait", "--cpus-per-task=2"
-        ),
+            b,
+            f"{BURN.format(s=2)} &\n{BURN.format(s=2)}\nwait",
+            "--cpus-per-task=2",
+            f"--account={OTHER_ACCOUNT}",
+            f"--qos={HIGH_QOS}",
+        ),  # fmt: skip
     }
     until("the job to cancel never ran", lambda s: s.get(ids["cancelled"]) == "RUNNING", 60)
     time.sleep(1.2)  # let it use some wall time
@@ -175,6 +211,43 @@ def post(client: TestClient, seq: int, now: float, **kw: object) -> dict[str, ob
     return r.json()
 
 
+def sacct_totals(cluster: SlurmCluster, column: str) -> dict[str, dict[str, float]]:
+    """sacct's own numbers per value of `column` (User, Account, QOS): runs, wall seconds,
+    wall core-seconds and CPU seconds over every run (`-D`), jobs as sacct lists them."""
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for row in sacct_allocations(cluster, "-D"):
+        t = totals[row[column]]
+        t["runs"] += 1
+        t["wall"] += int(row["ElapsedRaw"])
+        t["core"] += int(row["CPUTimeRAW"])  # Slurm's own wall x allocated cores
+        t["cpu"] += parse_duration(row["TotalCPU"])
+    for row in sacct_allocations(cluster):  # without -D: one row per job, as sites count
+        totals[row[column]]["jobs"] += 1
+    return totals
+
+
+def breakdown(client: TestClient) -> dict[tuple[str, str, int], float]:
+    """`batch_usage` summed over account, QoS and partition: (member, resource, hour)."""
+    engine = client.app.state.services.engine
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT member_id, resource, hour, SUM(amount) FROM batch_usage "
+                "GROUP BY member_id, resource, hour"
+            )
+        )
+        return {(m, r, h): a for m, r, h, a in rows}
+
+
+def hourly_ledger(client: TestClient) -> dict[tuple[str, str, int], float]:
+    engine = client.app.state.services.engine
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT member_id, resource, hour, amount FROM usage WHERE resource LIKE 'batch%'")
+        )
+        return {(m, r, h): a for m, r, h, a in rows}
+
+
 def ledger(client: TestClient) -> dict[tuple[str, str], float]:
     engine = client.app.state.services.engine
     with engine.connect() as conn:
@@ -237,8 +310,8 @@ def test_live_polling_sends_each_run_once_as_sacct_duplicates_lists_them(
     for row in runs:
         e = by_run[run_key(row)]
         assert (e.attrs["qos"], e.attrs["account"]) == (row["QOS"], row["Account"])
-    assert {e.attrs["qos"] for e in polled} == {"normal"}
-    assert {e.attrs["account"] for e in polled} == {ACCOUNT}
+    assert {e.attrs["qos"] for e in polled} == {"normal", HIGH_QOS}
+    assert {e.attrs["account"] for e in polled} == {ACCOUNT, OTHER_ACCOUNT}
     assert not [e.id for e in polled if e.attrs.get("incomplete")]
 
 
@@ -278,15 +351,7 @@ def test_ledger_equals_sacct_for_two_users(
     assert post(client, 2, now, events=events)["status"] == "applied"
 
     # sacct's own numbers, per user, over every run (--duplicates)
-    expected: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for row in sacct_allocations(cluster, "-D"):
-        e = expected[row["User"]]
-        e["runs"] += 1
-        e["wall"] += int(row["ElapsedRaw"])
-        e["core"] += int(row["CPUTimeRAW"])  # Slurm's own wall x allocated cores
-        e["cpu"] += parse_duration(row["TotalCPU"])
-    for row in sacct_allocations(cluster):  # without -D: one row per job, as sites count
-        expected[row["User"]]["jobs"] += 1
+    expected = sacct_totals(cluster, "User")
     # alice: ok, failed, 10 array tasks, 2 runs of the requeued job; bob: 3 jobs
     assert expected[a]["runs"] == 14 and expected[b]["runs"] == 3
     assert expected[a]["jobs"] == 13 and expected[b]["jobs"] == 3
@@ -304,8 +369,34 @@ def test_ledger_equals_sacct_for_two_users(
         assert got[(member, "batch_wall_core_hs23_seconds")] == expected[user]["core"] * HS23
     assert ("alice", "batch_gpu_seconds") not in got  # no GPUs on this node
 
-    # efficiency and queue wait as readers see them
+    # per account and per QoS: the breakdown equals sacct grouped the same way
     q = Query(client.app.state.services.engine)
+    for by, column, counts in (
+        ("account", "Account", {ACCOUNT: 14, OTHER_ACCOUNT: 2}),
+        ("qos", "QOS", {"normal": 5, HIGH_QOS: 11}),
+    ):
+        want = sacct_totals(cluster, column)
+        got_by = q.batch_by(LOCAL_ADMIN, now - 7200, now + 3600, by=by).set_index(by)
+        assert {k: w["jobs"] for k, w in want.items()} == counts
+        assert got_by["batch_jobs"].to_dict() == counts
+        for key, w in want.items():
+            row = got_by.loc[key]
+            assert row["batch_job_seconds"] == w["wall"], (by, key)
+            assert row["batch_wall_core_seconds"] == w["core"], (by, key)
+            assert row["batch_cpu_seconds"] == pytest.approx(w["cpu"], abs=1e-9), (by, key)
+            assert row["batch_wall_core_hs23_seconds"] == w["core"] * HS23
+            assert row["batch_cpu_hs23_seconds"] == pytest.approx(w["cpu"] * HS23, abs=1e-6)
+    # and per member, resource and hour it sums to the ledger: jobs, wall and core-seconds
+    # (whole seconds) exactly, CPU (sacct's milliseconds) up to the float's last bits
+    hourly, parts = hourly_ledger(client), breakdown(client)
+    assert set(parts) == set(hourly)
+    for key, amount in hourly.items():
+        if key[1] in ("batch_jobs", "batch_job_seconds", "batch_wall_core_seconds"):
+            assert parts[key] == amount, key
+        else:
+            assert parts[key] == pytest.approx(amount, rel=1e-12), key
+
+    # efficiency and queue wait as readers see them
     usage = q.batch_usage(LOCAL_ADMIN, now - 7200, now + 3600).set_index("member")
     bob = usage.loc["https://cms.example.org/|bob"]
     assert bob["cpu_efficiency"] == pytest.approx(expected[b]["cpu"] / expected[b]["core"])
@@ -316,10 +407,10 @@ def test_ledger_equals_sacct_for_two_users(
 
     # the same window read at once gives the same ids as live polling; sent again and by a
     # restarted probe (the polling probe's state file): nothing new, nothing counted twice
-    before = ledger(client)
+    before, before_parts = ledger(client), breakdown(client)
     again = SlurmProbe(sacct=["sacct"], runner=cluster.runner).read(now - 3600, time.time()).jobs
     assert {job.event_id for job in again} == set(jobs.polled)
     assert post(client, 3, now, events=[job.to_event() for job in again])["status"] == "applied"
     restarted = SlurmProbe(sacct=["sacct"], runner=cluster.runner, state_path=jobs.state)
     assert restarted.collect(time.time()).events == []
-    assert ledger(client) == before
+    assert ledger(client) == before and breakdown(client) == before_parts
