@@ -96,9 +96,16 @@ def client(issuers: dict[str, Issuer], tmp_path_factory: pytest.TempPathFactory)
         )
         for i, user in enumerate(users)
     ]
+    jobs = [  # one batch job each: the per-account/QoS reads have rows to leak
+        wire.Event(kind="batch_job", id=f"job-{i}", user=user, start=T, end=T + 600,
+                   attrs={"cores": 1, "cpu_seconds": 60.0, "account": f"acct{i}",
+                          "qos": "normal", "partition": "main"})  # fmt: skip
+        for i, user in enumerate(users)
+    ]
     batch = wire.Batch(
-        version=1, agent_id="a", facility="af", node="n1", seq=1, sent_at=NOW, series=series
-    )
+        version=1, agent_id="a", facility="af", node="n1", seq=1, sent_at=NOW, series=series,
+        events=jobs,
+    )  # fmt: skip
     r = c.post("/api/v1/ingest", content=wire.encode(batch), headers=_bearer(AGENT))
     assert r.status_code == 200 and r.json()["status"] == "applied", r.text
     return c
@@ -198,6 +205,7 @@ def _read_routes(client: TestClient) -> list[str]:
         for level in ("member", "group", "vo", "facility")
     ]
     urls += ["/api/v1/alerts?status=all"]
+    urls += [f"/api/v1/batch?start=0&end={NOW + 3600}&by={by}" for by in ("account", "member,qos")]
     # every GET route of the API is in the list (a new one must be added here)
     documented = {
         p for p, ops in client.get("/openapi.json").json()["paths"].items()
