@@ -98,8 +98,12 @@ def parse_request(body: bytes, content_type: str) -> ExportMetricsServiceRequest
 
 
 def _value(any_value: Any) -> str:
+    """An attribute's value as a label: booleans as OpenTelemetry spells them (`true`)."""
     kind = any_value.WhichOneof("value")
-    return "" if kind is None else str(getattr(any_value, kind))
+    if kind is None:
+        return ""
+    value = getattr(any_value, kind)
+    return ("true" if value else "false") if kind == "bool_value" else str(value)
 
 
 def _attrs(kvs: Any) -> dict[str, str]:
@@ -115,6 +119,18 @@ class Converted:
     ignored_points: int
     refused: list[wire.Refusal] = field(default_factory=list)
     rejected_points: int = 0
+    ignored_metrics: list[str] = field(default_factory=list)  # names nothing maps (first 10)
+
+    def warning(self) -> str:
+        """What the answer's partial_success says about ignored metrics (OTLP lets a
+        server warn with a message and zero rejected points)."""
+        if not self.ignored_points:
+            return ""
+        return (
+            f"ignored {self.ignored_points} point{'s' * (self.ignored_points != 1)} of "
+            "metrics afmon does not map "
+            f"({', '.join(self.ignored_metrics)}); docs/scale.md lists what it maps"
+        )
 
 
 Point = tuple[str, dict[str, str], float, float, float | None, str]
@@ -133,6 +149,7 @@ def to_batch(
     series = defaultdict(dict)
     ignored = rejected = ordinal = 0
     refused: list[wire.Refusal] = []
+    ignored_names: list[str] = []
     first_node = ""
     for r, rm in enumerate(request.resource_metrics):
         res = _attrs(rm.resource.attributes)
@@ -143,6 +160,8 @@ def to_batch(
                 candidates = _candidates(metric.name)
                 if not candidates:
                     ignored += _point_count(metric)
+                    if len(ignored_names) < 10 and metric.name not in ignored_names:
+                        ignored_names.append(metric.name)
                     continue
                 try:
                     points, bad = _read_metric(metric, candidates, res, where)
@@ -188,7 +207,7 @@ def to_batch(
         sent_at=now,
         series=out,
     )
-    return Converted(batch, ignored, refused, rejected)
+    return Converted(batch, ignored, refused, rejected, ignored_names)
 
 
 def _refusal(index: int, exc: OtlpError, metric: Any, points: int | None = None) -> wire.Refusal:

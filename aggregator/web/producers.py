@@ -290,6 +290,11 @@ def make_router() -> APIRouter:
                         else f"{r.field}: {r.message}"
                         for r in result.refused[:10]
                     )  # fmt: skip
+            if converted.ignored_points:  # a warning: zero rejected, a message
+                message = partial.partial_success.error_message
+                partial.partial_success.error_message = "; ".join(
+                    m for m in (message, converted.warning()) if m
+                )
         except Refused as exc:
             code = code_pb2.UNAUTHENTICATED if exc.status == 401 else code_pb2.INVALID_ARGUMENT
             if exc.status == 429:

@@ -136,6 +136,29 @@ def test_otlp_json_semantic_conventions_and_errors(server_factory, tmp_path: Pat
     headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
     with httpx.Client(base_url=server.url, timeout=10) as client:
         r = client.post("/v1/metrics", content=json.dumps(SEMCONV), headers=headers)
+        assert r.status_code == 200, r.text
+        # OTLP's warning: nothing rejected, a message naming what afmon does not map
+        assert r.json() == {
+            "partialSuccess": {
+                "errorMessage": "ignored 1 point of metrics afmon does not map "
+                "(process.threads); docs/scale.md lists what it maps"
+            }
+        }
+        # a boolean attribute is a label spelled as OpenTelemetry does: `true`
+        flagged = {
+            "resourceMetrics": [{
+                "resource": {"attributes": [_kv("host.name", "wn03")]},
+                "scopeMetrics": [{"metrics": [{
+                    "name": "user_processes", "unit": "1",
+                    "gauge": {"dataPoints": [{
+                        "attributes": [_kv("user", "alice"),
+                                       {"key": "interactive", "value": {"boolValue": True}}],
+                        "timeUnixNano": str(T0_NS), "asInt": "3",
+                    }]},
+                }]}],
+            }]
+        }  # fmt: skip
+        r = client.post("/v1/metrics", content=json.dumps(flagged), headers=headers)
         assert r.status_code == 200 and r.json() == {}, r.text
         r = client.post("/v1/metrics", content=json.dumps(SEMCONV), headers=headers)
         assert r.status_code == 200  # the same body again: a duplicate, applied once
@@ -190,6 +213,9 @@ def test_otlp_json_semantic_conventions_and_errors(server_factory, tmp_path: Pat
         ("metric", "wrong_unit", f"{where}[0] (process.cpu.time)"),
     ]
     assert memory == [(1.5e9,)]  # the finite point of the request that carried the delta
+    with sqlite3.connect(tmp_path / "server.sqlite") as conn:
+        [(labels,)] = conn.execute("SELECT labels FROM series WHERE metric = 'user_processes'")
+    assert json.loads(labels) == {"interactive": "true", "node": "wn03", "user": "alice"}
     with sqlite3.connect(tmp_path / "server.sqlite") as conn:
         labels = conn.execute("SELECT labels FROM series WHERE metric = 'user_cpu_seconds'")
         assert [json.loads(x[0]) for x in labels] == [
