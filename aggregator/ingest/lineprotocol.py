@@ -9,6 +9,10 @@ become labels, and an optional `unit` tag must match the metric's unit.
 Identity labels: `user` from the tag `user`, `node` from the tag `node`, else `host`
 (Telegraf adds `host` to every point). Fields that no row maps are ignored and counted.
 
+What is line protocol is decided by `lp_parse` alone (InfluxDB's reference: a line ends at
+`\n` outside a quoted field string, quotes are literal outside field values, the reference's
+escapes and number ranges); this module maps what it reads.
+
 The unit of refusal is the line, as in InfluxDB: a line that cannot be read or mapped adds
 none of its points and is refused on its own (`Converted.bad_lines`: quarantined by the
 ingest as `malformed`, kind `line`), the other lines are applied. Two points of one series
@@ -23,6 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
+from afmon.aggregator.ingest import lp_parse
 from afmon.collectors import wire
 
 GENERIC_MEASUREMENT = "afmon"
@@ -55,7 +60,8 @@ MAX_LABEL_VALUE = 256  # wire.LabelValue
 
 
 class LineError(ValueError):
-    """A line that cannot be accepted; `line` is its 1-based number in the body."""
+    """A line that cannot be accepted; `line` is the 1-based number in the body of the
+    line it starts on (a string field value may span lines)."""
 
     def __init__(self, line: int, message: str, text: str = "") -> None:
         shown = text if len(text) <= 120 else text[:117] + "..."
@@ -65,97 +71,26 @@ class LineError(ValueError):
 
 @dataclass
 class Point:
+    """A point as read: `time` in seconds (None: no timestamp), `stamp` as sent."""
+
     measurement: str
     tags: dict[str, str]
-    fields: dict[str, float | int | str | bool]
+    fields: dict[str, lp_parse.FieldValue]
     time: float | None
-
-
-def _split(s: str, sep: str, limit: int = -1) -> list[str]:
-    """Split on `sep` outside double quotes and not escaped by a backslash."""
-    if "\\" not in s and '"' not in s:
-        return s.split(sep, limit)
-    out: list[str] = []
-    cur: list[str] = []
-    quoted = False
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\" and i + 1 < len(s):
-            cur.append(s[i : i + 2])
-            i += 2
-            continue
-        if c == '"':
-            quoted = not quoted
-        if c == sep and not quoted and (limit < 0 or len(out) < limit):
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    out.append("".join(cur))
-    return out
-
-
-def _unescape(s: str) -> str:
-    if "\\" not in s:
-        return s
-    for a in ("\\,", "\\=", "\\ ", '\\"', "\\\\"):
-        s = s.replace(a, a[1])
-    return s
-
-
-def _field_value(raw: str) -> float | int | str | bool:
-    if raw.startswith('"'):
-        if len(raw) < 2 or not raw.endswith('"'):
-            raise ValueError(f"unterminated string field value {raw!r}")
-        return raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    if raw in ("t", "T", "true", "True", "TRUE"):
-        return True
-    if raw in ("f", "F", "false", "False", "FALSE"):
-        return False
-    if raw.endswith(("i", "u")):
-        return int(raw[:-1])
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError(f"field value {raw!r} is not finite")
-    return value
+    stamp: int | None = None
 
 
 def parse_line(line: str, scale: float) -> Point:
-    """One non-empty, non-comment line; raises ValueError with the reason."""
-    parts = _split(line, " ")
-    parts = [p for p in parts if p != ""]
-    if len(parts) not in (2, 3):
-        raise ValueError("expected `measurement[,tags] fields [timestamp]`")
-    key = _split(parts[0], ",")
-    measurement = _unescape(key[0])
-    if not measurement:
-        raise ValueError("missing measurement")
-    tags: dict[str, str] = {}
-    for item in key[1:]:
-        kv = _split(item, "=", 1)
-        if len(kv) != 2 or not kv[0] or not kv[1]:
-            raise ValueError(f"bad tag {item!r}")
-        tags[_unescape(kv[0])] = _unescape(kv[1])
-    fields: dict[str, float | int | str | bool] = {}
-    for item in _split(parts[1], ","):
-        kv = _split(item, "=", 1)
-        if len(kv) != 2 or not kv[0]:
-            raise ValueError(f"bad field {item!r}")
-        try:
-            fields[_unescape(kv[0])] = _field_value(kv[1])
-        except ValueError as exc:
-            raise ValueError(f"field {kv[0]!r}: {exc}") from None
+    """One point (a line of `lp_parse.split_lines`) read as the reference reads it, its
+    time in seconds (`scale`: seconds per timestamp unit); raises ValueError with the reason.
+    A timestamp must fit int64 nanoseconds once scaled, as in InfluxDB."""
+    p = lp_parse.parse(line)
     time: float | None = None
-    if len(parts) == 3:
-        if not parts[2].lstrip("-").isdigit():
-            raise ValueError(f"timestamp {parts[2]!r} is not an integer")
-        try:
-            time = int(parts[2]) * scale
-        except OverflowError:
-            raise ValueError("timestamp out of range") from None
-    return Point(measurement, tags, fields, time)
+    if p.stamp is not None:
+        if abs(p.stamp) * max(1, round(scale * 1e9)) > lp_parse.MAX_STAMP:
+            raise ValueError("timestamp out of range")
+        time = p.stamp * scale
+    return Point(p.measurement, p.tags, p.fields, time, p.stamp)
 
 
 @dataclass
@@ -202,10 +137,7 @@ def to_batch(
     ignored = good = 0
     bad: list[wire.Refusal] = []
     first_node = bad_node = ""
-    for n, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in lp_parse.split_lines(text):
         try:
             points, skipped = read_line(line, scale, now)
         except ValueError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 import zlib
 from collections.abc import Sequence
@@ -120,10 +121,17 @@ async def _apply(
     """Apply a converted batch through the one Ingestor; `extra`: refusals the conversion
     made (line protocol's bad lines, their text in `raw`), quarantined with the judged ones."""
     facility = batch.facility
-    if s.rate_limits.take(f"{credential}|{batch.agent_id}") > 0:
+    wait = s.rate_limits.take(f"{credential}|{batch.agent_id}")
+    if wait > 0:
         s.instruments.batches.labels(facility, "rate_limited").inc()
         limit = s.settings.ingest_rate_per_agent
-        raise Refused(429, "too many requests", f"more than {limit:g} requests/s", retry_after=1)
+        # Retry-After: when the agent's bucket has a request again (as /api/v1/ingest says)
+        raise Refused(
+            429,
+            "too many requests",
+            f"more than {limit:g} requests/s",
+            retry_after=max(1, math.ceil(wait)),
+        )
     try:
         # encode + decode: the same validation as an agent's batch (names, lengths, control
         # characters), record by record: a series that breaks it is refused on its own

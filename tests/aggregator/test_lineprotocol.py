@@ -9,14 +9,26 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import influxdb_client
 import pytest
 from fastapi.testclient import TestClient
+from google.protobuf import json_format
+from google.rpc import code_pb2, status_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from influxdb_client.client.write_api import WritePrecision
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 
 from afmon.aggregator.core.settings import ServerSettings
-from afmon.aggregator.ingest.lineprotocol import LineError, parse_line, to_batch
+from afmon.aggregator.ingest import lp_parse
+from afmon.aggregator.ingest.lineprotocol import LineError, Point, parse_line, to_batch
+from afmon.aggregator.ingest.lp_parse import MAX_STAMP, split_lines
 from afmon.aggregator.web.app import create_app
 from afmon.collectors import wire
 
@@ -89,7 +101,11 @@ GOOD = "afmon,host=n1,user=a user_cpu_seconds=1 1"
         ("afmon,host=n1,user=a user_cpu_seconds=1 " + "9" * 400, 2, "timestamp out of range"),
         ("afmon,host=n1,user=a user_cpu_seconds=" + "9" * 400 + "i 1", 2, "is out of range"),
         (f"afmon,host={'h' * 257},user=a user_cpu_seconds=1 1", 2, "node is longer than 256"),
-        ("afmon,host=n\x001,user=a user_cpu_seconds=1 1", 2, "line 2: node has a control character"),
+        (
+            "afmon,host=n\x001,user=a user_cpu_seconds=1 1",
+            2,
+            "line 2: node has a control character",
+        ),
         # validated as a whole: two good fields before the bad third add nothing
         ("afmon,host=n1,user=b user_cpu_seconds=1,user_processes=2,no_such=3 1", 2, "no_such"),
     ],
@@ -292,3 +308,301 @@ def test_a_quarantined_line_is_never_replayed(database_url: str) -> None:
         ("line", "malformed", "line 1", "a b c d"),
         ("line", "malformed", "line 2", "mem,host=wn01 total=x"),
     ]
+
+
+# The reference: https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/ (its
+# own examples first) and the grammar of github.com/influxdata/line-protocol. A tuple is the
+# point read (measurement, tags, fields, timestamp as sent); a string, part of the refusal.
+CONFORMANCE = {
+    # the reference's examples
+    "syntax": (
+        'myMeasurement,tag1=value1,tag2=value2 fieldKey="fieldValue" 1556813561098000000',
+        ("myMeasurement", {"tag1": "value1", "tag2": "value2"}, {"fieldKey": "fieldValue"}, 1556813561098000000),
+    ),
+    "float 1.0": ("myMeasurement fieldKey=1.0", ("myMeasurement", {}, {"fieldKey": 1.0}, None)),
+    "float 1": ("myMeasurement fieldKey=1", ("myMeasurement", {}, {"fieldKey": 1.0}, None)),
+    "float exponent": ("m fieldKey=-1.234456e+78", ("m", {}, {"fieldKey": -1.234456e78}, None)),
+    "float forms": ("m a=.5,b=1.,c=-1.5E-3,d=1e5,e=-0", ("m", {}, {"a": 0.5, "b": 1.0, "c": -0.0015, "d": 1e5, "e": -0.0}, None)),
+    "integers": ("m a=1i,b=12485903i,c=-12485903i", ("m", {}, {"a": 1, "b": 12485903, "c": -12485903}, None)),
+    "int64 range": ("m a=-9223372036854775808i,b=9223372036854775807i", ("m", {}, {"a": -(2**63), "b": 2**63 - 1}, None)),
+    "uintegers": ("m a=0u,b=12485903u,c=18446744073709551615u", ("m", {}, {"a": 0, "b": 12485903, "c": 2**64 - 1}, None)),
+    "string": ('myMeasurement fieldKey="this is a string"', ("myMeasurement", {}, {"fieldKey": "this is a string"}, None)),
+    "booleans true": ("m a=t,b=T,c=true,d=True,e=TRUE", ("m", {}, dict.fromkeys("abcde", True), None)),
+    "booleans false": ("m a=f,b=F,c=false,d=False,e=FALSE", ("m", {}, dict.fromkeys("abcde", False), None)),
+    "timestamp range": ("m f=1i -9223372036854775806", ("m", {}, {"f": 1}, -9223372036854775806)),
+    "measurement with a space": (r'my\ Measurement fieldKey="string value"', ("my Measurement", {}, {"fieldKey": "string value"}, None)),
+    "quotes in a string": (r'myMeasurement fieldKey="\"string\" within a string"', ("myMeasurement", {}, {"fieldKey": '"string" within a string'}, None)),
+    "tags with spaces": (r"myMeasurement,tag\ Key1=tag\ Value1,tag\ Key2=tag\ Value2 fieldKey=100", ("myMeasurement", {"tag Key1": "tag Value1", "tag Key2": "tag Value2"}, {"fieldKey": 100.0}, None)),
+    "emojis": ('myMeasurement,tagKey=🍭 fieldKey="Launch 🚀" 1556813561098000000', ("myMeasurement", {"tagKey": "🍭"}, {"fieldKey": "Launch 🚀"}, 1556813561098000000)),
+    # escaping backslashes in a string field value (the reference's table)
+    "backslash x1": (r'm f="a\b"', ("m", {}, {"f": "a\\b"}, None)),
+    "backslash x2": (r'm f="a\\b"', ("m", {}, {"f": "a\\b"}, None)),
+    "backslash x3": (r'm f="a\\\b"', ("m", {}, {"f": "a\\\\b"}, None)),
+    "backslash x4": (r'm f="a\\\\b"', ("m", {}, {"f": "a\\\\b"}, None)),
+    "backslash x5": (r'm f="a\\\\\b"', ("m", {}, {"f": "a\\\\\\b"}, None)),
+    "backslash x6": (r'm f="a\\\\\\b"', ("m", {}, {"f": "a\\\\\\b"}, None)),
+    "backslash before the closing quote": (r'm f="a\\" 5', ("m", {}, {"f": "a\\"}, 5)),
+    # escapes per element: the measurement escapes comma and space; keys and tag values comma,
+    # equals sign and space; any other backslash is literal
+    "escapes": (r"m\,e\ a\=s,t\,k\=\ y=v\,\=\ w f\,k\=\ y=1i", ("m,e a\\=s", {"t,k= y": "v,= w"}, {"f,k= y": 1}, None)),
+    "literal backslashes in keys": (r'm\x,t=a\\b,u=c\"d f\x=1i', ("m\\x", {"t": "a\\\\b", "u": 'c\\"d'}, {"f\\x": 1}, None)),
+    "a run of backslashes: the last one escapes": (r"m,t\\\==v f\\\,=1i", ("m", {"t\\\\=": "v"}, {"f\\\\,": 1}, None)),
+    "string with spaces, commas, equals": ('m f="a b,c=d e",g=1i 7', ("m", {}, {"f": "a b,c=d e", "g": 1}, 7)),
+    "string with a newline": ('m f="one\ntwo"', ("m", {}, {"f": "one\ntwo"}, None)),
+    "string with U+2028 and U+0085": ('m f="a\u2028b\u0085c"', ("m", {}, {"f": "a\u2028b\u0085c"}, None)),
+    "tag with U+2028": ("m,t=a\u2028b f=1i", ("m", {"t": "a\u2028b"}, {"f": 1}, None)),
+    "empty string": ('m f=""', ("m", {}, {"f": ""}, None)),
+    "no timestamp, trailing spaces": ("m f=1i   ", ("m", {}, {"f": 1}, None)),
+    "several spaces between sections": ("m,t=a   f=1i   9", ("m", {"t": "a"}, {"f": 1}, 9)),
+    # quotes are literal outside field values
+    "quote in a tag value": ('m,t=a"b f=1i', ("m", {"t": 'a"b'}, {"f": 1}, None)),
+    "quotes everywhere but values": ('"m",t="v" "f"=1i', ('"m"', {"t": '"v"'}, {'"f"': 1}, None)),
+    "a quote does not quote a tag value": ('m,t="a b" f=1i', "bad field"),
+    "a quote in a measurement": ('m"x f="y"', ('m"x', {}, {"f": "y"}, None)),
+    # refused: numbers out of their type or range
+    "negative uinteger": ("m f=-5u", "unsigned integer '-5u' is negative"),
+    "uinteger past 2^64": ("m f=18446744073709551616u", "out of range (uint64)"),
+    "integer past int64": ("m f=9223372036854775808i", "out of range (int64)"),
+    "integer under int64": ("m f=-9223372036854775809i", "out of range (int64)"),
+    "underscore in an integer": ("m f=1_000i", "is not a number"),
+    "underscore in a float": ("m f=1_000", "is not a number"),
+    "float with i": ("m f=1.5i", "is not a number"),
+    "float past float64": ("m f=1e400", "out of range"),
+    "inf": ("m f=inf", "is not a number"),
+    "nan": ("m f=NaN", "is not a number"),
+    "plus sign": ("m f=+1", "is not a number"),
+    "hex": ("m f=0x10", "is not a number"),
+    "not a boolean": ("m f=tru", "is not a number"),
+    "unicode digits": ("m f=\u0663i", "is not a number"),
+    # refused: structure
+    "unterminated string": ('m f="abc', "unterminated string"),
+    "escaped closing quote": (r'm f="abc\"', "unterminated string"),
+    "junk after a string": ('m f="a"b', "unexpected 'b' after the value"),
+    "no fields": ("m,t=a", "missing fields"),
+    "no fields after the space": ("m ", "missing fields"),
+    "field without a value": ("m f=", "missing value"),
+    "field without =": ("m f", "bad field 'f'"),
+    "empty field key": ("m =1", "want a field key"),
+    "trailing comma in fields": ("m f=1,", "want a field key"),
+    "unescaped = in a tag value": ("m,t=a=b f=1", "unescaped '=' in the tag value"),
+    "empty tag value": ("m,t= f=1", "missing tag value"),
+    "empty tag key": ("m,=a f=1", "want a tag key"),
+    "duplicate tag": ("m,t=a,t=b f=1", "duplicate tag 't'"),
+    "missing measurement": (",t=a f=1", "missing measurement"),
+    "float timestamp": ("m f=1 1.5", "timestamp '1.5' is not an integer"),
+    "timestamp out of range": ("m f=1 9223372036854775807", "timestamp out of range"),
+    "text after the timestamp": ("m f=1 1 2", "unexpected text after the timestamp"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "expected"), CONFORMANCE.values(), ids=CONFORMANCE.keys())
+def test_conformance_with_the_reference(line: str, expected: tuple | str) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            parse_line(line, 1e-9)
+        return
+    p = parse_line(line, 1e-9)
+    measurement, tags, fields, stamp = expected
+    assert (p.measurement, p.tags, p.stamp) == (measurement, tags, stamp)
+    assert typed(p.fields) == typed(fields)
+    assert p.time == (None if stamp is None else stamp * 1e-9)
+    # a body of one line with a line break (`\n` or `\r\n`) reads the same
+    assert list(split_lines(line + "\r\n")) == [(1, line)]
+
+
+def typed(fields: dict) -> dict:
+    """Fields with their types: 1 == 1.0 == True, but 1i is not 1."""
+    return {k: (type(v), v) for k, v in fields.items()}
+
+
+@pytest.mark.parametrize(
+    ("body", "lines"),
+    [
+        # a line ends at \n outside a quoted field string value, nowhere else
+        ('m f="a\nb" 1\nn g=1i 2\n', [(1, 'm f="a\nb" 1'), (3, "n g=1i 2")]),
+        ('m f="a\r\nb" 1\r\nn g=1i\r\n', [(1, 'm f="a\r\nb" 1'), (3, "n g=1i")]),
+        (
+            'm f="a\u2028b\u0085c\x0bd\x0ce\x1cf" 1\nn g=1',
+            [(1, 'm f="a\u2028b\u0085c\x0bd\x0ce\x1cf" 1'), (2, "n g=1")],
+        ),
+        ("m,t=a\u2028b f=1\u2029\nn g=1", [(1, "m,t=a\u2028b f=1\u2029"), (2, "n g=1")]),
+        # quotes in the measurement and tags open nothing
+        ('m,t="a f=1\nn,t=b" g=1', [(1, 'm,t="a f=1'), (2, 'n,t=b" g=1')]),
+        # a string field value of a key with escapes, several strings, escaped quotes
+        (
+            'm f\\=\\ k="x\n\\"y",g="\n" 1\nn g=1',
+            [(1, 'm f\\=\\ k="x\n\\"y",g="\n" 1'), (4, "n g=1")],
+        ),
+        # comments and blank lines are skipped, a quote in a comment opens nothing
+        ('# a "comment\n\n   \n\r\n  m f=1\n# "', [(5, "m f=1")]),
+        # an unterminated string runs to the end of the body: one bad line, as in InfluxDB
+        ('m f="abc\nn g=1\n', [(1, 'm f="abc\nn g=1\n')]),
+        # a backslash does not join lines outside a string
+        ("m f=1\\\nn g=1", [(1, "m f=1\\"), (2, "n g=1")]),
+    ],
+)
+def test_lines_end_at_newline_outside_strings(body: str, lines: list) -> None:
+    assert list(split_lines(body)) == lines
+
+
+def test_a_newline_in_a_string_field_keeps_the_body_whole() -> None:
+    body = (
+        'procstat,host=n1,user=a,process_name=x memory_rss=10i,cmdline="run\n--x \\"y\\"" 5\n'
+        'procstat,host=n1,user=a,process_name=y memory_rss=20i,cmdline="a\u2028b\u0085" 5\n'
+        'afmon,host=n"1,user=a user_cpu_seconds=1 5\n'
+        "afmon,host=n1,user=a user_cpu_seconds=1_0i 6\n"
+    )
+    c = to_batch(body, precision="s", facility="f", agent_id="a", seq=1, now=10.0)
+    by_metric = {s.metric: s for s in c.batch.series}
+    assert by_metric["user_memory_rss_bytes"].values == [30.0]
+    # the quote is part of the node's name, not the start of a string
+    assert by_metric["user_cpu_seconds"].labels == {"node": 'n"1', "user": "a"}
+    assert (c.good_lines, c.ignored_fields) == (3, 2)
+    (bad,) = c.bad_lines  # numbered by the line it starts on
+    assert bad.index == 5 and "line 5: field 'user_cpu_seconds'" in bad.message
+
+
+# influxdb-client's own serializer writes the points. It escapes \n, \r and \t in names and
+# tag values as two characters (which the reference reads back as such) and does not escape a
+# backslash there, so names and tags leave those out; string field values hold anything.
+TRICKY = st.sampled_from(list(' ,="#\u2028\u2029\u0085\x0b\x1cé🍭'))
+NAME = st.text(
+    st.one_of(st.characters(exclude_categories=("Cs",), exclude_characters="\\\n\r\t"), TRICKY),
+    min_size=1,
+    max_size=8,
+)
+STRING = st.text(st.one_of(st.characters(exclude_categories=("Cs",)), TRICKY, st.sampled_from(list('"\\\n\r'))), max_size=12)  # fmt: skip
+VALUE = st.one_of(
+    STRING,
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+)
+STAMP = st.one_of(st.none(), st.integers(-MAX_STAMP, MAX_STAMP))
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def client_points(draw: st.DrawFn) -> tuple[str, Point]:
+    """A point written by influxdb_client.Point, and what it holds."""
+    measurement = draw(NAME.filter(lambda m: not m.startswith("#")))
+    tags = draw(st.dictionaries(NAME, NAME, max_size=4))
+    fields = draw(st.dictionaries(NAME, VALUE, min_size=1, max_size=4))
+    stamp = draw(STAMP)
+    point = influxdb_client.Point(measurement)
+    for k, v in tags.items():
+        point = point.tag(k, v)
+    for k, v in fields.items():
+        point = point.field(k, v)
+    if stamp is not None:
+        point = point.time(stamp, WritePrecision.NS)
+    time = None if stamp is None else stamp * 1e-9
+    return point.to_line_protocol(), Point(measurement, tags, fields, time, stamp)
+
+
+def same(p: Point, q: Point) -> bool:
+    return (p.measurement, p.tags, typed(p.fields), p.time, p.stamp) == (
+        q.measurement, q.tags, typed(q.fields), q.time, q.stamp,
+    )  # fmt: skip
+
+
+@PROPERTY
+@given(written=client_points())
+def test_what_influxdb_client_writes_reads_back(written: tuple[str, Point]) -> None:
+    line, point = written
+    assert same(parse_line(line, 1e-9), point), line
+
+
+@PROPERTY
+@given(written=st.lists(client_points(), min_size=1, max_size=5))
+def test_lines_joined_by_newline_read_back_in_order(written: list[tuple[str, Point]]) -> None:
+    body = "\n".join(line for line, _ in written)
+    read = list(split_lines(body))
+    assert [text for _, text in read] == [line for line, _ in written]
+    starts = [1]
+    for line, _ in written[:-1]:
+        starts.append(starts[-1] + 1 + line.count("\n"))
+    assert [n for n, _ in read] == starts
+    for (_, text), (_, point) in zip(read, written, strict=True):
+        assert same(parse_line(text, 1e-9), point), text
+
+
+@PROPERTY
+@given(value=st.integers(0, 2**64 - 1), stamp=st.integers(0, MAX_STAMP))
+def test_uintegers_the_client_writes_read_back(value: int, stamp: int) -> None:
+    point = influxdb_client.Point.from_dict(
+        {"measurement": "m", "tags": {"t": "v"}, "fields": {"u": value}, "time": stamp},
+        WritePrecision.NS,
+        field_types={"u": "uint"},
+    )
+    line = point.to_line_protocol()
+    assert line.endswith(f"u={value}u {stamp}")
+    p = parse_line(line, 1e-9)
+    assert (p.fields, p.stamp) == ({"u": value}, stamp)
+
+
+def outcome(read: Callable[[str], lp_parse.Parsed], line: str) -> object:
+    try:
+        p = read(line)
+    except ValueError as exc:
+        return str(exc)
+    return (p.measurement, p.tags, typed(p.fields), p.stamp)
+
+
+@PROPERTY
+@given(line=st.one_of(
+    st.text(st.sampled_from(list('ab=, "\\#\r\n1i.u-eTt')), max_size=30),
+    st.sampled_from([line for line, _ in CONFORMANCE.values()] + TELEGRAF_BODY.splitlines()),
+))  # fmt: skip
+def test_the_one_match_path_reads_as_the_full_parser(line: str) -> None:
+    """`parse` reads a line without quotes or backslashes in one match: it must accept and
+    read exactly what the full parser does (whose reasons every refusal gives)."""
+    assert outcome(lp_parse.parse, line) == outcome(lp_parse._parse, line)
+
+
+def test_a_timestamp_must_fit_int64_nanoseconds_in_its_precision() -> None:
+    assert parse_line("m f=1 9223372036", 1.0).stamp == 9223372036
+    with pytest.raises(ValueError, match="timestamp out of range"):
+        parse_line("m f=1 9223372037", 1.0)  # past 2262 in seconds
+    assert parse_line("m f=1 -9223372036854775806", 1e-9).time == -9223372036854775806 * 1e-9
+
+
+OTLP_JSON = {"resourceMetrics": [{
+    "resource": {"attributes": [{"key": "host.name", "value": {"stringValue": "wn01"}}]},
+    "scopeMetrics": [{"metrics": [{"name": "node_cpu_cores", "unit": "{cpu}", "gauge": {
+        "dataPoints": [{"timeUnixNano": str(T0 * NS), "asDouble": 4.0}]}}]}],
+}]}  # fmt: skip
+
+
+def test_a_rate_limited_write_says_when_to_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AFMON_INGEST_RATE_PER_AGENT", "0.001")  # a burst of one request
+    settings = ServerSettings(
+        database_url=f"sqlite:///{tmp_path}/rate.sqlite",
+        facility_tokens={"af": "a-token-of-the-line-protocol-rate-test"},
+    )
+    assert settings.ingest_rate_per_agent == 0.001
+    client = TestClient(create_app(settings, clock=lambda: T0 + 60, with_dashboard=False))
+    auth = {"Authorization": "Token a-token-of-the-line-protocol-rate-test"}
+    # InfluxDB v2 write: the second body is refused, and says when to retry (1000 s at 0.001/s)
+    r = client.post("/api/v2/write?precision=s", content=GOOD_AT_T0, headers=auth)
+    assert r.status_code == 204, r.text
+    r = client.post("/api/v2/write?precision=s", content=GOOD_AT_T0 + "\n", headers=auth)
+    assert r.status_code == 429, r.text
+    assert 990 <= int(r.headers["retry-after"]) <= 1000  # when the bucket has one again
+    assert r.json()["code"] == "too many requests"
+    # OTLP/HTTP: JSON, then protobuf (the same agent), both RESOURCE_EXHAUSTED with Retry-After
+    r = client.post("/v1/metrics", json=OTLP_JSON, headers=auth)
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/metrics", json=OTLP_JSON, headers=auth)
+    assert r.status_code == 429 and 990 <= int(r.headers["retry-after"]) <= 1000, r.text
+    assert r.json()["code"] == code_pb2.RESOURCE_EXHAUSTED
+    proto = json_format.ParseDict(OTLP_JSON, ExportMetricsServiceRequest())
+    r = client.post(
+        "/v1/metrics",
+        content=proto.SerializeToString(),
+        headers={**auth, "Content-Type": "application/x-protobuf"},
+    )
+    assert r.status_code == 429 and 990 <= int(r.headers["retry-after"]) <= 1000
+    assert status_pb2.Status.FromString(r.content).code == code_pb2.RESOURCE_EXHAUSTED
