@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEBS   := chromium chromium-driver prometheus xrootd-server xrootd-client \
+DEBS   := chromium chromium-driver prometheus prometheus-alertmanager xrootd-server xrootd-client \
           munge slurmctld slurmd slurm-client slurmdbd victoria-metrics
 
 .PHONY: demo test lint bench debs clean

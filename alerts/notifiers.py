@@ -1,13 +1,13 @@
 """Notifiers: an Alertmanager-compatible webhook and SMTP mail.
 
 The webhook body is Alertmanager's webhook payload (version 4), so anything
-that receives Alertmanager webhooks (chat bridges, ticketing) receives afmon's.
+that receives Alertmanager webhooks (chat bridges, ticketing) receives afmon's: with
+Alertmanager's own fingerprints and group key, and links back to afmon's alerts page.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -16,9 +16,14 @@ from typing import Any, Protocol
 import httpx
 
 from afmon.aggregator.core.mail import Mailer
+from afmon.aggregator.core.settings import ServerSettings
 from afmon.alerts.evaluate import Alert
+from afmon.alerts.labelset import fingerprint as label_fingerprint
+from afmon.alerts.labelset import group_key, group_labels, present
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
+ALERTS_PAGE = "/alerts"  # the dashboard's Alerts page (dashboard/pages/alerts.py)
+GROUP_BY = ("alertname", "facility")
 
 
 class Notifier(Protocol):
@@ -32,8 +37,26 @@ def _rfc3339(t: float | None) -> str:
 
 
 def fingerprint(alert: Alert) -> str:
-    labels = json.dumps(alert.label_dict(), sort_keys=True)
-    return hashlib.sha256(labels.encode()).hexdigest()[:16]
+    """Alertmanager's fingerprint of the alert's labels."""
+    return label_fingerprint(alert.label_dict())
+
+
+def external_url(settings: ServerSettings) -> str:
+    """Where users reach afmon: AFMON_PUBLIC_URL, else the address it listens on (this
+    host's name when it listens on every address)."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = settings.host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def generator_url(external: str) -> str:
+    """The link an alert carries back to afmon: its alerts page."""
+    return external.rstrip("/") + ALERTS_PAGE if external else ""
 
 
 def _common(dicts: list[dict[str, str]]) -> dict[str, str]:
@@ -43,29 +66,36 @@ def _common(dicts: list[dict[str, str]]) -> dict[str, str]:
 
 
 def webhook_payload(
-    alerts: Sequence[Alert], external_url: str = "", receiver: str = "afmon"
+    alerts: Sequence[Alert],
+    external_url: str = "",
+    receiver: str = "afmon",
+    group_by: Sequence[str] = GROUP_BY,
 ) -> dict[str, Any]:
-    """Alertmanager's webhook JSON for these alerts (status, labels, annotations, times)."""
+    """Alertmanager's webhook JSON for these alerts (status, labels, annotations, times).
+
+    One payload carries an evaluation's transitions; its group labels are those of
+    `group_by` that all its alerts share, and `groupKey` is Alertmanager's for them."""
     items = [
         {
             "status": "firing" if a.status == "firing" else "resolved",
-            "labels": a.label_dict(),
+            "labels": present(a.label_dict()),
             "annotations": {"summary": a.summary, "description": a.description},
             "startsAt": _rfc3339(a.fired_at or a.active_since),
             "endsAt": _rfc3339(a.resolved_at),
-            "generatorURL": external_url,
+            "generatorURL": generator_url(external_url),
             "fingerprint": fingerprint(a),
         }
         for a in alerts
     ]
     labels = [i["labels"] for i in items]
+    grouped = group_labels(labels, group_by)
     return {
         "version": "4",
-        "groupKey": '{}:{alertname=~".*"}',
+        "groupKey": group_key(grouped),
         "truncatedAlerts": 0,
         "status": "firing" if any(i["status"] == "firing" for i in items) else "resolved",
         "receiver": receiver,
-        "groupLabels": {},
+        "groupLabels": grouped,
         "commonLabels": _common(labels),
         "commonAnnotations": _common([i["annotations"] for i in items]),
         "externalURL": external_url,

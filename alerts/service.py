@@ -21,8 +21,15 @@ from afmon.aggregator.core.mail import Mailer
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.query.reads import Principal
 from afmon.aggregator.query.signals import CounterWindow, Labels, compute
+from afmon.alerts.alertmanager import AlertmanagerPusher
 from afmon.alerts.evaluate import Alert, State, evaluate, transitions
-from afmon.alerts.notifiers import MailNotifier, Notifier, WebhookNotifier
+from afmon.alerts.notifiers import (
+    MailNotifier,
+    Notifier,
+    WebhookNotifier,
+    external_url,
+    generator_url,
+)
 from afmon.alerts.rules import Rule, RuleError, load_rules
 
 if TYPE_CHECKING:
@@ -68,10 +75,21 @@ def _per_facility(counter: Counter, keep: Callable[[dict[str, str]], bool]) -> d
 def notifiers_from(settings: ServerSettings) -> list[Notifier]:
     out: list[Notifier] = []
     if settings.alert_webhook_url:
-        out.append(WebhookNotifier(settings.alert_webhook_url))
+        out.append(WebhookNotifier(settings.alert_webhook_url, external_url=external_url(settings)))
     if settings.smtp_host and settings.alert_mail_to:
         out.append(MailNotifier(Mailer(settings), settings.alert_mail_to))
     return out
+
+
+def pusher_from(settings: ServerSettings) -> AlertmanagerPusher | None:
+    """The push to AFMON_ALERTMANAGER_URLS, if any."""
+    if not settings.alertmanager_urls:
+        return None
+    return AlertmanagerPusher(
+        settings.alertmanager_urls,
+        generator_url(external_url(settings)),
+        settings.alert_interval_seconds,
+    )
 
 
 class AlertService:
@@ -84,10 +102,12 @@ class AlertService:
         notifiers: Sequence[Notifier] = (),
         clock: Callable[[], float] = time.time,
         counters: Callable[[], Mapping[str, Mapping[Labels, float]]] | None = None,
+        pusher: AlertmanagerPusher | None = None,
     ) -> None:
         self._engine = engine
         self._rules = list(rules)
         self._notifiers = list(notifiers)
+        self._pusher = pusher
         self._clock = clock
         self._counters = counters
         self._windows: dict[str, CounterWindow] = {}
@@ -110,6 +130,11 @@ class AlertService:
                 notifier.notify(changed)
             except Exception:  # noqa: BLE001  (a broken receiver must not stop evaluation)
                 log.exception("alert notifier %s failed", type(notifier).__name__)
+        if self._pusher is not None:  # every evaluation: firing alerts are re-sent
+            try:
+                self._pusher.update(new.values(), now)
+            except Exception:  # noqa: BLE001
+                log.exception("alertmanager push failed")
         return changed
 
     def _load(self) -> State:
@@ -165,25 +190,34 @@ def alert_loop(services: Services, stop: threading.Event) -> None:
     settings = services.settings
     if settings.alert_interval_seconds <= 0:
         return
+    pusher = None
     try:
         rules = load_rules(settings.alert_rules_file)
+        pusher = pusher_from(settings)
         service = AlertService(
             services.engine,
             rules,
             notifiers_from(settings),
             services.clock,
             lambda: process_counters(services.instruments),
+            pusher,
         )
     except (RuleError, ValueError) as exc:
         log.error("alerts are off: %s", exc)
+        if pusher is not None:
+            pusher.close()
         return
-    while True:
-        try:
-            service.run_once()
-        except Exception:  # noqa: BLE001  (alerting must never stop the server)
-            log.exception("alert evaluation failed")
-        if stop.wait(settings.alert_interval_seconds):
-            return
+    try:
+        while True:
+            try:
+                service.run_once()
+            except Exception:  # noqa: BLE001  (alerting must never stop the server)
+                log.exception("alert evaluation failed")
+            if stop.wait(settings.alert_interval_seconds):
+                return
+    finally:
+        if pusher is not None:
+            pusher.close()
 
 
 STATUSES: dict[str, tuple[str, ...]] = {

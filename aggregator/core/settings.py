@@ -194,6 +194,11 @@ class ServerSettings(BaseSettings):
     alert_webhook_url: str | None = Field(
         None, description="Alertmanager-compatible webhook that receives alert transitions."
     )
+    alertmanager_urls: list[str] = Field(
+        default_factory=list,
+        description="Alertmanagers that afmon pushes its alerts to (POST <url>/api/v2/alerts), "
+        'as JSON: ["http://am1:9093", "http://am2:9093"]; see docs/alerts.md.',
+    )
     alert_mail_to: list[str] = Field(
         default_factory=list,
         description='Recipients of alert mail (through AFMON_SMTP_HOST), as JSON: ["ops@af.org"].',
