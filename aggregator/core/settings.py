@@ -229,6 +229,14 @@ class ServerSettings(BaseSettings):
     report_hs06_per_hs23: float | None = Field(
         None, gt=0, description="HEPSPEC06 per HEPscore23; set to add hepspec to APEL v0.4."
     )
+    # APEL export (aggregator/report/apel.py, docs/report.md#apel-mapping)
+    apel_site: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="The site's official GOCDB name, the `Site` of the APEL records; unset: "
+        "the facility name, and the report warns that it should be set.",
+    )
     # -- InfluxDB-v2-API time-series store (aggregator/store/tsdb.py, docs/scale.md) --
     tsdb_url: str | None = Field(
         None,

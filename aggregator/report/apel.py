@@ -1,20 +1,24 @@
-"""APEL renderings of the report's month-to-date usage (../shared REFERENCE: APEL).
+"""APEL renderings of the report's month to date (../shared REFERENCE: APEL).
 
-- v0.3 summary (`APEL-summary-job-message: v0.3`) and v0.4 normalised summary
-  (`APEL-normalised-summary-message: v0.4`): one record per (site, month, member, VO,
-  group), `Key: value` lines ended by `%%`, durations in whole seconds. The APEL server
-  replaces a summary with the same key, so every message carries each month the report's
-  week touches from its first day to the end of the week (the whole month to date).
+- v0.4 normalised summary (`APEL-normalised-summary-message: v0.4`): normalised durations as
+  a map of benchmarks, `{HEPscore23: N}` (and `hepspec` when AFMON_REPORT_HS06_PER_HS23 is
+  set); the repository stores the benchmark (ServiceLevelType `hepscore23`) with the record.
+- v0.3 normalised summary (`APEL-summary-job-message: v0.3`): plain integers that a
+  repository reads as HEPSPEC06. afmon measures HEPscore23, so v0.3 carries records only with
+  a HEPSPEC06-per-HEPscore23 factor (AFMON_REPORT_HS06_PER_HS23); without one it is the bare
+  header, and the report's `apel.warnings` says why.
 - draft accelerator records (JSON) for GPU time, when the resource catalog has GPU
   resources (allocated = AvailableDuration, active = ActiveDuration).
 
-Mapping (docs/report.md): two summaries per member and month, told apart by SubmitHost
-(`<facility>/interactive`, `<facility>/batch`): interactive sessions with the CPU the host
-probe measured, and batch jobs with the CPU their scheduler reported. NormalisedCpuDuration
-is HEPscore23-normalised CPU; NormalisedWallDuration is batch wall x cores x HEPscore23,
-and for sessions the wall time x the member's CPU-weighted HEPscore23 per core that month
-(the default per core when they used no CPU). Unmapped usage has no VO and is left out of
-APEL (the report's completeness section shows it).
+Every summary carries what the APEL server stores NOT NULL or keys on (docs/report.md, APEL
+mapping): Site (AFMON_APEL_SITE, else the facility), Month, Year, GlobalUserName, VO,
+VOGroup, SubmitHost, Infrastructure, NodeCount, Processors, EarliestEndTime, LatestEndTime,
+the four durations in whole seconds and NumberOfJobs. Two kinds, told apart by SubmitHost:
+`<facility>/interactive` from the ledger's month to date (NodeCount 1, Processors 0: a
+session runs on one node, its cores are not known), and `<facility>/batch` from the batch
+jobs that ended in the month, per node count and processors (`apel_inputs`). The server
+replaces a summary with the same key, so each message carries every month the report's week
+touches from its first day to the end of the week. Unmapped usage has no VO and is left out.
 """
 
 from __future__ import annotations
@@ -29,32 +33,32 @@ from afmon.aggregator.store.schema import RESOURCES, UNMAPPED
 V03_HEADER = "APEL-summary-job-message: v0.3"
 V04_HEADER = "APEL-normalised-summary-message: v0.4"
 ACCELERATOR_TYPE = "APEL-accelerator-message"
+INFRASTRUCTURE = "afmon"
+# the interactive summary's ledger resources: wall, jobs, CPU and HEPscore23-normalised CPU
+INTERACTIVE = ("session_seconds", "sessions", "cpu_seconds", "cpu_hs23_seconds")
+_MODEL = re.compile(r"^gpu_([a-z0-9]+)_allocated_seconds$")
 
 
 @dataclass(frozen=True)
-class Part:
-    """Which resources make one kind of APEL summary (told apart by SubmitHost, a key field)."""
+class Summary:
+    """One APEL summary: its key and its sums (seconds; HEPscore23-seconds when normalised)."""
 
-    name: str
-    wall: str
-    jobs: str
-    cpu: str
-    cpu_hs23: str
-    wall_hs23: str | None = None  # when absent: wall x the CPU-weighted HEPscore23 per core
-
-
-PARTS = (
-    Part("interactive", "session_seconds", "sessions", "cpu_seconds", "cpu_hs23_seconds"),
-    Part(
-        "batch",
-        "batch_job_seconds",
-        "batch_jobs",
-        "batch_cpu_seconds",
-        "batch_cpu_hs23_seconds",
-        "batch_wall_core_hs23_seconds",
-    ),
-)
-_MODEL = re.compile(r"^gpu_([a-z0-9]+)_allocated_seconds$")
+    site: str
+    month: int
+    year: int
+    member: str
+    vo: str
+    group: str
+    submit_host: str
+    node_count: int
+    processors: int
+    earliest_end: int
+    latest_end: int
+    wall: float
+    cpu: float
+    norm_wall: float
+    norm_cpu: float
+    jobs: float
 
 
 def _seconds(x: float) -> int:
@@ -80,82 +84,141 @@ def gpu_models() -> list[tuple[str, str, str]]:
     return out
 
 
-def _summaries(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per month, mapped member and part: the APEL quantities (floats, seconds)."""
+def site_of(doc: dict[str, Any], facility: str) -> str:
+    """The APEL Site: AFMON_APEL_SITE (the GOCDB name), else the facility."""
+    return doc.get("apel", {}).get("site") or facility
+
+
+def _interactive(
+    doc: dict[str, Any], month: dict[str, Any], bounds: dict[tuple[str, ...], dict[str, Any]]
+) -> list[Summary]:
+    """Per mapped member: sessions and the host CPU of the month's hours. Normalised wall =
+    wall x the member's CPU-weighted HEPscore23 per core (the default without CPU)."""
     default_hs23 = float(doc["provenance"]["settings"]["default_hepscore23_per_core"])
+    window_end = int(month["window"]["end_epoch"])
     out = []
-    for month in doc["month_to_date"]:
-        for m in month["members"]:
-            if m["vo"] == UNMAPPED:
-                continue
-            u = m["usage"]
-            for part in PARTS:
-                wall = float(u.get(part.wall, 0))
-                jobs = float(u.get(part.jobs, 0))
-                cpu = float(u.get(part.cpu, 0))
-                cpu_hs23 = float(u.get(part.cpu_hs23, 0))
-                if not (wall or jobs or cpu):
-                    continue
-                if part.wall_hs23 is not None and part.wall_hs23 in u:
-                    norm_wall = float(u[part.wall_hs23])
-                else:
-                    norm_wall = wall * (cpu_hs23 / cpu if cpu else default_hs23)
-                out.append(
-                    {
-                        "Site": m["facility"],
-                        "Month": month["month_number"],
-                        "Year": month["year"],
-                        "GlobalUserName": m["member"],
-                        "VO": m["vo"],
-                        "VOGroup": m["group"],
-                        "SubmitHost": f"{m['facility']}/{part.name}",
-                        "Infrastructure": "afmon",
-                        "wall": wall,
-                        "cpu": cpu,
-                        "norm_wall": norm_wall,
-                        "norm_cpu": cpu_hs23,
-                        "jobs": jobs,
-                    }
-                )
+    for m in month["members"]:
+        if m["vo"] == UNMAPPED:
+            continue
+        wall, jobs, cpu, cpu_hs23 = (float(m["usage"].get(r, 0)) for r in INTERACTIVE)
+        if not (wall or jobs or cpu):
+            continue
+        # the ends of its first and last usage hour (apel_inputs); a document without them
+        # (made by hand) gets the end of the month's window, the end of what it sums
+        b = bounds.get((m["facility"], m["vo"], m["group"], m["member"]), {})
+        out.append(
+            Summary(
+                site=site_of(doc, m["facility"]),
+                month=month["month_number"],
+                year=month["year"],
+                member=m["member"],
+                vo=m["vo"],
+                group=m["group"],
+                submit_host=f"{m['facility']}/interactive",
+                node_count=1,
+                processors=0,
+                earliest_end=int(b.get("earliest_end", window_end)),
+                latest_end=int(b.get("latest_end", window_end)),
+                wall=wall,
+                cpu=cpu,
+                norm_wall=wall * (cpu_hs23 / cpu if cpu else default_hs23),
+                norm_cpu=cpu_hs23,
+                jobs=jobs,
+            )
+        )
     return out
 
 
-def _record(s: dict[str, Any], norm_wall: str, norm_cpu: str) -> str:
-    lines = [
-        f"{k}: {s[k]}"
-        for k in (
-            "Site",
-            "Month",
-            "Year",
-            "GlobalUserName",
-            "VO",
-            "VOGroup",
-            "SubmitHost",
-            "Infrastructure",
+def _batch(doc: dict[str, Any], month: dict[str, Any], rows: list[dict[str, Any]]) -> list[Summary]:
+    """Per mapped member, node count and processors: the batch jobs that ended in the month.
+    Normalised wall = wall x HEPscore23 per core (APEL's; x Processors gives core time)."""
+    return [
+        Summary(
+            site=site_of(doc, r["facility"]),
+            month=month["month_number"],
+            year=month["year"],
+            member=r["member"],
+            vo=r["vo"],
+            group=r["group"],
+            submit_host=f"{r['facility']}/batch",
+            node_count=int(r["node_count"]),
+            processors=int(r["processors"]),
+            earliest_end=int(r["earliest_end"]),
+            latest_end=int(r["latest_end"]),
+            wall=float(r["wall_seconds"]),
+            cpu=float(r["cpu_seconds"]),
+            norm_wall=float(r["wall_hs23_seconds"]),
+            norm_cpu=float(r["cpu_hs23_seconds"]),
+            jobs=float(r["jobs"]),
         )
+        for r in rows
+        if r["vo"] != UNMAPPED
     ]
-    lines += [
-        f"WallDuration: {_seconds(s['wall'])}",
-        f"CpuDuration: {_seconds(s['cpu'])}",
-        f"NormalisedWallDuration: {norm_wall}",
-        f"NormalisedCpuDuration: {norm_cpu}",
-        f"NumberOfJobs: {_seconds(s['jobs'])}",
-    ]
-    return "\n".join(lines) + "\n%%\n"
+
+
+def summaries(doc: dict[str, Any]) -> list[Summary]:
+    """Every APEL summary of the document, month by month: interactive, then batch."""
+    apel_months = {a["month"]: a for a in doc.get("apel", {}).get("months", [])}
+    out = []
+    for month in doc["month_to_date"]:
+        extra = apel_months.get(month["month"], {})
+        bounds = {
+            (b["facility"], b["vo"], b["group"], b["member"]): b
+            for b in extra.get("interactive", [])
+        }
+        out += _interactive(doc, month, bounds)
+        out += _batch(doc, month, extra.get("batch", []))
+    return out
+
+
+def _record(s: Summary, norm_wall: str, norm_cpu: str) -> str:
+    """One record, its fields in the order of APEL's NormalisedSummaryRecord."""
+    fields = (
+        ("Site", s.site),
+        ("Month", s.month),
+        ("Year", s.year),
+        ("GlobalUserName", s.member),
+        ("VO", s.vo),
+        ("VOGroup", s.group),
+        ("SubmitHost", s.submit_host),
+        ("Infrastructure", INFRASTRUCTURE),
+        ("NodeCount", s.node_count),
+        ("Processors", s.processors),
+        ("EarliestEndTime", s.earliest_end),
+        ("LatestEndTime", s.latest_end),
+        ("WallDuration", _seconds(s.wall)),
+        ("CpuDuration", _seconds(s.cpu)),
+        ("NormalisedWallDuration", norm_wall),
+        ("NormalisedCpuDuration", norm_cpu),
+        ("NumberOfJobs", _seconds(s.jobs)),
+    )
+    return "".join(f"{k}: {v}\n" for k, v in fields) + "%%\n"
+
+
+def hs06_per_hs23(doc: dict[str, Any]) -> float | None:
+    """HEPSPEC06 per HEPscore23 (AFMON_REPORT_HS06_PER_HS23), or None: afmon has no HS06."""
+    factor = doc["provenance"]["settings"].get("report_hs06_per_hs23")
+    return float(factor) if factor else None
 
 
 def render_v03(doc: dict[str, Any]) -> bytes:
-    body = "".join(
-        _record(s, str(_seconds(s["norm_wall"])), str(_seconds(s["norm_cpu"])))
-        for s in _summaries(doc)
+    """v0.3 in HEPSPEC06 (HEPscore23 x the factor); without a factor, no records."""
+    factor = hs06_per_hs23(doc)
+    body = (
+        "".join(
+            _record(s, str(_seconds(s.norm_wall * factor)), str(_seconds(s.norm_cpu * factor)))
+            for s in summaries(doc)
+        )
+        if factor
+        else ""
     )
     return (V03_HEADER + "\n" + body).encode()
 
 
 def benchmarks(doc: dict[str, Any]) -> list[tuple[str, float]]:
     """(benchmark, factor from HEPscore23): HEPscore23, and hepspec when a factor is set."""
-    hs06 = doc["provenance"]["settings"].get("report_hs06_per_hs23")
-    return ([("hepspec", float(hs06))] if hs06 else []) + [("HEPscore23", 1.0)]
+    hs06 = hs06_per_hs23(doc)
+    return ([("hepspec", hs06)] if hs06 else []) + [("HEPscore23", 1.0)]
 
 
 def render_v04(doc: dict[str, Any]) -> bytes:
@@ -165,7 +228,7 @@ def render_v04(doc: dict[str, Any]) -> bytes:
         return "{" + ", ".join(f"{name}: {_seconds(x * f)}" for name, f in marks) + "}"
 
     body = "".join(
-        _record(s, bench_map(s["norm_wall"]), bench_map(s["norm_cpu"])) for s in _summaries(doc)
+        _record(s, bench_map(s.norm_wall), bench_map(s.norm_cpu)) for s in summaries(doc)
     )
     return (V04_HEADER + "\n" + body).encode()
 
@@ -200,7 +263,7 @@ def render_accelerator(doc: dict[str, Any]) -> bytes | None:
                         "AssociatedRecordType": "summary",
                         "GlobalUserName": m["member"],
                         "FQAN": m["group"],
-                        "SiteName": m["facility"],
+                        "SiteName": site_of(doc, m["facility"]),
                         "Count": None,
                         "Cores": None,
                         "ActiveDuration": _seconds(busy),

@@ -19,6 +19,7 @@ from afmon.aggregator import __version__
 from afmon.aggregator.core import latency
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.query.reads import Principal, Query
+from afmon.aggregator.report import apel_inputs
 from afmon.aggregator.report.quantities import LEVELS, num, quantities, ratio
 from afmon.aggregator.report.week import Month, Week, iso_utc
 from afmon.aggregator.store.schema import RESOURCES, UNMAPPED
@@ -177,6 +178,10 @@ class ReportBuilder:
             "latency": self._latency(week, step),
             "completeness": completeness,
             "month_to_date": month_rows,
+            # what the APEL summaries need beyond the month to date (report/apel_inputs.py)
+            "apel": apel_inputs.section(
+                self._q, self._p, self._settings, month_rows, self._facility, self._vo
+            ),
         }
         step("done")
         return doc

@@ -1,5 +1,6 @@
-"""The APEL messages parse back field by field, carry the whole month to date (across a
-month boundary), and equal the ground truth."""
+"""The APEL messages parse back field by field, carry every field the APEL server requires,
+the whole month to date (across a month boundary), and equal the ground truth; v0.3 only
+in HEPSPEC06."""
 
 from __future__ import annotations
 
@@ -15,21 +16,18 @@ from afmon.aggregator.report.week import Week
 from afmon.aggregator.store.schema import UNMAPPED, Resource
 from tests.report.conftest import FACILITY, PREV, WEEK, World
 
+# the APEL server stores these NOT NULL or keys on them (tests/report/data/apel_server.sql)
 MANDATORY = (
-    "Site",
-    "Month",
-    "Year",
-    "WallDuration",
-    "CpuDuration",
-    "NormalisedWallDuration",
-    "NormalisedCpuDuration",
-    "NumberOfJobs",
-)
-DURATIONS = ("WallDuration", "CpuDuration", "NormalisedWallDuration", "NormalisedCpuDuration")
+    "Site", "Month", "Year", "GlobalUserName", "VO", "VOGroup", "SubmitHost", "Infrastructure",
+    "NodeCount", "Processors", "EarliestEndTime", "LatestEndTime", "WallDuration",
+    "CpuDuration", "NormalisedWallDuration", "NormalisedCpuDuration", "NumberOfJobs",
+)  # fmt: skip
+INTEGERS = ("WallDuration", "CpuDuration", "NumberOfJobs", "NodeCount", "Processors")
 
 
 def messages(world: World, week: Week, **settings: Any) -> tuple[list, list]:
-    s = world.settings.model_copy(update=settings)
+    """(v0.3, v0.4) records; v0.3 in HEPSPEC06 with a factor of 1 unless told otherwise."""
+    s = world.settings.model_copy(update={"report_hs06_per_hs23": 1.0, **settings})
     doc = build_report(world.query, LOCAL_ADMIN, week, s)
     h3, v03 = apel.parse_summary_message(apel.render_v03(doc).decode())
     h4, v04 = apel.parse_summary_message(apel.render_v04(doc).decode())
@@ -38,32 +36,52 @@ def messages(world: World, week: Week, **settings: Any) -> tuple[list, list]:
     return v03, v04
 
 
+def marks(value: str) -> dict[str, int]:
+    """A v0.4 benchmark map, `{hepspec: 5, HEPscore23: 7}` -> {"hepspec": 5, "HEPscore23": 7}."""
+    return {k: int(v) for k, v in (p.split(": ") for p in value.strip("{}").split(", "))}
+
+
 def by_member(records: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
     return {(r["Month"], r["GlobalUserName"]): r for r in records}
 
 
 def test_records_are_complete_and_in_whole_seconds(world: World) -> None:
-    v03, _ = messages(world, WEEK)
-    assert len(v03) == 2 * 6  # February and March to date, six mapped members
-    for r in v03:
-        for field in MANDATORY:
-            assert field in r, field
-        for field in DURATIONS + ("NumberOfJobs",):
+    _, v04 = messages(world, WEEK)
+    assert len(v04) == 2 * 6  # February and March to date, six mapped members
+    for r in v04:
+        assert [f for f in MANDATORY if f not in r] == [], r
+        for field in INTEGERS:
             assert r[field].isdigit(), (field, r[field])
         assert r["Site"] == FACILITY and r["Year"] == "2026"
         assert r["VO"] != UNMAPPED and r["VOGroup"].startswith(f"/{r['VO']}")
         assert r["SubmitHost"] == f"{FACILITY}/interactive"
-    raw = apel.render_v03(build_report(world.query, LOCAL_ADMIN, WEEK, world.settings)).decode()
-    assert raw.endswith("%%\n") and raw.count("\n%%\n") == len(v03)
+        assert (r["NodeCount"], r["Processors"]) == ("1", "0")  # one node; cores not known
+        assert set(marks(r["NormalisedCpuDuration"])) == {"hepspec", "HEPscore23"}
+    doc = build_report(world.query, LOCAL_ADMIN, WEEK, world.settings)
+    raw = apel.render_v04(doc).decode()
+    assert raw.endswith("%%\n") and raw.count("\n%%\n") == len(v04)
+
+
+def test_interactive_end_times_are_hour_ends_within_the_month(world: World) -> None:
+    """EarliestEndTime/LatestEndTime: the ends of the first and last hour of the member's
+    interactive usage in the month to date, so within the month (its end included)."""
+    _, v04 = messages(world, WEEK)
+    doc = build_report(world.query, LOCAL_ADMIN, WEEK, world.settings)
+    windows = {m["month_number"]: m["window"] for m in doc["month_to_date"]}
+    for r in v04:
+        w = windows[int(r["Month"])]
+        first, last = int(r["EarliestEndTime"]), int(r["LatestEndTime"])
+        assert first % 3600 == 0 and last % 3600 == 0
+        assert w["start_epoch"] < first <= last <= w["end_epoch"]
 
 
 def test_month_to_date_across_the_month_boundary_equals_the_truth(world: World) -> None:
     """W08 lies in February; W09 ends on Sunday 1 March. The W09 send carries all of
     February (W08 included) and March to date; the W10 send carries March only, and its
     March records still hold 1 March, which lies in the week before."""
-    w08, _ = messages(world, PREV)
-    w09, _ = messages(world, WEEK)
-    w10, _ = messages(world, WEEK.shifted(1))
+    _, w08 = messages(world, PREV)
+    _, w09 = messages(world, WEEK)
+    _, w10 = messages(world, WEEK.shifted(1))
     assert {r["Month"] for r in w08} == {"2"}
     assert {r["Month"] for r in w09} == {"2", "3"}
     assert {r["Month"] for r in w10} == {"3"}
@@ -74,7 +92,8 @@ def test_month_to_date_across_the_month_boundary_equals_the_truth(world: World) 
         assert int(r["CpuDuration"]) == before[(member, "cpu_seconds")]
         assert int(r["WallDuration"]) == before[(member, "session_seconds")]
         assert int(r["NumberOfJobs"]) == before[(member, "sessions")]
-        assert int(r["NormalisedCpuDuration"]) == round(before[(member, "cpu_hs23_seconds")])
+        hs23 = marks(r["NormalisedCpuDuration"])["HEPscore23"]
+        assert hs23 == round(before[(member, "cpu_hs23_seconds")])
         # February grew by W09's February days; the two months of W09 hold both weeks
         both = {
             f: int(all09[("2", member)][f]) + int(all09[("3", member)][f])
@@ -88,18 +107,24 @@ def test_month_to_date_across_the_month_boundary_equals_the_truth(world: World) 
         assert int(all09[("2", member)]["CpuDuration"]) >= int(r["CpuDuration"])
 
 
-def test_v04_has_the_benchmarks_and_hepspec_only_with_a_factor(world: World) -> None:
-    v03, v04 = messages(world, WEEK)
-    for a, b in zip(v03, v04, strict=True):
-        assert b["NormalisedCpuDuration"] == "{HEPscore23: " + a["NormalisedCpuDuration"] + "}"
-        assert b["NormalisedWallDuration"] == "{HEPscore23: " + a["NormalisedWallDuration"] + "}"
+def test_v04_is_hepscore23_and_v03_only_hepspec06(world: World) -> None:
+    """v0.4 names its benchmark (HEPscore23; hepspec too with a factor). v0.3 has no
+    benchmark name and is read as HEPSPEC06: without a factor it has no records."""
+    doc = build_report(world.query, LOCAL_ADMIN, WEEK, world.settings)
+    assert apel.render_v03(doc) == b"APEL-summary-job-message: v0.3\n"
+    assert any("v0.3" in w for w in doc["apel"]["warnings"])
+    _, plain = apel.parse_summary_message(apel.render_v04(doc).decode())
+    v03, v04 = messages(world, WEEK, report_hs06_per_hs23=0.5)
+    assert len(plain) == len(v03) == len(v04)
+    for p, a, b in zip(plain, v03, v04, strict=True):
+        for field in ("NormalisedCpuDuration", "NormalisedWallDuration"):
+            hs23 = marks(p[field])["HEPscore23"]
+            assert p[field] == f"{{HEPscore23: {hs23}}}"
+            assert b[field] == f"{{hepspec: {a[field]}, HEPscore23: {hs23}}}"
+            assert abs(int(a[field]) - hs23 * 0.5) <= 1  # HEPSPEC06 seconds
         assert {k: v for k, v in a.items() if not k.startswith("Normalised")} == {
-            k: v for k, v in b.items() if not k.startswith("Normalised")
+            k: v for k, v in p.items() if not k.startswith("Normalised")
         }
-    _, with_hs06 = messages(world, WEEK, report_hs06_per_hs23=0.5)
-    for a, b in zip(v03, with_hs06, strict=True):
-        hs23 = int(a["NormalisedCpuDuration"])
-        assert b["NormalisedCpuDuration"] == f"{{hepspec: {round(hs23 * 0.5)}, HEPscore23: {hs23}}}"
 
 
 def _doc_with_gpu_usage() -> dict[str, Any]:
@@ -151,6 +176,9 @@ def test_accelerator_records_for_gpu_time(monkeypatch: pytest.MonkeyPatch) -> No
     assert (rec["AvailableDuration"], rec["ActiveDuration"], rec["Type"]) == (7200, 1800, "GPU")
     assert (rec["MeasurementMonth"], rec["MeasurementYear"], rec["SiteName"]) == (3, 2026, "af")
     assert rec["Model"] is None and rec["FQAN"] == "/atlas/higgs"
+    # SiteName is the APEL site once AFMON_APEL_SITE is set
+    named = {**_doc_with_gpu_usage(), "apel": {"site": "GOCDB-AF", "warnings": [], "months": []}}
+    assert json.loads(apel.render_accelerator(named))["Records"][0]["SiteName"] == "GOCDB-AF"
     # per model when the catalog accounts models
     catalog["gpu_a100_allocated_seconds"] = Resource("gpu_a100_allocated_seconds", "s", "A100")
     catalog["gpu_a100_active_seconds"] = Resource("gpu_a100_active_seconds", "s", "A100")
