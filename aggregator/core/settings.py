@@ -227,7 +227,10 @@ class ServerSettings(BaseSettings):
         900.0, gt=0, description="A node whose batches stop for longer counts as silent."
     )
     report_hs06_per_hs23: float | None = Field(
-        None, gt=0, description="HEPSPEC06 per HEPscore23; set to add hepspec to APEL v0.4."
+        None,
+        gt=0,
+        description="HEPSPEC06 per HEPscore23; set to add hepspec to APEL v0.4 and records "
+        "(in HEPSPEC06) to APEL v0.3.",
     )
     # APEL export (aggregator/report/apel.py, docs/report.md#apel-mapping)
     apel_site: str | None = Field(
