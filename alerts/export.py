@@ -1,7 +1,9 @@
 """The rules as Prometheus alerting rules, for sites that run Alertmanager.
 
-Only rules with a `prometheus` expression are exported: the others read data
-that is per user (never in Prometheus labels) and run in afmon only.
+Only rules with a `prometheus` expression are exported. Signals computed from the
+database are read from their `afmon_signal_*` gauges, which /metrics computes as
+afmon's evaluator does, so that both judge the same numbers on the same data; the
+ingest signals are increase() over counters that exist at 0 from the start.
 Prometheus has no resolve level, so the export fires on `threshold` and
 resolves as soon as the value is back (no `clear` hysteresis there).
 """

@@ -18,7 +18,12 @@ HERE = Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
 F = 'facility=~"$facility"'
 FV = 'facility=~"$facility", vo=~"$vo"'
+UNMAPPED = f'vo="unmapped", {F}'
 RI = "[$__rate_interval]"
+# Grafana unit ids: `s` and `h` are durations, `bytes` IEC sizes; a quantity Grafana has no
+# unit for gets a custom one, `si:<symbol>` (SI prefixes: kB·s, MB·s, ...).
+BYTE_SECONDS = "si:B·s"
+HS23_SECONDS = "si:HS23·s"
 SCHEMA_VERSION = 39
 
 # (title, panel type, unit, description, [(expr, legend)])
@@ -138,12 +143,18 @@ DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
                 "timeseries",
                 "short",
                 "Interactive sessions started and not yet ended.",
-                [(f"sum by (vo) (afmon_sessions_active{{{FV}}})", "{{vo}}")],
+                [
+                    (  # 0 for a VO with sessions, none open now
+                        f"sum by (vo) (afmon_sessions_active{{{FV}}}) "
+                        f"or 0 * sum by (vo) (afmon_usage_sessions_total{{{FV}}})",
+                        "{{vo}}",
+                    )
+                ],
             ),
             (
                 "Session time per VO",
                 "timeseries",
-                "s",
+                "short",
                 "Interactive session time accounted per second, per VO (= sessions open).",
                 [
                     (
@@ -210,7 +221,13 @@ DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
                 "bargauge",
                 "short",
                 "Server starts whose time-to-session was measured, per VO.",
-                [(f"sum by (vo) (afmon_time_to_session_seconds_count{{{FV}}})", "{{vo}}")],
+                [
+                    (
+                        f"sum by (vo) (afmon_time_to_session_seconds_count{{{FV}}}) "
+                        f"or 0 * sum by (vo) (afmon_usage_sessions_total{{{FV}}})",
+                        "{{vo}}",
+                    )
+                ],
             ),
         ],
     ),
@@ -230,18 +247,23 @@ DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
                 "stat",
                 "short",
                 "GPUs (or MIG units) that a process holds now, per facility.",
-                [(f"sum by (facility) (afmon_gpu_held{{{F}}})", "{{facility}}")],
+                [
+                    (  # 0 at a facility whose GPUs nobody holds
+                        f"sum by (facility) (afmon_gpu_held{{{F}}}) "
+                        f"or 0 * sum by (facility) (afmon_gpu_utilization_ratio{{{F}}})",
+                        "{{facility}}",
+                    )
+                ],
             ),
             (
                 "Idle but held",
                 "table",
                 "short",
                 "GPUs held by a process while under 5 % busy (1 = idle but held): waste; the "
-                "AfmonGpuIdleButHeld alert fires after 30 min.",
+                "AfmonGpuIdleButHeld alert fires after 30 min of the same signal.",
                 [
                     (
-                        f"afmon_gpu_held{{{F}}} * on (facility, node, gpu) "
-                        f"(afmon_gpu_utilization_ratio{{{F}}} < bool 0.05)",
+                        f"max by (facility, node, gpu) (afmon_signal_gpu_idle_held{{{F}}})",
                         "{{node}} {{gpu}}",
                     )
                 ],
@@ -275,15 +297,15 @@ DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
             (
                 "GPU hours per VO",
                 "bargauge",
-                "s",
-                "GPU time allocated and active per VO, summed over the ledger.",
+                "h",
+                "GPU hours allocated and active per VO, summed over the ledger.",
                 [
                     (
-                        f"sum by (vo) (afmon_usage_gpu_allocated_seconds_total{{{FV}}})",
+                        f"sum by (vo) (afmon_usage_gpu_allocated_seconds_total{{{FV}}}) / 3600",
                         "{{vo}} allocated",
                     ),
                     (
-                        f"sum by (vo) (afmon_usage_gpu_active_seconds_total{{{FV}}})",
+                        f"sum by (vo) (afmon_usage_gpu_active_seconds_total{{{FV}}}) / 3600",
                         "{{vo}} active",
                     ),
                 ],
@@ -356,14 +378,14 @@ DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
             (
                 "Normalised CPU per VO",
                 "bargauge",
-                "s",
+                HS23_SECONDS,
                 "CPU time x HEPscore23 per core (HS23·s), as WLCG accounting normalises.",
                 [(f"sum by (vo) (afmon_usage_cpu_hs23_seconds_total{{{FV}}})", "{{vo}}")],
             ),
             (
                 "Memory x time per VO",
                 "bargauge",
-                "decbytes",
+                BYTE_SECONDS,
                 "Resident memory integrated over time (byte-seconds).",
                 [(f"sum by (vo) (afmon_usage_memory_byte_seconds_total{{{FV}}})", "{{vo}}")],
             ),
@@ -393,8 +415,9 @@ DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
                 "Share of CPU time accounted to accounts the identity map does not know; "
                 "the AfmonUnmappedUsage alert fires above 10 %.",
                 [
-                    (
-                        f'sum by (facility) (afmon_usage_cpu_seconds_total{{vo="unmapped", {F}}}) '
+                    (  # 0, not "No data", where nothing is unmapped
+                        f"(sum by (facility) (afmon_usage_cpu_seconds_total{{{UNMAPPED}}}) "
+                        f"or 0 * sum by (facility) (afmon_usage_cpu_seconds_total{{{F}}})) "
                         f"/ sum by (facility) (afmon_usage_cpu_seconds_total{{{F}}})",
                         "{{facility}}",
                     )

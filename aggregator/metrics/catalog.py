@@ -33,6 +33,36 @@ INGEST_OUTCOMES = (
     "over_limit",
     "partial",
 )
+# Why a record is refused (`wire.Refusal.reason`): collectors/wire.py's record rules, the
+# ingest's own (aggregator/ingest/: capacity, labels, resources), and a body that does not
+# decode. The one list of them: /metrics creates every (facility, reason) child at 0 from it,
+# and tests/alerts check that every reason the code can give is here.
+REFUSAL_REASONS = (
+    "malformed",
+    "reserved_label",
+    "missing_label",
+    "too_many_labels",
+    "length_mismatch",
+    "non_finite",
+    "times_not_increasing",
+    "wrong_unit",
+    "wrong_kind",
+    "negative_counter",
+    "negative_gauge",
+    "value_too_large",
+    "future",
+    "too_old",
+    "too_long",
+    "ends_before_start",
+    "repeated_series",
+    "unknown_resource",
+    "beyond_capacity",
+    "no_user",
+    "no_node",
+    "unsupported",
+)
+# Why a database write failed (aggregator/web/health.py's classification).
+WRITE_FAILURE_REASONS = ("locked", "disk_full", "read_only", "unavailable", "other")
 INGEST_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # SLO-aligned buckets for the interactive latencies (seconds), planned in issue #3.
 LATENCY_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -84,6 +114,49 @@ def _usage_specs() -> list[MetricSpec]:
 
 
 _NODE = ("facility", "node")
+SIGNAL_PREFIX = "afmon_signal_"
+
+# afmon's alert signals (aggregator/query/signals.py SIGNALS) as live-state gauges: (signal,
+# unit, labels, meaning). Exported rules read these, so that Prometheus and afmon's own
+# evaluator judge the same numbers; rate() over ledger totals would not, since late and
+# backfilled data land in the totals when they arrive, not in the hour they describe.
+# Signals that are the age of a timestamp are not here: their rules read `time()` minus the
+# timestamp's own gauge (agent last seen, outbox oldest), the same number.
+SIGNAL_GAUGES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("time_to_session_p95_seconds", "seconds", ("facility",),
+     "p95 of time-to-session in the current and last hour (upper bound of its bucket)"),
+    ("time_to_first_worker_p95_seconds", "seconds", ("facility",),
+     "p95 of time-to-first-worker in the current and last hour (upper bound of its bucket)"),
+    ("time_to_scale_up_p95_seconds", "seconds", ("facility",),
+     "p95 of time-to-scale-up in the current and last hour (upper bound of its bucket)"),
+    ("gpu_idle_held", "1", ("facility", "node", "gpu"),
+     "1 while a process holds the GPU and it is under 5 % busy, else 0"),
+    ("gpu_hoarders", "members", ("facility",),
+     "Members holding two GPUs or more while GPU requests wait (0 when none wait)"),
+    ("agent_spool_growth_batches", "batches", _NODE,
+     "Growth of the agent's spool over the last 15 min"),
+    ("unmapped_usage_ratio", "ratio", ("facility",),
+     "Share of the last day's CPU time accounted to unmapped accounts"),
+)  # fmt: skip
+
+
+def signal_metric_name(signal: str) -> str:
+    return f"{SIGNAL_PREFIX}{signal}"
+
+
+def _signal_specs() -> list[MetricSpec]:
+    return [
+        MetricSpec(
+            signal_metric_name(name),
+            "gauge",
+            unit,
+            f"Alert signal {name}: {meaning}",
+            labels,
+            "alert signals (aggregator/query/signals.py), computed at scrape time",
+        )
+        for name, unit, labels, meaning in SIGNAL_GAUGES
+    ]
+
 
 CATALOG: dict[str, MetricSpec] = {
     s.name: s
@@ -195,15 +268,17 @@ CATALOG: dict[str, MetricSpec] = {
             "was applied), by reason: `afmon quarantine list`",
             ("facility", "reason"),
             "ingest route",
+            label_values={"reason": REFUSAL_REASONS},
         ),
         MetricSpec(
             "afmon_ingest_write_failures",
             "counter",
             "batches",
             "Batches not stored because the database failed (answered 503, retried by the "
-            "agent), by reason: locked, disk_full, read_only, unavailable, other",
+            "agent), by reason",
             ("facility", "reason"),
             "ingest route",
+            label_values={"reason": WRITE_FAILURE_REASONS},
         ),
         MetricSpec(
             "afmon_ingest_duration_seconds",
@@ -266,6 +341,7 @@ CATALOG: dict[str, MetricSpec] = {
             ("facility", "node", "gpu"),
             "latest gpu_utilization_ratio / gpu_held samples (GPU probe)",
         ),
+        *_signal_specs(),
     )
 }
 

@@ -6,9 +6,11 @@ the time-series outbox's backlog) are read at scrape time from the database,
 so every worker of `afmon serve --workers N` reports the same values, cached
 for a few seconds so that several scrapers do not multiply the queries, and
 rendered by a small hand-written renderer: with 10k series prometheus_client's
-generic path is several times slower (see bench/metrics.py). The ingest
-instruments stay ordinary prometheus_client objects. Both the text format and
-OpenMetrics are served (content negotiation).
+generic path is several times slower (see bench/metrics.py). afmon's alert
+signals are read the same way, as `afmon_signal_*` gauges, so that exported rules
+judge what afmon's own evaluator judges. The ingest instruments stay ordinary
+prometheus_client objects, each known label combination created at 0. Both the
+text format and OpenMetrics are served (content negotiation).
 """
 
 from __future__ import annotations
@@ -28,8 +30,18 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
-from afmon.aggregator.metrics.catalog import MetricSpec, spec, usage_metric_name
+from afmon.aggregator.metrics.catalog import (
+    INGEST_OUTCOMES,
+    REFUSAL_REASONS,
+    SIGNAL_GAUGES,
+    WRITE_FAILURE_REASONS,
+    MetricSpec,
+    signal_metric_name,
+    spec,
+    usage_metric_name,
+)
 from afmon.aggregator.metrics.latency import LatencyCollector
+from afmon.aggregator.query.signals import compute
 from afmon.aggregator.store.db import read_connection
 from afmon.aggregator.store.schema import RESOURCES
 
@@ -42,10 +54,18 @@ def _counter(name: str, registry: CollectorRegistry) -> Counter:
     return Counter(s.name, s.help, list(s.labels), registry=registry)
 
 
-class IngestMetrics:
-    """Instruments that the ingest route updates."""
+# Unauthenticated requests have no facility: they are counted under this one.
+UNKNOWN_FACILITY = "unknown"
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+
+class IngestMetrics:
+    """Instruments that the ingest route updates.
+
+    Every known label combination exists at 0 from the start (`prime`): a child created by
+    its first event would enter Prometheus already at 1, and `increase()` cannot see the
+    step from a value it never scraped."""
+
+    def __init__(self, registry: CollectorRegistry, facilities: Iterable[str] = ()) -> None:
         self.batches = _counter("afmon_ingest_batches", registry)
         self.samples = _counter("afmon_ingest_samples", registry)
         self.stale_samples = _counter("afmon_ingest_stale_samples", registry)
@@ -53,6 +73,25 @@ class IngestMetrics:
         self.write_failures = _counter("afmon_ingest_write_failures", registry)
         d = spec("afmon_ingest_duration_seconds")
         self.duration = Histogram(d.name, d.help, buckets=d.buckets, registry=registry)
+        self._primed: set[str] = set()
+        self._lock = threading.Lock()
+        self.batches.labels(UNKNOWN_FACILITY, "unauthorized")
+        self.prime(facilities)
+
+    def prime(self, facilities: Iterable[str]) -> None:
+        """Create each facility's children (every outcome and reason) at 0, once."""
+        with self._lock:
+            new = sorted(set(facilities) - self._primed)
+            self._primed.update(new)
+        for f in new:
+            for outcome in INGEST_OUTCOMES:
+                self.batches.labels(f, outcome)
+            self.samples.labels(f)
+            self.stale_samples.labels(f)
+            for reason in REFUSAL_REASONS:
+                self.refused_records.labels(f, reason)
+            for reason in WRITE_FAILURE_REASONS:
+                self.write_failures.labels(f, reason)
 
 
 @dataclass
@@ -150,6 +189,32 @@ _GPU_SQL = (
 )
 
 
+# Facilities afmon knows before any of their batches counts: agent credentials and the
+# agents and nodes that reported (static tokens from the settings come through make_registry).
+_FACILITIES_SQL = (
+    "SELECT facility FROM agent_token UNION SELECT facility FROM agent "
+    "UNION SELECT facility FROM node"
+)
+
+
+def known_facilities(engine: Engine) -> set[str]:
+    with read_connection(engine) as conn:
+        return {f for (f,) in conn.execute(text(_FACILITIES_SQL)) if f}
+
+
+def signal_families(engine: Engine, now: float) -> list[Family]:
+    """afmon's alert signals as gauges, computed as its own evaluator computes them."""
+    values = compute(engine, now)
+    out = []
+    for name, _unit, labels, _meaning in SIGNAL_GAUGES:
+        rows = [
+            (tuple(dict(o.labels).get(lab, "") for lab in labels), o.value)
+            for o in values.get(name, [])
+        ]
+        out.append(Family(spec(signal_metric_name(name)), sorted(rows)))
+    return out
+
+
 def _gpu_families(rows: Iterable[tuple[str, str, str, str, float]]) -> list[Family]:
     """Per GPU (or MIG unit): its busy ratio, and whether anyone holds it (max over users:
     the user stays out of the labels)."""
@@ -220,8 +285,10 @@ class LedgerCollector(Collector):
         usage_totals: bool = True,
         node_silence: float = float("inf"),
         now: Callable[[], float] = time.time,
+        on_facilities: Callable[[set[str]], None] | None = None,
     ) -> None:
         self._engine = engine
+        self.on_facilities = on_facilities
         self._usage_totals = usage_totals
         self._node_silence = node_silence
         self._now = now
@@ -241,9 +308,13 @@ class LedgerCollector(Collector):
         with self._lock:
             now = self._clock()
             if now - self._at > self._ttl:
-                self._families = read_families(
-                    self._engine, self._usage_totals, self._now() - self._node_silence
-                )
+                wall = self._now()
+                self._families = [
+                    *read_families(self._engine, self._usage_totals, wall - self._node_silence),
+                    *signal_families(self._engine, wall),
+                ]
+                if self.on_facilities is not None:
+                    self.on_facilities(known_facilities(self._engine))
                 self._text = {}
                 self._at = now
             return self._families
@@ -273,10 +344,12 @@ class MetricsRegistry(CollectorRegistry):
         self.ledger = ledger
 
     def collect(self) -> Iterator[Metric]:
+        ledger = list(self.ledger.collect())  # first: it primes the ingest counters
         yield from super().collect()
-        yield from self.ledger.collect()
+        yield from ledger
 
     def render(self, openmetrics: bool) -> bytes:
+        self.ledger.families()  # first: it primes the ingest counters of new facilities
         instruments = _Instruments(self)
         if openmetrics:
             head = openmetrics_latest(instruments).decode()
@@ -308,15 +381,18 @@ def make_registry(
     per_vo: bool = True,
     node_silence: float = float("inf"),
     now: Callable[[], float] = time.time,
+    facilities: Iterable[str] = (),
 ) -> tuple[MetricsRegistry, IngestMetrics]:
     """The registry of /metrics; `per_vo` False leaves out every family labelled by VO
     (usage totals and latency histograms): operational families only; nodes silent for
-    longer than `node_silence` seconds leave the per-node families."""
+    longer than `node_silence` seconds leave the per-node families. The ingest counters of
+    `facilities` (the settings' static tokens) and of those in the database start at 0."""
     # `_created` series double the exposition and no afmon reader uses them.
     disable_created_metrics()
     ledger = LedgerCollector(engine, usage_totals=per_vo, node_silence=node_silence, now=now)
     registry = MetricsRegistry(ledger)
     if per_vo:
         registry.register(LatencyCollector(engine))
-    instruments = IngestMetrics(registry)
+    instruments = IngestMetrics(registry, facilities)
+    ledger.on_facilities = instruments.prime
     return registry, instruments

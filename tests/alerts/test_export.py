@@ -54,8 +54,13 @@ def test_export_passes_promtool_check_rules(tmp_path: Path) -> None:
     assert exported["AfmonGpuIdleButHeld"]["for"] == "30m"
     # one alert for the server, however many workers (instances) report the outbox
     assert exported["AfmonTsdbOutboxBehind"]["expr"] == (
-        "(time() - min(afmon_tsdb_outbox_oldest_timestamp_seconds)) > 600"
+        "((time() - min(afmon_tsdb_outbox_oldest_timestamp_seconds)) or vector(0)) > 600"
     )
+    # signals from the database are read as afmon computes them, never from ledger totals
+    assert exported["AfmonTimeToScaleUpSLO"]["expr"] == (
+        "(max by (facility) (afmon_signal_time_to_scale_up_p95_seconds)) > 300"
+    )
+    assert not any("_bucket" in r["expr"] or "afmon_usage_" in r["expr"] for r in exported.values())
 
 
 def test_promtool_unit_tests_fire_and_resolve_every_exported_alert(tmp_path: Path) -> None:

@@ -110,6 +110,26 @@ def test_each_dashboard_is_a_valid_grafana_model(path: Path) -> None:
                 assert 'facility=~"$facility"' in t["expr"], where
 
 
+# Grafana's unit ids that the dashboards may use (grafana/packages/grafana-data valueFormats);
+# anything else must be a custom unit, `si:<symbol>` or `suffix:<symbol>`.
+GRAFANA_UNITS = {"short", "none", "percentunit", "bytes", "decbytes", "Bps", "reqps", "s", "h"}
+
+
+def test_panels_have_grafana_units_that_fit_their_quantity() -> None:
+    for d in map(_load, DASHBOARDS):
+        for p in d["panels"]:
+            unit = p["fieldConfig"]["defaults"]["unit"]
+            where = f"{d['uid']} / {p['title']}: {unit}"
+            assert unit in GRAFANA_UNITS or re.fullmatch(r"(si|suffix):\S+", unit), where
+            exprs = " ".join(t["expr"] for t in p["targets"])
+            if "byte_seconds" in exprs:  # byte-seconds are not a size
+                assert unit not in {"bytes", "decbytes"}, where
+            if "GPU hours" in p["title"]:
+                assert unit == "h" and all("/ 3600" in t["expr"] for t in p["targets"]), where
+            if "hs23" in exprs:
+                assert "HS23" in unit, where
+
+
 def test_provisioning_points_at_the_dashboards_datasource() -> None:
     ds = yaml.safe_load((GRAFANA / "provisioning/datasources/afmon.yaml").read_text())
     [prom] = ds["datasources"]
