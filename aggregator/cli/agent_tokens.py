@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from afmon.aggregator.cli.common import settings_from_args
+from afmon.aggregator.cli.common import checked_database_url, settings_from_args
 
 
 def cmd_agent_token(args: argparse.Namespace) -> int:
@@ -18,7 +18,7 @@ def cmd_agent_token(args: argparse.Namespace) -> int:
     from afmon.aggregator.store.db import create_schema, make_engine
 
     settings = settings_from_args(args)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(checked_database_url(args, settings))
     create_schema(engine)
     try:
         if args.action == "create":

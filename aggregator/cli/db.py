@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from afmon.aggregator.cli.common import settings_from_args
+from afmon.aggregator.cli.common import checked_database_url, settings_from_args
 
 
 def cmd_db(args: argparse.Namespace) -> int:
     from afmon.aggregator.store import migrate
 
     settings = settings_from_args(args)
+    url = checked_database_url(args, settings)
     if args.action == "upgrade":
-        before, after = migrate.upgrade(settings.database_url, args.revision)
+        before, after = migrate.upgrade(url, args.revision)
         print(f"database schema: {before or 'empty'} -> {after}")
     else:
         from afmon.aggregator.store.db import make_engine
 
-        engine = make_engine(settings.database_url)
+        engine = make_engine(url)
         print(migrate.current_revision(engine) or "none (not under migrations)")
         engine.dispose()
     return 0

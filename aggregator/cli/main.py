@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+from afmon.aggregator import __version__
 from afmon.aggregator.cli.common import EPILOG
 
 ENTRY_POINT_GROUP = "afmon.commands"
@@ -21,6 +22,7 @@ def build_parser(group: str = ENTRY_POINT_GROUP) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"afmon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for ep in sorted(entry_points(group=group), key=lambda ep: ep.name):
         ep.load()(sub)
