@@ -18,7 +18,9 @@ from pathlib import Path
 from types import FrameType
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
+from afmon.aggregator import __version__  # the distribution's version: one place for both commands
 from afmon.collectors.settings import AgentSettings
 
 log = logging.getLogger("afmon.agent")
@@ -42,6 +44,10 @@ _FLAGS: list[tuple[str, str, str, str]] = [
      "spool size cap; beyond it the oldest batches are dropped [67108864]"),
     ("--hepscore23-per-core", "hepscore23_per_core", "HS23",
      "this node's HEPscore23 per core [10]"),
+    ("--min-uid", "min_uid", "UID",
+     "leave out accounts with a lower uid: system accounts are nobody's usage [1000]"),
+    ("--exclude-users", "exclude_users", "JSON",
+     'more accounts to leave out, by name, e.g. ["nobody", "cvmfs"] [[]]'),
     ("--proc-root", "proc_root", "DIR", "where /proc is mounted [/proc]"),
     ("--cgroup-root", "cgroup_root", "DIR", "where cgroups are mounted [/sys/fs/cgroup]"),
     ("--timeout", "timeout_seconds", "SECONDS", "HTTP timeout per request [10]"),
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rejected a batch. Batches the server refused whole wait in SPOOL_DIR/rejected/: "
         "`afmon-agent rejected --help` lists them and puts them back.",
     )
+    parser.add_argument("--version", action="version", version=f"afmon {__version__}")
     for flag, field, metavar, text in _FLAGS:
         env = "AFMON_" + field.upper()
         parser.add_argument(
@@ -207,6 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
             log.error("bad setting %s (AFMON_%s): %s", field, field.upper(), err["msg"])
+        return EXIT_USAGE
+    except SettingsError as exc:  # a JSON variable that is not JSON
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        log.error(
+            "bad setting %s (AFMON_%s): not valid JSON (%s); afmon-agent --help shows an example",
+            field,
+            field.upper(),
+            exc.__cause__ or exc,
+        )
         return EXIT_USAGE
 
     if command == "rejected":

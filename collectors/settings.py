@@ -30,6 +30,10 @@ class AgentSettings(BaseSettings):
     spool_dir: Path = Field(default_factory=_default_spool_dir)
     spool_max_bytes: int = Field(64 * 2**20, gt=0)
     hepscore23_per_core: float = Field(10.0, ge=0)
+    # System accounts (root, postgres, sshd, ...) are no VO member's usage: the host probe
+    # leaves out uids below this (Debian's FIRST_UID) and the names listed.
+    min_uid: int = Field(1000, ge=0)
+    exclude_users: list[str] = []
     proc_root: Path = Path("/proc")
     cgroup_root: Path = Path("/sys/fs/cgroup")
     timeout_seconds: float = Field(10.0, gt=0)
@@ -57,8 +61,7 @@ class AgentSettings(BaseSettings):
     xrootd_default_role: Literal["local", "cache", "remote"] = "remote"
     xrootd_max_open_files: int = Field(100_000, gt=0)
 
-    @field_validator("xrootd_servers", "dask_gateway_users", mode="before")
+    @field_validator("xrootd_servers", "dask_gateway_users", "exclude_users", mode="before")
     @classmethod
     def _json_from_flag(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value  # a flag gives text
-

@@ -135,6 +135,7 @@ KNOWN_METRICS: dict[str, tuple[str, str]] = {
     "node_cpu_busy_ratio": ("ratio", "gauge"),
     "agent_spool_dropped_samples": ("1", "counter"),
     "agent_spool_batches": ("1", "gauge"),
+    "agent_excluded_processes": ("1", "gauge"),  # system accounts' processes left out
     # XRootD data access (collectors/probes/xrootd.py, docs/data.md); `source` label
     "user_data_read_bytes": ("bytes", "counter"),
     "user_data_written_bytes": ("bytes", "counter"),

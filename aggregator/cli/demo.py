@@ -97,6 +97,8 @@ def run_demo(data_dir: Path, port: int = 8600, hours: float = 24.0, nodes: int =
             "AFMON_FACILITY": FACILITY,
             "AFMON_INTERVAL_SECONDS": "10",
             "AFMON_SPOOL_DIR": str((data_dir / "agent-spool").resolve()),
+            # the demo shows you: measured even when you run it as root or a system account
+            "AFMON_MIN_UID": str(min(1000, os.getuid())),
         }
         print("afmon demo: starting a real agent measuring this machine", flush=True)
         agent = [sys.executable, "-m", "afmon.collectors.agent"]

@@ -13,6 +13,10 @@ The state behind that (per-source last values, per-user exited totals) can be pe
 file, so that a restarted agent carries on from where it stopped instead of resetting counters.
 A user's counter carries `created` (the previous scan's time) when the user first appears after
 the agent's first scan: all of it accrued since then, so the aggregator may count it in full.
+
+System accounts (uid below `min_uid`, and the names in `exclude_users`) are nobody's usage and
+are left out of both sources: their slices are not read, and their processes are skipped on
+the /proc path, counted in `agent_excluded_processes` so that what is left out stays visible.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +131,8 @@ class HostProbe:
         psutil_module: Any = None,
         user_name: Callable[[int], str] = _pwd_name,
         state_path: str | os.PathLike[str] | None = None,
+        min_uid: int = 1000,
+        exclude_users: Iterable[str] = (),
     ) -> None:
         if psutil_module is None:
             import psutil as psutil_module
@@ -139,6 +145,9 @@ class HostProbe:
             self._ps.PROCFS_PATH = str(self.proc_root)
         self._user_name = user_name
         self._names: dict[int, str] = {}
+        self.min_uid = min_uid
+        self.exclude_users = frozenset(exclude_users)
+        self._excluded = 0  # processes of system accounts left out by the last scan
         self.state_path = Path(state_path) if state_path is not None else None
         self._state = self._load_state()
         self.state = READY
@@ -151,6 +160,12 @@ class HostProbe:
             name = self._names[uid] = self._user_name(uid)
         return name
 
+    def _is_excluded(self, uid: int) -> bool:
+        """A system account's uid (below `min_uid`) or an account named in `exclude_users`."""
+        return uid < self.min_uid or (
+            bool(self.exclude_users) and self._name(uid) in self.exclude_users
+        )
+
     def _read_slices(self) -> dict[int, tuple[str, _Reading]]:
         """uid -> (source key, reading) for each per-user slice that has all we need."""
         unified = _unified_root(self.cgroup_root)
@@ -162,6 +177,8 @@ class HostProbe:
             if not match or not entry.is_dir():
                 continue
             uid = int(match.group(1))
+            if self._is_excluded(uid):
+                continue  # its processes go by the /proc path, which leaves them out
             try:
                 out[uid] = (f"cg:{uid}:{entry.stat().st_ino}", self._read_slice(entry, uid))
             except (FileNotFoundError, ValueError) as exc:
@@ -191,13 +208,17 @@ class HostProbe:
     def _read_procs(self, covered: set[int]) -> dict[str, _Reading]:
         slices = {f"/user.slice/user-{uid}.slice" for uid in covered}
         out: dict[str, _Reading] = {}
+        self._excluded = 0
         for proc in self._ps.process_iter(_PROC_ATTRS, ad_value=None):
             info = proc.info
             pid, ppid = info["pid"], info.get("ppid")
             if pid == 2 or ppid == 2 or info["uids"] is None or info["create_time"] is None:
                 continue  # kernel threads are no user's usage
             if slices and _in_slices(self._cgroup_of(pid), slices):
-                continue  # counted through its user's slice
+                continue  # counted through its user's slice (whoever runs it there)
+            if self._is_excluded(info["uids"].real):
+                self._excluded += 1
+                continue
             cpu = info["cpu_times"]
             mem = info["memory_info"]
             io = info["io_counters"]
@@ -272,7 +293,10 @@ class HostProbe:
 
     def _node_series(self, now: float) -> list[wire.Series]:
         labels = {"node": self.node}
-        out = [sample("node_hepscore23_per_core", labels, now, self.hepscore23_per_core)]
+        out = [
+            sample("node_hepscore23_per_core", labels, now, self.hepscore23_per_core),
+            sample("agent_excluded_processes", labels, now, self._excluded),
+        ]
         cores = self._ps.cpu_count()
         if cores:
             out.append(sample("node_cpu_cores", labels, now, cores))

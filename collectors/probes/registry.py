@@ -21,6 +21,8 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
             hepscore23_per_core=settings.hepscore23_per_core,
             proc_root=settings.proc_root,
             cgroup_root=settings.cgroup_root,
+            min_uid=settings.min_uid,
+            exclude_users=settings.exclude_users,
             state_path=None if state_dir is None else state_dir / "host-probe.json",
         )
     ]

@@ -34,8 +34,12 @@ def agent(
     )
 
 
+# Measure this test's own account even when it is a system one (root in a container).
+MIN_UID = ["--min-uid", str(min(os.getuid(), 1000))]
+
+
 def run_args(server: IngestServer, spool: Path) -> list[str]:
-    return ["--server-url", server.url, "--spool-dir", str(spool), "--node", "wn7"]
+    return ["--server-url", server.url, "--spool-dir", str(spool), "--node", "wn7", *MIN_UID]
 
 
 def test_help_names_every_setting_and_its_env_variable() -> None:
@@ -123,7 +127,7 @@ def test_once_sends_host_metrics_and_exit_status_tracks_the_spool(
 
 def test_print_shows_a_valid_batch_and_writes_nothing(tmp_path: Path) -> None:
     spool = tmp_path / "never-created"
-    result = agent("--print", "--node", "wn9", "--spool-dir", str(spool))
+    result = agent("--print", "--node", "wn9", "--spool-dir", str(spool), *MIN_UID)
     assert result.returncode == 0, result.stderr
     batch = wire.decode(result.stdout.encode())
     assert batch.node == "wn9" and batch.seq == 0 and batch.version == wire.WIRE_VERSION
@@ -143,6 +147,33 @@ def test_bad_settings_exit_2_naming_the_field(tmp_path: Path) -> None:
     assert "AFMON_LOG_LEVEL='LOUD' is not one of DEBUG, INFO, WARNING, ERROR" in bad_level.stderr
 
 
+def test_system_accounts_are_left_out_by_default() -> None:
+    def users_and_excluded(*args: str, env: dict[str, str] | None = None) -> tuple[set, float]:
+        result = agent("--print", *args, env=env)
+        assert result.returncode == 0, result.stderr
+        series = wire.decode(result.stdout.encode()).series
+        users = {s.labels["user"] for s in series if "user" in s.labels}
+        [excluded] = [s.values[0] for s in series if s.metric == "agent_excluded_processes"]
+        return users, excluded
+
+    users, excluded = users_and_excluded(env={"AFMON_MIN_UID": "1000"})
+    assert "root" not in users and excluded >= 1  # this test runs as someone: root here or not
+    everyone, none = users_and_excluded("--min-uid", "0")
+    assert "root" in everyone and none == 0
+    named, excluded = users_and_excluded("--min-uid", "0", env={"AFMON_EXCLUDE_USERS": '["root"]'})
+    assert "root" not in named and excluded >= 1
+    flag, _ = users_and_excluded("--min-uid", "0", "--exclude-users", '["root"]')
+    assert "root" not in flag
+
+
+def test_bad_exclusion_settings_exit_2_naming_them() -> None:
+    bad_json = agent("--print", env={"AFMON_EXCLUDE_USERS": "[root"})
+    assert bad_json.returncode == 2 and "Traceback" not in bad_json.stderr
+    assert "AFMON_EXCLUDE_USERS" in bad_json.stderr and "not valid JSON" in bad_json.stderr
+    negative = agent("--print", "--min-uid", "-1")
+    assert negative.returncode == 2 and "AFMON_MIN_UID" in negative.stderr
+
+
 def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("AFMON_"):
@@ -151,6 +182,7 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.server_url == "http://127.0.0.1:8600" and s.facility == "demo-af"
     assert s.interval_seconds == 15 and s.spool_max_bytes == 64 * 2**20
     assert s.hepscore23_per_core == 10.0 and s.token is None
+    assert s.min_uid == 1000 and s.exclude_users == []
     assert s.spool_dir == (
         Path("/var/lib/afmon-agent")
         if os.geteuid() == 0

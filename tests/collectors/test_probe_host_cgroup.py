@@ -24,8 +24,9 @@ IoCounters = namedtuple("IoCounters", "read_count write_count read_bytes write_b
 NodeCpu = namedtuple("NodeCpu", "user nice system idle iowait irq softirq steal guest guest_nice")
 VirtualMemory = namedtuple("VirtualMemory", "total available")
 
-USERS = {1000: "alice", 1001: "bob", 1002: "carol", 1003: "dave"}
+USERS = {0: "root", 999: "postgres", 1000: "alice", 1001: "bob", 1002: "carol", 1003: "dave"}
 MiB = 2**20
+GiB = 2**30
 
 
 @dataclass
@@ -117,11 +118,19 @@ def tree(tmp_path: Path) -> tuple[Path, Path]:
     write_slice(cg, 1001, usage_usec=3_000_000, memory_current=64 * MiB, procs={"s.scope": [7]})
     # a hybrid-style slice without io/memory files: carol is measured through /proc
     write_slice(cg, 1002, usage_usec=5_000_000)
+    # system accounts: root's session and a service account's (uid below 1000)
+    write_slice(cg, 0, usage_usec=90_000_000, memory_current=GiB, procs={"session-1.scope": [5000]})
+    write_slice(cg, 999, usage_usec=40_000_000, memory_current=GiB, procs={"s.scope": [6000]})
     proc.mkdir()
     for pid, cgroup in {
         1234: "/user.slice/user-1000.slice/session-3.scope",
+        1240: "/user.slice/user-1000.slice/session-3.scope",
         2000: "/system.slice/jupyterhub.service",
         3000: "/user.slice/user-1002.slice/session-9.scope",
+        5000: "/user.slice/user-0.slice/session-1.scope",
+        6000: "/user.slice/user-999.slice/s.scope",
+        50: "/system.slice/sshd.service",
+        60: "/system.slice/postgresql.service",
     }.items():
         (proc / str(pid)).mkdir()
         (proc / str(pid) / "cgroup").write_text(f"0::{cgroup}\n")
@@ -159,6 +168,11 @@ def test_slices_and_procs_per_user(tree: tuple[Path, Path]) -> None:
             StubProc(3000, 1002, cpu=1.5, rss=30 * MiB, read=10, write=20),
             StubProc(2, 0, cpu=50.0, ppid=0),  # kthreadd
             StubProc(40, 0, cpu=7.0, ppid=2),  # a kernel worker
+            StubProc(1240, 0, cpu=1.0),  # sudo in alice's session: her slice counts it
+            StubProc(5000, 0, cpu=80.0, rss=GiB),  # root's login session
+            StubProc(6000, 999, cpu=30.0, rss=GiB),  # a service account in its own slice
+            StubProc(50, 0, cpu=9.0),  # sshd
+            StubProc(60, 999, cpu=3.0),  # postgres
         ]
     )
     out = make_probe(tree, ps).collect(1_700_000_000.0)
@@ -176,7 +190,12 @@ def test_slices_and_procs_per_user(tree: tuple[Path, Path]) -> None:
     assert v[("user_cpu_seconds", "carol")] == 1.5
     assert v[("user_io_write_bytes", "carol")] == 20
     assert v[("user_processes", "carol")] == 1
-    assert ("user_cpu_seconds", "root") not in v  # kernel threads are nobody's usage
+    assert ("user_cpu_seconds", "root") not in v  # kernel threads are nobody's usage,
+    assert ("user_cpu_seconds", "postgres") not in v  # and system accounts (uid < 1000) none
+    assert not {user for _metric, user in v} & {"root", "postgres", "0", "999"}
+    # left out and counted: root's and postgres's processes, in their slices or not; not the
+    # kernel threads, nor root's process in alice's slice (her slice's counters hold it)
+    assert v[("agent_excluded_processes", None)] == 4
     assert v[("node_cpu_cores", None)] == 8
     assert v[("node_memory_bytes", None)] == 64 * 2**30
     assert v[("node_hepscore23_per_core", None)] == 12.5
@@ -240,3 +259,24 @@ def test_pid_reuse_and_new_user_created(tree: tuple[Path, Path]) -> None:
     # a counter that goes back under the same key is a new source, not a decrease
     ps.procs = [StubProc(4000, 1002, cpu=0.25, create_time=200.0)]
     assert by(probe.collect(130.0).series)[("user_cpu_seconds", "carol")] == 6.25
+
+
+def test_min_uid_and_exclude_users_choose_the_accounts(tree: tuple[Path, Path]) -> None:
+    ps = StubPsutil(
+        [
+            StubProc(5000, 0, cpu=80.0, rss=GiB),
+            StubProc(6000, 999, cpu=30.0, rss=GiB),
+            StubProc(50, 0, cpu=9.0),
+            StubProc(60, 999, cpu=3.0),
+            StubProc(4100, 1003, cpu=0.5),
+        ]
+    )
+    v = by(make_probe(tree, ps, min_uid=0, exclude_users=["postgres", "dave"]).collect(1.0).series)
+    assert v[("user_cpu_seconds", "root")] == 90.0 + 9.0  # root's slice, and sshd via /proc
+    assert v[("user_processes", "root")] == 1 + 1
+    assert not {user for _metric, user in v} & {"postgres", "dave"}
+    assert v[("agent_excluded_processes", None)] == 3  # postgres's two and dave's one
+    assert v[("user_cpu_seconds", "alice")] == 12.5  # the others as before
+
+    no_processes = by(make_probe(tree, StubPsutil()).collect(1.0).series)
+    assert no_processes[("agent_excluded_processes", None)] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -48,7 +49,8 @@ def test_user_cpu_follows_a_real_child_and_never_goes_down(
     tmp_path: Path, busy_child: subprocess.Popen[str]
 ) -> None:
     me = pwd.getpwuid(os.getuid()).pw_name
-    probe = HostProbe(node="n1", cgroup_root=tmp_path)  # no cgroup v2 slices: /proc only
+    # no cgroup v2 slices: /proc only; this test's account is measured even if it is root
+    probe = HostProbe(node="n1", cgroup_root=tmp_path, min_uid=0)
 
     def values(now: float) -> dict[str, float]:
         out = probe.collect(now)
@@ -82,7 +84,7 @@ def test_user_cpu_follows_a_real_child_and_never_goes_down(
 
 
 def test_node_capacity_from_this_machine(tmp_path: Path) -> None:
-    probe = HostProbe(node="n1", hepscore23_per_core=11.0, cgroup_root=tmp_path)
+    probe = HostProbe(node="n1", hepscore23_per_core=11.0, cgroup_root=tmp_path, min_uid=0)
     probe.collect(1.0)
     sum(i * i for i in range(200_000))  # some busy time between the scans
     out = probe.collect(2.0)
@@ -91,3 +93,36 @@ def test_node_capacity_from_this_machine(tmp_path: Path) -> None:
     assert node["node_memory_bytes"] == psutil.virtual_memory().total
     assert node["node_hepscore23_per_core"] == 11.0
     assert 0.0 < node["node_cpu_busy_ratio"] <= 1.0
+
+
+def account_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+SLEEP = shutil.which("sleep") or "/bin/sleep"  # runnable by any uid (this venv's python may not be)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting processes as other uids needs root")
+def test_system_accounts_are_left_out_and_counted(tmp_path: Path) -> None:
+    """Real processes of uid 0, 999 (a service account) and 4243 (a member's, no such account
+    here: named "4243"): only the last is reported by default; the others are counted."""
+    children = {uid: subprocess.Popen([SLEEP, "120"], user=uid, cwd="/") for uid in (0, 999, 4243)}
+    try:
+        out = HostProbe(node="n1", cgroup_root=tmp_path).collect(1.0)
+        users = {s.labels["user"] for s in out.series if "user" in s.labels}
+        assert "4243" in users
+        assert not users & {"root", "0", "999", account_name(0), account_name(999)}
+        assert all(int(u) >= 1000 for u in users if u.isdigit())
+        excluded = {s.metric: s.values[0] for s in out.series}["agent_excluded_processes"]
+        assert excluded >= 3  # this test and two children at least (exact: the stub tests)
+
+        by_name = HostProbe(node="n1", cgroup_root=tmp_path, min_uid=0, exclude_users=["4243"])
+        users = {s.labels["user"] for s in by_name.collect(1.0).series if "user" in s.labels}
+        assert "4243" not in users and account_name(0) in users
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait(timeout=10)
