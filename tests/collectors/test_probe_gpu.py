@@ -88,7 +88,8 @@ def test_agent_keeps_running_and_reports_the_state(tmp_path: Path) -> None:
 
 def test_real_agent_on_this_gpu_less_machine_reports_its_state(tmp_path: Path) -> None:
     """The real agent with the real pynvml: no NVIDIA library here, so a state, no crash."""
-    env = {**os.environ, "AFMON_SPOOL_DIR": str(tmp_path), "AFMON_NODE": "n1"}
+    # AFMON_MIN_UID 0: the test runs as root, which the agent leaves out by default
+    env = {**os.environ, "AFMON_SPOOL_DIR": str(tmp_path), "AFMON_NODE": "n1", "AFMON_MIN_UID": "0"}
     r = subprocess.run([sys.executable, "-m", "afmon.collectors.agent", "--print"], env=env,
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
