@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,3 +82,23 @@ def test_demo_starts_shows_data_and_stops_cleanly(tmp_path: Path) -> None:
     assert demo.returncode == 0, "".join(output)
     assert "stopping" in "".join(output)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_busy_port_is_said_with_how_to_choose_another(tmp_path: Path) -> None:
+    """`make demo` on a busy 8600 once said only "the server exited with status 3"."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AFMON_")}
+        demo = subprocess.run(
+            [sys.executable, "-m", "afmon.aggregator.cli", "demo", "--port", str(port),
+             "--data-dir", str(tmp_path / "demo")],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert demo.returncode == 2, demo.stdout + demo.stderr
+    line = demo.stderr.strip()
+    assert f"port {port} is already in use" in line
+    assert "make demo PORT=" in line and "afmon demo --port " in line
+    assert "exited" not in line and "Traceback" not in line
+    assert not (tmp_path / "demo").exists()  # nothing started, nothing written

@@ -8,11 +8,13 @@ agents: first some hours of history, then live. Ctrl-C stops everything.
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +32,45 @@ def _this_user_member(user: str) -> str:
         '\n[[members]]\nvo = "atlas"\nsubject = "demo-local-user"\n'
         f'display_name = "You ({user} on this machine)"\ngroups = ["/atlas"]\n'
         f'accounts = [{{ facility = "{FACILITY}", local = "{user}" }}]\n'
+    )
+
+
+def _free_port_near(port: int) -> int | None:
+    """The first free port above `port` (within 100), to suggest one that will work."""
+    for candidate in range(port + 1, min(port + 100, 65535) + 1):
+        if _port_problem(candidate) is None:
+            return candidate
+    return None
+
+
+def _port_problem(port: int) -> str | None:
+    """Why the demo cannot listen on 127.0.0.1:`port`, or None. Checked before anything starts,
+    so that a busy port is said in the demo's own words (with `make demo PORT=...`), not as a
+    server that exited. SO_REUSEADDR as uvicorn's, so a port left in TIME_WAIT counts as free."""
+    if not 1 <= port <= 65535:
+        return f"port {port} is not a TCP port (1 to 65535)"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} is already in use by another program (another afmon demo?"
+                    f" `ss -ltnp 'sport = :{port}'` names it)"
+                )
+            if exc.errno == errno.EACCES:
+                return f"port {port} needs root (ports below 1024)"
+            return f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
+    return None
+
+
+def _port_advice(port: int, problem: str) -> str:
+    free = _free_port_near(max(port, 1024))
+    other = free if free is not None else 8700
+    return (
+        f"afmon demo: {problem}; choose another port with `make demo PORT={other}` or "
+        f"`afmon demo --port {other}`" + (f" ({free} is free now)" if free is not None else "")
     )
 
 
@@ -66,6 +107,10 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def run_demo(data_dir: Path, port: int = 8600, hours: float = 24.0, nodes: int = 8) -> int:
+    problem = _port_problem(port)
+    if problem is not None:
+        print(_port_advice(port, problem), file=sys.stderr)
+        return 2
     data_dir.mkdir(parents=True, exist_ok=True)
     sim = FacilitySimulator(facility=FACILITY, nodes=nodes, rich=True)
     identity = data_dir / "identity.toml"
@@ -147,7 +192,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "demo", help="a live demo facility: server, a real agent on this machine, simulated nodes"
     )
     demo.add_argument("--data-dir", default="var/demo", help="where the demo keeps its files")
-    demo.add_argument("--port", type=int, default=8600, help="dashboard/API port (default 8600)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=8600,
+        help="dashboard/API port (default 8600; `make demo PORT=8700` passes it)",
+    )
     demo.add_argument(
         "--hours",
         type=float,
