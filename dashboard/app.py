@@ -164,7 +164,10 @@ def _banner(ctx: Context) -> html.Div:
         return html.Div(
             [
                 html.Strong("Sign-in is not configured on this server."),
-                html.Span("No usage is shown to anyone until login exists."),
+                html.Span(
+                    "No usage is shown until an operator configures sign-in with "
+                    "AFMON_OIDC_ISSUERS and AFMON_OIDC_CLIENT_ID (docs/security.md)."
+                ),
             ],
             id="signin-banner",
             className="banner signin",
