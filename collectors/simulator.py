@@ -67,8 +67,10 @@ class FacilitySimulator:
         unmapped_accounts: int = 1,
         rich: bool = False,
     ) -> None:
-        """`rich` adds spawn waits, Dask clusters, batch jobs, GPUs and data access
-        (collectors/simulator_extras.py), as a full facility would report them."""
+        """`rich` adds spawn waits, Dask clusters, batch jobs, GPUs (per user, and per device
+        as the GPU probe reports them), data access with its XRootD cache server's counters
+        and the agents' spools (collectors/simulator_extras.py), as a full facility would
+        report them: enough for every dashboard panel and alert rule to have data."""
         if interval <= 0 or nodes <= 0:
             raise ValueError("interval and nodes must be positive")
         self.facility = facility

@@ -1,9 +1,11 @@
 """What a full facility reports beyond CPU and memory, for the simulator's rich mode.
 
 Server start waits (time-to-session), Dask clusters with their first worker, scale-ups,
-workers and computations, batch jobs, GPUs held and busy on the GPU nodes, and data read
-by source. Everything goes through the same wire batches as the rest of the simulator,
-and every ledger amount is added to the simulator's ground truth.
+workers and computations, batch jobs, GPUs held and busy on the GPU nodes (with the device
+series, `gpu_held` and the idle-but-held events that the GPU probe sends), data read by
+source with the XRootD cache server's own counters, and the agents' spools. Everything goes
+through the same wire batches as the rest of the simulator, and every ledger amount is
+added to the simulator's ground truth.
 
 Events are released at the tick when their end is known, as real probes send them.
 """
@@ -16,14 +18,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from afmon.collectors import wire
+from afmon.collectors.probes.base import READY
+from afmon.collectors.probes.gpu import STATES as GPU_PROBE_STATES
 from afmon.collectors.simulator_model import SimMember, SimSession, SimulatedFacility
 
 GPU_NODES = 2  # the first nodes carry GPUs
 GPUS_PER_NODE = 4
 GPU_MODEL = "a100"
+GPU_NAME = "NVIDIA A100-SXM4-80GB"
+GPU_MEMORY_BYTES = 80 * 1024**3
+GPU_USER_MEMORY_BYTES = 20 * 1024**3  # what a holder's processes take
 GPU_BUSY_WATTS = 300
 GPU_IDLE_WATTS = 50
+GPU_IDLE_RATIO = 0.05  # the GPU probe's idle threshold and minimum idle time (its defaults)
+GPU_IDLE_MIN_SECONDS = 600.0
+GPU_HOARDER_SHARE = 0.25  # of the GPU holders, those who leave their GPU idle
 SOURCES = ("local", "cache", "remote")
+XROOTD_SERVER = "xcache:1094"  # the cache that the `cache` reads come from, on the last node
+XROOTD_OVERHEAD_BYTES = 65_536.0  # per open: protocol bytes no user's record accounts for
 
 Sample = Callable[..., None]  # (node, user | None, metric, t, value, created=None, **labels)
 
@@ -35,6 +47,24 @@ class _GpuUse:
     busy: float = 0.0
     energy: float = 0.0
     created: float = 0.0
+    gpu: int = -1  # the device it holds (index on the node), -1 once sampled released
+    idle: bool = False  # a holder who leaves the GPU idle
+    idle_since: float | None = None  # busy under GPU_IDLE_RATIO since
+    idle_sent: bool = False  # the open gpu_idle event is out
+
+
+@dataclass
+class _Device:
+    energy: float = 0.0  # the device's own energy counter (joules)
+    created: float = 0.0
+
+
+@dataclass
+class _Server:
+    """An XRootD server's counters (xrootd_server_*), as its summary stream reports them."""
+
+    values: dict[str, float]
+    created: float
 
 
 @dataclass
@@ -54,7 +84,10 @@ class RichFacility:
         self._due: list[tuple[float, int, str, wire.Event, list[tuple[str, float]]]] = []
         self._n = 0
         self._gpu: dict[tuple[str, str], _GpuUse] = {}
+        self._devices: dict[tuple[str, int], _Device] = {}
+        self._now: list[tuple[str, wire.Event]] = []  # open events, sent at the next tick
         self._data: dict[tuple[str, str], _DataUse] = {}
+        self._server: _Server | None = None
         self._batch_p = 2.0 * sim.interval / 86400  # batch jobs per member and day
 
     # -- events ---------------------------------------------------------------------------
@@ -66,7 +99,7 @@ class RichFacility:
         heapq.heappush(self._due, (event.end, self._n, node, event, list(truth)))
 
     def due(self, t: float) -> list[tuple[str, wire.Event]]:
-        out = []
+        out, self._now = self._now, []
         while self._due and self._due[0][0] <= t:
             _, _, node, event, truth = heapq.heappop(self._due)
             for resource, amount in truth:
@@ -106,10 +139,15 @@ class RichFacility:
         if sess.end - sess.start >= 3600 and rng.random() < 0.4:
             self._dask_cluster(sess, t + 60)
         if sess.node in self.gpu_nodes and rng.random() < 0.6:
-            taken = sum(u.gpus for (n, _), u in self._gpu.items() if n == sess.node)
-            if taken < GPUS_PER_NODE:
+            use = self._gpu.get((sess.node, local))
+            taken = {u.gpu for (n, _), u in self._gpu.items() if n == sess.node and u.gpu >= 0}
+            free = [i for i in range(GPUS_PER_NODE) if i not in taken]
+            if use is not None and use.gpu >= 0:  # released at this tick: the same device again
+                free = [use.gpu]
+            if free:
                 use = self._gpu.setdefault((sess.node, local), _GpuUse(created=t))
-                use.gpus = 1
+                use.gpus, use.gpu = 1, free[0]
+                use.idle = rng.random() < GPU_HOARDER_SHARE
 
     def session_ended(self, sess: SimSession) -> None:
         use = self._gpu.get((sess.node, sess.member.local))
@@ -232,9 +270,22 @@ class RichFacility:
     # -- samples --------------------------------------------------------------------------
 
     def node_tick(self, t: float, node: str, active: dict[str, SimSession], sample: Sample) -> None:
-        """GPU and data samples of one node at one tick (the interval that ends at t)."""
+        """GPU, data, XRootD server and spool samples of one node at one tick (the interval
+        that ends at t)."""
+        busy_of = self._gpu_users(t, node, sample)
+        if node in self.gpu_nodes:
+            self._gpu_devices(t, node, busy_of, sample)
+        self._data_reads(t, node, active, sample)
+        if node == self.sim.nodes[-1]:
+            self._xrootd_server(t, node, sample)
+        sample(node, None, "agent_spool_batches", t, 0.0)  # the agents deliver
+
+    def _gpu_users(self, t: float, node: str, sample: Sample) -> dict[int, tuple[str, float]]:
+        """Per user holding a GPU of this node: the ledger's gauges, `gpu_held` per device (1,
+        then 0 once released, as the probe sends it) and idle-but-held events; returns
+        device index -> (holder, busy ratio)."""
         rng, truth, dt = self.rng, self.sim.truth, self.sim.interval
-        busy_by_gpu: list[float] = []
+        busy_of: dict[int, tuple[str, float]] = {}
         for (n, local), use in self._gpu.items():
             if n != node:
                 continue
@@ -250,17 +301,87 @@ class RichFacility:
                 continue
             use.held = float(use.gpus)
             use.busy = use.held * rng.choice((0.0, 0.25, 0.5, 0.75, 1.0))
-            busy_by_gpu.append(use.busy)
+            if use.idle:
+                use.busy = 0.0
             model = {"model": GPU_MODEL}
             sample(node, local, "user_gpus_held", t, use.held)
             sample(node, local, "user_gpu_busy", t, use.busy)
             sample(node, local, "user_model_gpus_held", t, use.held, **model)
             sample(node, local, "user_model_gpu_busy", t, use.busy, **model)
             sample(node, local, "user_gpu_energy_joules", t, use.energy, created=use.created)
-        if node in self.gpu_nodes:
-            busy_by_gpu += [0.0] * (GPUS_PER_NODE - len(busy_by_gpu))
-            for i, busy in enumerate(busy_by_gpu[:GPUS_PER_NODE]):
-                sample(node, None, "gpu_utilization_ratio", t, busy, gpu=str(i))
+            gpu = {"gpu": self.gpu_uuid(node, use.gpu)}
+            self._idle_step(t, node, local, use)
+            if use.held:
+                busy_of[use.gpu] = (local, use.busy)
+                sample(node, local, "gpu_held", t, 1.0, **gpu)
+                sample(node, local, "user_gpu_memory_bytes", t, float(GPU_USER_MEMORY_BYTES), **gpu)
+                sample(node, local, "user_gpu_sm_ratio", t, use.busy, **gpu)
+            else:  # released: the device is free again
+                sample(node, local, "gpu_held", t, 0.0, **gpu)
+                use.gpu = -1
+        return busy_of
+
+    def _idle_step(self, t: float, node: str, local: str, use: _GpuUse) -> None:
+        """The GPU probe's idle-but-held events: one without an end once the held GPU has been
+        idle GPU_IDLE_MIN_SECONDS, and its end when it is busy again or released (the
+        ledger's gpu_idle_seconds count then)."""
+        idle = bool(use.held) and use.busy < GPU_IDLE_RATIO
+        if idle and use.idle_since is None:
+            use.idle_since, use.idle_sent = t, False
+        if use.idle_since is None:
+            return
+        start = use.idle_since
+        event = wire.Event(
+            kind="gpu_idle",
+            id=f"{node}/{self.gpu_uuid(node, use.gpu)}/{local}/{start:.0f}",
+            user=local,
+            start=start,
+            end=None,
+            attrs={"gpu": self.gpu_uuid(node, use.gpu), "model": GPU_MODEL, "node": node,
+                   "share": 1.0},
+        )  # fmt: skip
+        if idle and not use.idle_sent and t - start >= GPU_IDLE_MIN_SECONDS:
+            use.idle_sent = True
+            self._now.append((node, event))
+        elif not idle:
+            if use.idle_sent:
+                ended = wire.Event(event.kind, event.id, local, start, t, attrs=event.attrs)
+                self._later(node, ended, ("gpu_idle_seconds", t - start))
+            use.idle_since, use.idle_sent = None, False
+
+    def _gpu_devices(
+        self, t: float, node: str, busy_of: dict[int, tuple[str, float]], sample: Sample
+    ) -> None:
+        """What the GPU probe reports per device (capacity, memory, power, energy, busy,
+        who may be seen) and its state."""
+        dt = self.sim.interval
+        for i in range(GPUS_PER_NODE):
+            dev = self._devices.setdefault((node, i), _Device(created=t))
+            holder = busy_of.get(i)
+            busy = holder[1] if holder else 0.0
+            watts = GPU_IDLE_WATTS + (GPU_BUSY_WATTS - GPU_IDLE_WATTS) * busy
+            dev.energy += watts * dt
+            gpu = {"gpu": self.gpu_uuid(node, i)}
+            info = {"index": str(i), "name": GPU_NAME, "model": GPU_MODEL, "mig": "false"}
+            sample(node, None, "gpu_info", t, 1.0, **gpu, **info)
+            sample(node, None, "gpu_memory_total_bytes", t, float(GPU_MEMORY_BYTES), **gpu)
+            used = float(GPU_USER_MEMORY_BYTES) if holder else 0.0
+            sample(node, None, "gpu_memory_used_bytes", t, used, **gpu)
+            sample(node, None, "gpu_power_watts", t, watts, **gpu)
+            sample(node, None, "gpu_energy_joules", t, dev.energy, created=dev.created, **gpu)
+            sample(node, None, "gpu_utilization_ratio", t, busy, **gpu)
+            sample(node, None, "gpu_accounting_mode", t, 1.0, **gpu)
+            sample(node, None, "gpu_processes_visible", t, float(holder is not None), **gpu)
+            sample(node, None, "gpu_allocated_ratio", t, float(holder is not None), **gpu)
+        for state in GPU_PROBE_STATES:
+            sample(node, None, "gpu_probe_state", t, float(state == READY), state=state)
+
+    def _data_reads(
+        self, t: float, node: str, active: dict[str, SimSession], sample: Sample
+    ) -> None:
+        """Bytes read per user and source; the `cache` reads also count on the XRootD cache."""
+        rng, truth = self.rng, self.sim.truth
+        server = self._server_at(t)
         for local, sess in active.items():
             use = self._data.setdefault(
                 (node, local), _DataUse({s: 0.0 for s in SOURCES}, created=t)
@@ -273,6 +394,13 @@ class RichFacility:
                 ):
                     use.read[source] += mb * 1_000_000.0
                     truth.add(local, f"data_read_{source}_bytes", mb * 1_000_000.0)
+                    if source == "cache" and mb:
+                        server.values["read"] += mb * 1_000_000.0
+                        server.values["opened"] += 1.0
+                        server.values["opens"] += 1.0
+                        server.values["link_in"] += 1_024.0  # the request
+                        server.values["unattributed_in"] += 1_024.0
+                        server.values["unattributed_out"] += XROOTD_OVERHEAD_BYTES
             for source, value in use.read.items():
                 sample(
                     node,
@@ -283,3 +411,33 @@ class RichFacility:
                     created=use.created,
                     source=source,
                 )
+
+    def _server_at(self, t: float) -> _Server:
+        if self._server is None:
+            keys = ("read", "written", "opened", "opens", "link_in", "restarts",
+                    "unattributed_out", "unattributed_in")  # fmt: skip
+            self._server = _Server(dict.fromkeys(keys, 0.0), created=t)
+        return self._server
+
+    def _xrootd_server(self, t: float, node: str, sample: Sample) -> None:
+        """The cache server's summary counters: link out = bytes read + unattributed out."""
+        server = self._server_at(t)
+        v = server.values
+        labels = {"server": XROOTD_SERVER, "source": "cache"}
+        for metric, value in (
+            ("xrootd_server_read_bytes", v["read"]),
+            ("xrootd_server_written_bytes", v["written"]),
+            ("xrootd_server_files_opened", v["opened"]),
+            ("xrootd_server_opens", v["opens"]),
+            ("xrootd_server_link_in_bytes", v["link_in"]),
+            ("xrootd_server_link_out_bytes", v["read"] + v["unattributed_out"]),
+            ("xrootd_server_restarts", v["restarts"]),
+        ):
+            sample(node, None, metric, t, value, created=server.created, **labels)
+        for direction in ("out", "in"):
+            sample(node, None, "xrootd_unattributed_bytes", t, v[f"unattributed_{direction}"],
+                   created=server.created, direction=direction, **labels)  # fmt: skip
+
+    def gpu_uuid(self, node: str, index: int) -> str:
+        """The device's id, as NVML's UUIDs are: stable and unique in the facility."""
+        return f"GPU-{self.sim.facility}-{node}-{index}"

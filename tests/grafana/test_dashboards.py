@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from afmon.aggregator.metrics.catalog import series_names
-from afmon.collectors import wire
+from afmon.alerts.export import exportable
+from afmon.alerts.rules import load_rules
 from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 from tests.conftest import free_port
 from tests.prometheus_server import running_prometheus
@@ -147,52 +148,21 @@ def test_provisioning_points_at_the_dashboards_datasource() -> None:
 # -- a real Prometheus scraping a live afmon -----------------------------------------------
 
 
-def _extra_batch(facility: str, now: float) -> wire.Batch:
-    """What the simulator does not model yet: a GPU node, a spool, server starts, Dask scaling."""
-
-    def series(metric: str, labels: dict[str, str], values: list[float]) -> wire.Series:
-        unit, kind = wire.KNOWN_METRICS[metric]
-        return wire.Series(metric, unit, kind, labels, [now - 120, now - 60], values)
-
-    node = {"node": "gpu-node1"}
-    return wire.Batch(
-        version=wire.WIRE_VERSION,
-        agent_id="gpu-agent-1",
-        facility=facility,
-        node="gpu-node1",
-        seq=1,
-        sent_at=now,
-        series=[
-            series("gpu_utilization_ratio", {**node, "gpu": "GPU-0"}, [0.0, 0.0]),
-            series("gpu_held", {**node, "gpu": "GPU-0", "user": "atlas001"}, [1, 1]),
-            series("user_gpus_held", {**node, "user": "atlas001"}, [1, 1]),
-            series("user_gpu_busy", {**node, "user": "atlas001"}, [0.5, 0.5]),
-            series("agent_spool_batches", node, [0, 2]),
-        ],
-        events=[
-            wire.Event("spawn", "spawn-1", "cms001", now - 300, now - 290),
-            wire.Event("dask_scale", "c1/first-worker", "cms001", now - 280, now - 250,
-                       attrs={"reason": "first_worker", "target": 1, "from": 0}),
-            wire.Event("dask_scale", "c1/up-1", "cms001", now - 240, now - 120,
-                       attrs={"reason": "scale", "target": 4, "from": 1}),
-        ],
-    )  # fmt: skip
-
-
 @pytest.fixture
 def prometheus(
     tmp_path: Path, server_factory: Callable[..., Any]
 ) -> Iterator[tuple[str, list[str]]]:
-    """A live afmon fed with 2 h of a simulated facility, scraped every second by Prometheus."""
-    sim = FacilitySimulator(facility="test-af", nodes=2, members_per_vo=2, seed=11,
-                            sessions_per_member_day=24)  # fmt: skip
+    """A live afmon fed with 2 h of the demo's simulated facility (rich: GPUs, Dask, XRootD,
+    spools), nothing added by hand, scraped every second by Prometheus."""
+    # (this seed has Dask clusters scaling up in the last hour: the latency rules have data)
+    sim = FacilitySimulator(facility="test-af", nodes=2, members_per_vo=3, seed=11,
+                            sessions_per_member_day=24, rich=True)  # fmt: skip
     identity = tmp_path / "identity.toml"
     identity.write_text(sim.identity_toml())
     server = server_factory(identity_file=identity, alert_interval_seconds="0")
     poster = Poster(server.url, server.token)
     now = time.time()
     backfill(sim, poster, now - 2 * 3600, now - 30, report=None)
-    poster.post(_extra_batch(server.facility, now))
     host = server.url.removeprefix("http://")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -279,13 +249,20 @@ def test_the_readiness_probe_tolerates_any_answer() -> None:
     assert "503" in seen[0][1] and "Service Unavailable" in seen[0][1]
 
 
-def test_every_dashboard_expression_returns_data(prometheus: tuple[str, list[str]]) -> None:
+def test_every_dashboard_and_rule_expression_returns_data(
+    prometheus: tuple[str, list[str]],
+) -> None:
+    """The demo's simulator alone feeds every panel and every exported alert rule."""
     url, facilities = prometheus
     empty = []
     for uid, title, expr in _targets():
         result = _query(url, substitute(expr))
         if not result:
             empty.append(f"{uid} / {title}: {expr}")
+    for rule in exportable(load_rules()):
+        assert rule.prometheus is not None
+        if not _query(url, rule.prometheus):
+            empty.append(f"rule {rule.name}: {rule.prometheus}")
     assert not empty, "no data for:\n" + "\n".join(empty)
     # the template variables' own queries find the facility and the VOs
     for d in map(_load, DASHBOARDS):
