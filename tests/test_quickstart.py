@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -68,6 +69,8 @@ def database() -> Iterator[str]:
 def test_the_quickstart_runs_and_a_signed_in_member_sees_the_agents_data(
     tmp_path: Path, database: str
 ) -> None:
+    # else the page's install block would install into this test environment
+    assert (Path(sys.prefix) / "bin" / "afmon").exists(), "run the tests in afmon's virtualenv"
     subject = f"{uuid.uuid4()}"  # an IAM subject is an opaque id, not the login name
     issuer = Issuer("atlas", AUDIENCE, {subject: ["/atlas"]}, client_id="afmon-dashboard")
     port = free_port()
@@ -82,7 +85,7 @@ def test_the_quickstart_runs_and_a_signed_in_member_sees_the_agents_data(
         env.update(
             PATH=f"{bin_dir}:{env['PATH']}",
             AFMON_PORT=str(port),
-            AFMON_VENV=str(ROOT / ".venv"),
+            AFMON_VENV=sys.prefix,  # the virtualenv running this test: afmon is installed there
             AFMON_CONF_DIR=str(tmp_path / "etc"),
             AFMON_DB_NAME=database,
             AFMON_VO="atlas",
