@@ -33,6 +33,9 @@ GPU_IDLE_WATTS = 50
 GPU_IDLE_RATIO = 0.05  # the GPU probe's idle threshold and minimum idle time (its defaults)
 GPU_IDLE_MIN_SECONDS = 600.0
 GPU_HOARDER_SHARE = 0.25  # of the GPU holders, those who leave their GPU idle
+# The last GPU of the last GPU node is split into MIG instances (GPU instance id, slices of
+# the 7): reported as the probe reports them, held by nobody (whole GPUs are the demo's).
+MIG_SLICES = ((1, 4), (2, 3))
 SOURCES = ("local", "cache", "remote")
 XROOTD_SERVER = "xcache:1094"  # the cache that the `cache` reads come from, on the last node
 XROOTD_OVERHEAD_BYTES = 65_536.0  # per open: protocol bytes no user's record accounts for
@@ -141,7 +144,9 @@ class RichFacility:
         if sess.node in self.gpu_nodes and rng.random() < 0.6:
             use = self._gpu.get((sess.node, local))
             taken = {u.gpu for (n, _), u in self._gpu.items() if n == sess.node and u.gpu >= 0}
-            free = [i for i in range(GPUS_PER_NODE) if i not in taken]
+            free = [
+                i for i in range(GPUS_PER_NODE) if i not in taken and not self.is_mig(sess.node, i)
+            ]
             if use is not None and use.gpu >= 0:  # released at this tick: the same device again
                 free = [use.gpu]
             if free:
@@ -362,16 +367,20 @@ class RichFacility:
             watts = GPU_IDLE_WATTS + (GPU_BUSY_WATTS - GPU_IDLE_WATTS) * busy
             dev.energy += watts * dt
             gpu = {"gpu": self.gpu_uuid(node, i)}
-            info = {"index": str(i), "name": GPU_NAME, "model": GPU_MODEL, "mig": "false"}
+            mig = self.is_mig(node, i)
+            info = {"index": str(i), "name": GPU_NAME, "model": GPU_MODEL, "mig": str(mig).lower()}
             sample(node, None, "gpu_info", t, 1.0, **gpu, **info)
             sample(node, None, "gpu_memory_total_bytes", t, float(GPU_MEMORY_BYTES), **gpu)
             used = float(GPU_USER_MEMORY_BYTES) if holder else 0.0
             sample(node, None, "gpu_memory_used_bytes", t, used, **gpu)
             sample(node, None, "gpu_power_watts", t, watts, **gpu)
             sample(node, None, "gpu_energy_joules", t, dev.energy, created=dev.created, **gpu)
+            sample(node, None, "gpu_processes_visible", t, float(holder is not None), **gpu)
+            if mig:
+                self._mig_units(t, node, i, sample)
+                continue
             sample(node, None, "gpu_utilization_ratio", t, busy, **gpu)
             sample(node, None, "gpu_accounting_mode", t, 1.0, **gpu)
-            sample(node, None, "gpu_processes_visible", t, float(holder is not None), **gpu)
             sample(node, None, "gpu_allocated_ratio", t, float(holder is not None), **gpu)
         for state in GPU_PROBE_STATES:
             sample(node, None, "gpu_probe_state", t, float(state == READY), state=state)
@@ -437,6 +446,23 @@ class RichFacility:
         for direction in ("out", "in"):
             sample(node, None, "xrootd_unattributed_bytes", t, v[f"unattributed_{direction}"],
                    created=server.created, direction=direction, **labels)  # fmt: skip
+
+    def _mig_units(self, t: float, node: str, index: int, sample: Sample) -> None:
+        """The MIG instances of a split GPU: share of the GPU, memory, GPM busy ratio, and
+        held by nobody."""
+        parent = self.gpu_uuid(node, index)
+        for gi, slices in MIG_SLICES:
+            unit = {"gpu": f"MIG-{parent.removeprefix('GPU-')}-{gi}"}
+            info = {"parent": parent, "gi": str(gi), "slices": str(slices), "busy": "gpm"}
+            sample(node, None, "gpu_mig_info", t, slices / 7, **unit, **info)
+            total = float(GPU_MEMORY_BYTES // 8 * slices)
+            sample(node, None, "gpu_memory_total_bytes", t, total, **unit)
+            sample(node, None, "gpu_memory_used_bytes", t, 0.0, **unit)
+            sample(node, None, "gpu_utilization_ratio", t, 0.0, **unit)
+            sample(node, None, "gpu_allocated_ratio", t, 0.0, **unit)
+
+    def is_mig(self, node: str, index: int) -> bool:
+        return node == self.gpu_nodes[-1] and index == GPUS_PER_NODE - 1
 
     def gpu_uuid(self, node: str, index: int) -> str:
         """The device's id, as NVML's UUIDs are: stable and unique in the facility."""
