@@ -18,7 +18,7 @@ DEBS   := chromium chromium-driver prometheus prometheus-alertmanager xrootd-ser
 # need (afmon[server]), the tests everything (afmon[test], which includes afmon[server]).
 $(BIN)/.venv-made:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "afmon needs Python 3.11 or newer")'
-	$(PYTHON) -m venv $(VENV)
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@touch $@
 
