@@ -59,6 +59,7 @@ def build_services(
     identity = IdentityMap(engine)
     registry, instruments = make_registry(
         engine,
+        facilities=settings.facility_tokens,  # their counters exist at 0 from the start
         per_vo=settings.metrics_per_vo,
         node_silence=settings.metrics_node_silence_seconds,
         now=clock,

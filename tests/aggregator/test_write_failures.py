@@ -37,12 +37,12 @@ def _until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
 
 def _failures(url: str) -> dict[str, float]:
     body = httpx.get(f"{url}/metrics", timeout=30).text
-    return {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(
-            r'afmon_ingest_write_failures_total\{facility="test-af",reason="(\w+)"\} (\S+)', body
-        )
-    }
+    found = re.finditer(
+        r'afmon_ingest_write_failures_total\{facility="test-af",reason="(\w+)"\} (\S+)', body
+    )
+    counts = {m.group(1): float(m.group(2)) for m in found}
+    assert set(counts) >= {"locked", "disk_full", "read_only", "unavailable", "other"}  # all at 0
+    return {reason: n for reason, n in counts.items() if n}  # those that happened
 
 
 def _set_read_only(db: str, on: bool) -> None:
