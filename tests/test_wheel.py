@@ -150,6 +150,13 @@ def test_the_agent_alone_pulls_no_server_packages_and_runs(
     agent = run(venv / "bin" / "afmon-agent", "--help", cwd=tmp_path, env=env)
     assert agent.returncode == 0, agent.stderr
     assert "AFMON_" in agent.stdout
+    # the `afmon` command comes with it: its version works, its server commands say what
+    # to install instead of a traceback
+    server_cli = run(venv / "bin" / "afmon", "--version", cwd=tmp_path, env=env)
+    assert server_cli.returncode == 0 and "0.1.0" in server_cli.stdout, server_cli.stderr
+    serve = run(venv / "bin" / "afmon", "serve", cwd=tmp_path, env=env)
+    assert serve.returncode == 2 and "Traceback" not in serve.stderr, serve.stderr
+    assert "pip install 'afmon[server]'" in serve.stderr
     where = run(venv / "bin" / "python", "-c",
                 "import afmon.collectors.agent as a; print(a.__file__)", cwd=tmp_path)  # fmt: skip
     assert where.stdout.startswith(str(site)), where.stderr

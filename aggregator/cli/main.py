@@ -6,16 +6,19 @@ this module imports none of them."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from afmon.aggregator import __version__
-from afmon.aggregator.cli.common import EPILOG
 
 ENTRY_POINT_GROUP = "afmon.commands"
 
 
 def build_parser(group: str = ENTRY_POINT_GROUP) -> argparse.ArgumentParser:
+    # imported here: it needs the server's packages, which an agent-only install lacks
+    from afmon.aggregator.cli.common import EPILOG
+
     parser = argparse.ArgumentParser(
         prog="afmon",
         description="afmon: monitoring and accounting for HEP Analysis Facilities, per VO member.",
@@ -30,7 +33,21 @@ def build_parser(group: str = ENTRY_POINT_GROUP) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # before the commands load: works in an agent-only install
+        print(f"afmon {__version__}")
+        return 0
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as exc:
+        # `pip install afmon` (the agent alone) installs this command too
+        print(
+            f"afmon: this installation has the agent only ({exc.name} is missing); the "
+            "server's commands need `pip install 'afmon[server]'` (README.md, Install)",
+            file=sys.stderr,
+        )
+        return 2
+    args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
 
