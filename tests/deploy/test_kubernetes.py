@@ -74,7 +74,7 @@ def test_agent_least_privilege_and_read_only_host_mounts() -> None:
     pod = find("DaemonSet", "afmon-agent")["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     sc = c["securityContext"]
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE"]}
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["DAC_READ_SEARCH", "SYS_PTRACE"]}
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}

@@ -88,7 +88,8 @@ def test_server_runs_as_a_dedicated_user_with_no_capability() -> None:
 def test_agent_keeps_what_reading_proc_and_cgroups_needs() -> None:
     s = unit("afmon-agent.service")
     assert "User" not in s  # root, to read every user's /proc entries ...
-    assert s["CapabilityBoundingSet"] == ["CAP_SYS_PTRACE"]  # ... with this one capability
+    # ... with the two capabilities that reading /proc/PID/io takes
+    assert s["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH CAP_SYS_PTRACE"]
     assert s["ProtectProc"] == ["default"] and s["ProcSubset"] == ["all"]
     assert "PrivateDevices" not in s  # the GPU probe opens /dev/nvidia*
     assert "PrivateUsers" not in s  # uids must stay the host's
