@@ -202,7 +202,13 @@ class HostProbe:
             return None
         for line in text.splitlines():
             if line.startswith("0::"):
-                return line[3:]
+                path = line[3:]
+                # an agent in its own cgroup namespace (a Kubernetes pod) sees a host
+                # process's cgroup relative to its own: /../../user.slice/...; the host's
+                # hierarchy is mounted at cgroup_root, so the path from its root is wanted
+                while path.startswith("/.."):
+                    path = path[3:] or "/"
+                return path
         return None
 
     def _read_procs(self, covered: set[int]) -> dict[str, _Reading]:

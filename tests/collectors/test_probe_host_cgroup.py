@@ -160,6 +160,28 @@ def make_probe(tree: tuple[Path, Path], ps: StubPsutil, **kw: object) -> HostPro
     )
 
 
+def test_an_agent_in_its_own_cgroup_namespace_counts_each_process_once(
+    tree: tuple[Path, Path],
+) -> None:
+    """In a Kubernetes pod with a cgroup namespace, /proc/PID/cgroup of a host process reads
+    relative to the pod's cgroup (0::/../../../user.slice/...): a process inside a user's
+    slice is still counted by the slice only, not again through /proc."""
+    _cg, proc = tree
+    for pid in (1234, 1240):
+        (proc / str(pid) / "cgroup").write_text(
+            "0::/../../../user.slice/user-1000.slice/session-3.scope\n"
+        )
+    (proc / "2000" / "cgroup").write_text("0::/../../../system.slice/jupyterhub.service\n")
+    ps = StubPsutil(
+        [
+            StubProc(1234, 1000, cpu=4.0, rss=10 * MiB, read=5, write=5),
+            StubProc(2000, 1000, cpu=2.0, rss=100 * MiB, read=300, write=400),
+        ]
+    )
+    v = by(make_probe(tree, ps).collect(1_700_000_000.0).series)
+    assert v[("user_cpu_seconds", "alice")] == 12.5 + 2.0  # the slice, and the process outside
+
+
 def test_slices_and_procs_per_user(tree: tuple[Path, Path]) -> None:
     ps = StubPsutil(
         [
