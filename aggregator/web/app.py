@@ -71,40 +71,6 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-# /api/v1/batch (docs/batch.md): `by` names a dimension, optionally with the ledger's keys
-_DIM, _KEY = "(account|qos|partition)", "(facility|vo|group|member)"
-_BATCH_BY_SCHEMA = {
-    "pattern": f"^({_KEY},)*{_DIM}(,({_DIM}|{_KEY}))*$",
-    "description": "Comma-separated columns to total by: one or more of account, qos, "
-    "partition, optionally with facility, vo, group, member (refused with 400 otherwise)",
-}
-_BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": 'One row per `by` key: its columns ("" where jobs had none), the batch '
-        "resources in base units, and cpu_efficiency (null without wall time)",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "batch_jobs": {"type": "number"},
-                            "batch_wall_core_seconds": {"type": "number"},
-                            "batch_cpu_seconds": {"type": "number"},
-                            "cpu_efficiency": {"type": ["number", "null"]},
-                        },
-                        "required": ["batch_jobs", "batch_wall_core_seconds", "cpu_efficiency"],
-                    },
-                }
-            }
-        },
-    },
-    400: openapi.error("A `by` that names no batch dimension"),
-    **openapi.reader_errors(),
-}
-
-
 def create_app(
     settings: ServerSettings,
     *,
@@ -323,7 +289,7 @@ def create_app(
     @app.get(
         "/api/v1/batch",
         summary="Batch usage by account, QoS and partition, visible to the caller",
-        responses=_BATCH_RESPONSES,
+        responses=openapi.BATCH_RESPONSES,
         openapi_extra=openapi.READER_EXTRA,
     )
     def batch(
@@ -331,7 +297,7 @@ def create_app(
         p: PrincipalDep,
         start: Annotated[float, Query(ge=0, le=openapi.EPOCH_MAX, allow_inf_nan=False)],
         end: Annotated[float, Query(ge=0, le=openapi.EPOCH_MAX, allow_inf_nan=False)],
-        by: Annotated[str, Query(json_schema_extra=_BATCH_BY_SCHEMA)] = "account",
+        by: Annotated[str, Query(json_schema_extra=openapi.BATCH_BY_SCHEMA)] = "account",
     ) -> list[dict[str, Any]]:
         try:
             df = s.query.batch_by(p, start, end, by=tuple(by.split(",")))

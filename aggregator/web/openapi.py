@@ -360,27 +360,45 @@ BY_SCHEMA = {
     "pattern": f"^{_DIMENSION}(,{_DIMENSION})*$",
     "description": "Comma-separated columns to total by (refused with 400 otherwise)",
 }
+
+
+def _rows(description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """A 200 answering a JSON array of row objects."""
+    item = {"type": "object", "properties": properties, "required": required}
+    schema = {"type": "array", "items": item}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 USAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "One row per (`by`..., resource): its columns, and the amount",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "resource": {"type": "string"},
-                            "amount": {"type": "number"},
-                            "unit": {"type": "string"},
-                        },
-                        "required": ["resource", "amount", "unit"],
-                    },
-                }
-            }
-        },
-    },
+    200: _rows(
+        "One row per (`by`..., resource): its columns, and the amount",
+        {"resource": {"type": "string"}, "amount": {"type": "number"}, "unit": {"type": "string"}},
+        ["resource", "amount", "unit"],
+    ),
     400: error("A `by` that names no column"),
+    **reader_errors(),
+}
+
+# /api/v1/batch (docs/batch.md): `by` names a dimension, optionally with the ledger's keys
+_BATCH_DIMENSION = "(account|qos|partition)"
+BATCH_BY_SCHEMA = {
+    "pattern": f"^({_DIMENSION},)*{_BATCH_DIMENSION}(,({_BATCH_DIMENSION}|{_DIMENSION}))*$",
+    "description": "Comma-separated columns to total by: one or more of account, qos, "
+    "partition, optionally with facility, vo, group, member (refused with 400 otherwise)",
+}
+BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _rows(
+        'One row per `by` key: its columns ("" where jobs had none), the batch resources in '
+        "base units, and cpu_efficiency (null without wall time)",
+        {
+            "batch_jobs": {"type": "number"},
+            "batch_wall_core_seconds": {"type": "number"},
+            "batch_cpu_seconds": {"type": "number"},
+            "cpu_efficiency": {"type": ["number", "null"]},
+        },
+        ["batch_jobs", "batch_wall_core_seconds", "cpu_efficiency"],
+    ),
+    400: error("A `by` that names no batch dimension"),
     **reader_errors(),
 }
 
