@@ -92,13 +92,18 @@ class Event(msgspec.Struct, forbid_unknown_fields=True):
     attrs: dict[Name, AttrText | int | float | bool] = {}
 
 
-class Batch(msgspec.Struct, forbid_unknown_fields=True):
+class _Head(msgspec.Struct, forbid_unknown_fields=True):
+    """The envelope's fields: what refuses a batch as a whole when it is wrong."""
+
     version: int
     agent_id: Text
     facility: Name
     node: Text
     seq: Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
     sent_at: Epoch
+
+
+class Batch(_Head, forbid_unknown_fields=True):
     series: list[Series] = []
     events: list[Event] = []
 
@@ -215,15 +220,9 @@ def decode(
     return batch
 
 
-class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+class _Envelope(_Head, forbid_unknown_fields=True):
     """A batch whose records are left undecoded: to judge each record on its own."""
 
-    version: int
-    agent_id: Text
-    facility: Name
-    node: Text
-    seq: Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
-    sent_at: Epoch
     series: list[msgspec.Raw] = []
     events: list[msgspec.Raw] = []
 
