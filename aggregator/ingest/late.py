@@ -17,6 +17,7 @@ time the series already has is a repeat: the stored one stays (`stale_samples`).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -87,9 +88,9 @@ def place_late(
         last, _value, first = state[sid]
         if last is None or s.times[0] > last:
             continue  # nothing late: the common case
-        k = _count_at_or_before(s.times, last)
+        k = bisect.bisect_right(s.times, last)
         times, values = s.times[:k], s.values[:k]
-        if times[0] < last - window:
+        if times[0] < last - window and not _all_stored(conn, p, sid, times, last - window):
             refused.append(_too_old(i, s, 0, f"is {last - times[0]:.0f} s older than the "
                            "series' newest sample, beyond AFMON_LATE_SAMPLE_WINDOW_SECONDS "
                            f"({window:g} s)"))  # fmt: skip
@@ -118,13 +119,15 @@ def place_late(
     return refused, placed
 
 
-def _count_at_or_before(times: list[float], last: float) -> int:
-    n = 0
-    for t in times:
-        if t > last:
-            break
-        n += 1
-    return n
+def _all_stored(conn: Connection, p: str, sid: int, times: list[float], cutoff: float) -> bool:
+    """Whether the samples of `times` before `cutoff` are all stored already: a resent old
+    batch (an agent replaying its spool under a new id) repeats, it is not refused."""
+    old = times[: bisect.bisect_left(times, cutoff)]
+    rows = conn.exec_driver_sql(
+        f"SELECT time FROM sample WHERE series_id = {p} AND time >= {p} AND time <= {p}",
+        (sid, old[0], old[-1]),
+    )
+    return set(old) <= {r[0] for r in rows}
 
 
 def _too_old(i: int, s: wire.Series, k: int, why: str) -> wire.Refusal:

@@ -189,6 +189,11 @@ def test_swapped_batches_too_old_refusal_and_replay(
     assert answer["samples"] == 0 and answer["stale_samples"] == per_node[1][0].sample_count
     for batch in rest:
         poster.post(batch)
+    # a batch already stored, resent 3 h behind under a new seq (an agent replaying its spool
+    # under a new id): every sample a repeat, nothing refused
+    again = poster.post(with_seq(per_node[1][1], 10_001))
+    assert again["status"] == "applied", again
+    assert again["samples"] == 0 and again["stale_samples"] == per_node[1][1].sample_count
     answer = poster.post(held)
     assert answer["status"] == "partial"
     reasons = {r["reason"] for r in answer["refused"]}  # type: ignore[union-attr]
