@@ -4,7 +4,8 @@
 exchanges the code for tokens, verifies the access token like any bearer token
 (`afmon.aggregator.auth.tokens.TokenVerifier`), and keeps the resulting principal in a signed,
 HttpOnly cookie that expires with the token. Dash callbacks and the read API both
-accept that cookie.
+accept that cookie. Each VO's IAM registers its own client, so the flow uses the issuer's
+own `client_id`/`client_secret` when its configuration has them, else the global ones.
 """
 
 from __future__ import annotations
@@ -95,6 +96,15 @@ def make_router(
         base = public_url.rstrip("/") if public_url else str(request.base_url).rstrip("/")
         return f"{base}/auth/callback"
 
+    def client_of(issuer: str) -> tuple[str, str]:
+        """The issuer's own sign-in client, else the global one."""
+        config = verifier.issuer(issuer)
+        own_id = config.client_id if config else None
+        own_secret = config.client_secret if config else None
+        if own_id:
+            return own_id, own_secret.get_secret_value() if own_secret else ""
+        return client_id, client_secret
+
     def endpoints(issuer: str) -> dict[str, Any]:
         try:
             r = client.get(issuer.rstrip("/") + "/.well-known/openid-configuration")
@@ -130,7 +140,7 @@ def make_router(
         code_verifier, challenge = _pkce()
         params = {
             "response_type": "code",
-            "client_id": client_id,
+            "client_id": client_of(issuer)[0],
             "redirect_uri": redirect_uri(request),
             "scope": "openid profile wlcg.groups",
             "state": state,
@@ -173,6 +183,7 @@ def make_router(
         if pending is None or not secrets.compare_digest(pending["state"], state):
             raise HTTPException(400, "sign-in state missing or wrong; start again at /auth/login")
         token_endpoint = endpoints(pending["issuer"])["token_endpoint"]
+        own_id, own_secret = client_of(pending["issuer"])
         try:
             r = client.post(
                 token_endpoint,
@@ -180,8 +191,8 @@ def make_router(
                     "grant_type": "authorization_code",
                     "code": code,
                     "redirect_uri": redirect_uri(request),
-                    "client_id": client_id,
-                    "client_secret": client_secret,
+                    "client_id": own_id,
+                    "client_secret": own_secret,
                     "code_verifier": pending["verifier"],
                 },
             )

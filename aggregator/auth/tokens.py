@@ -5,8 +5,9 @@ groups from `wlcg.groups` or from `eduperson_entitlement` URNs. Which groups mak
 VO manager or a facility admin is configuration *of each issuer*: authority is the pair
 (issuer, group), so a group asserted by another trusted issuer grants nothing. Signatures
 are checked against the issuer's JWKS, fetched over HTTPS (or HTTP for tests) and cached;
-`exp`, `aud` and `iss` are checked, and the claims afmon reads must have the WLCG profile's
-types; nothing from a token is trusted before that.
+`exp`, `aud` and `iss` are checked (`aud`: the service's audience, or the issuer's own
+sign-in `client_id` when it has one; never another client), and the claims afmon reads must
+have the WLCG profile's types; nothing from a token is trusted before that.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ class TokenVerifier:
     def enabled(self) -> bool:
         return bool(self._issuers)
 
+    def issuer(self, issuer: str) -> IssuerConfig | None:
+        """The configuration of a trusted issuer (None when not trusted)."""
+        return self._issuers.get(issuer)
+
+    def audiences(self, issuer: str) -> list[str]:
+        """The `aud` values accepted from this issuer: the service's audience, and the
+        issuer's own sign-in client when it has one (its access tokens may name that client).
+        Only this issuer's client: a client id is an issuer's name, not afmon's."""
+        own = self._issuers[issuer].client_id
+        return [self._audience] + ([own] if own and own != self._audience else [])
+
     def principal(self, token: str) -> Principal:
         claims = self.verify(token)
         issuer = claims["iss"]
@@ -103,7 +115,7 @@ class TokenVerifier:
                 token,
                 key=key,
                 algorithms=ALGORITHMS,
-                audience=self._audience,
+                audience=self.audiences(issuer),
                 issuer=issuer,
                 leeway=self._leeway,
                 options={"require": ["exp", "iat", "iss", "sub", "aud"]},
@@ -111,9 +123,8 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
         except jwt.InvalidAudienceError:
-            raise AuthError(
-                f"token is not for this service (audience {self._audience!r})"
-            ) from None
+            accepted = " or ".join(repr(a) for a in self.audiences(issuer))
+            raise AuthError(f"token is not for this service (audience {accepted})") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"token refused: {exc}") from None
         check_claims(claims)

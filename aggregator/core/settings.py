@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from afmon.aggregator.core.issuers import IssuerConfig
+from afmon.aggregator.core.issuers import IssuerConfig, identity_map_issuers
 from afmon.aggregator.core.latency import DEFAULT_SLO_SECONDS
 
 DEFAULT_DATABASE = "sqlite:///afmon.sqlite"
@@ -82,10 +82,16 @@ class ServerSettings(BaseSettings):
         '{"https://atlas-auth.cern.ch/": {"vo": "atlas", "manager_groups": ["/atlas/af-managers"]}}'
         "; each may name its jwks_url (default: from its OpenID configuration), the groups "
         "that make a VO manager (`manager_groups`) and a facility admin (`admin_groups`, "
-        "granted only when this issuer asserts them) and the `admin_facility` they administer.",
+        "granted only when this issuer asserts them), the `admin_facility` they administer, "
+        "and the dashboard's own OIDC client at it (`client_id`, `client_secret`). Optional "
+        "for issuers the identity map names (`[vos.X] issuer`): those are trusted as they are "
+        "written there (docs/identity.md); naming one here too overrides the fields it sets, "
+        "and a different VO is refused.",
     )
     oidc_audience: str = Field(
-        "afmon", description="The `aud` that readers' tokens must carry for this service."
+        "afmon",
+        description="The `aud` that readers' tokens must carry for this service; a token from "
+        "an issuer with its own `client_id` may carry that client id instead.",
     )
     admin_groups: list[str] = Field(
         default_factory=list,
@@ -99,9 +105,13 @@ class ServerSettings(BaseSettings):
         "own `admin_facility`; unset: every facility.",
     )
     oidc_client_id: str | None = Field(
-        None, description="OIDC client id of the dashboard's sign-in; unset: no sign-in."
+        None,
+        description="OIDC client id of the dashboard's sign-in, for issuers without their own "
+        "`client_id`; unset: no sign-in.",
     )
-    oidc_client_secret: SecretStr | None = Field(None, description="Its client secret.")
+    oidc_client_secret: SecretStr | None = Field(
+        None, description="Its client secret (issuers with their own `client_secret` use that)."
+    )
     session_secret: SecretStr | None = Field(
         None,
         description="Key that signs sign-in sessions (at least 32 random characters); the same "
@@ -298,6 +308,35 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 "AFMON_METRICS_USERNAME and AFMON_METRICS_PASSWORD go together: set both or neither"
             )
+        return self
+
+    @property
+    def sign_in_issuers(self) -> list[str]:
+        """The trusted issuers the dashboard can sign in with: each needs a client, its own
+        (`client_id`) or the global AFMON_OIDC_CLIENT_ID."""
+        return [u for u, c in self.oidc_issuers.items() if c.client_id or self.oidc_client_id]
+
+    @model_validator(mode="after")
+    def _issuers_of_the_identity_map(self) -> ServerSettings:
+        """Trust the issuers the identity map names, so that an issuer is written once."""
+        if self.identity_file is None:
+            return self
+        mapped = identity_map_issuers(self.identity_file)
+        merged = dict(mapped)
+        for url, config in self.oidc_issuers.items():
+            base = mapped.get(url)
+            if base is None:
+                merged[url] = config
+                continue
+            if base.vo != config.vo:
+                raise ValueError(
+                    f"issuer {url!r} is VO {config.vo!r} in AFMON_OIDC_ISSUERS but VO "
+                    f"{base.vo!r} in the identity map {self.identity_file} ([vos.{base.vo}]): "
+                    "one issuer serves one VO; name it in one place"
+                )
+            update = {name: getattr(config, name) for name in config.model_fields_set}
+            merged[url] = base.model_copy(update=update)
+        self.oidc_issuers = merged
         return self
 
     @field_validator("admin_groups")

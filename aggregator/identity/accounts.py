@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, select
 
@@ -69,8 +76,18 @@ class MemberEntry(BaseModel):
 
 
 class VOEntry(BaseModel):
+    """A VO and its token issuer. The issuer is also trusted for sign-in and bearer tokens,
+    so it is written once, here; the other keys are that issuer's roles and client, read and
+    checked by `afmon.aggregator.core.issuers.identity_map_issuers` (docs/identity.md)."""
+
     model_config = ConfigDict(extra="forbid")
     issuer: str
+    manager_groups: list[str] = []
+    admin_groups: list[str] = []
+    admin_facility: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    jwks_url: str | None = None
 
 
 class IdentityFile(BaseModel):

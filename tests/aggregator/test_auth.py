@@ -6,6 +6,10 @@ signs WLCG-profile tokens; agent credentials come from `afmon agent-token`.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,3 +252,80 @@ def test_weak_static_tokens_are_refused_outside_local_mode(tmp_path: Path) -> No
     ]
     assert weak_secrets(ServerSettings(facility_tokens={"af": "secret"}, local_mode=True)) == []
     assert weak_secrets(ServerSettings(facility_tokens={"af": "aaaaaaaaaaaaaaaaaaaaaaaaaaaa"}))
+
+
+MAPPED = """
+[vos.atlas]
+issuer = "https://atlas-iam.example/"
+manager_groups = ["/atlas/af-managers"]
+client_id = "afmon-at-atlas"
+client_secret = "atlas-secret"
+[vos.cms]
+issuer = "https://cms-iam.example/"
+"""
+
+
+def test_an_issuer_is_written_once_in_the_identity_map(tmp_path: Path) -> None:
+    (tmp_path / "identity.toml").write_text(MAPPED)
+    settings = ServerSettings(identity_file=tmp_path / "identity.toml")
+    atlas = settings.oidc_issuers["https://atlas-iam.example/"]
+    cms = settings.oidc_issuers["https://cms-iam.example/"]
+    assert (atlas.vo, atlas.manager_groups, atlas.admin_groups) == (
+        "atlas",
+        ["/atlas/af-managers"],
+        [],
+    )
+    assert atlas.client_id == "afmon-at-atlas"
+    assert atlas.client_secret and atlas.client_secret.get_secret_value() == "atlas-secret"
+    assert (cms.vo, cms.manager_groups, cms.admin_groups, cms.client_id) == ("cms", [], [], None)
+    # sign-in: atlas through its own client; cms only once a global client is set
+    assert settings.sign_in_issuers == ["https://atlas-iam.example/"]
+    with_global = ServerSettings(identity_file=tmp_path / "identity.toml", oidc_client_id="g")
+    assert len(with_global.sign_in_issuers) == 2
+    # named in AFMON_OIDC_ISSUERS too, with the same VO: the fields set there win
+    both = ServerSettings(
+        identity_file=tmp_path / "identity.toml",
+        oidc_issuers={
+            "https://cms-iam.example/": {"vo": "cms", "admin_groups": ["/cms/af-admins"]},
+            "https://other.example/": {"vo": "lhcb"},
+        },
+    )
+    assert both.oidc_issuers["https://cms-iam.example/"].admin_groups == ["/cms/af-admins"]
+    assert both.oidc_issuers["https://atlas-iam.example/"].client_id == "afmon-at-atlas"
+    assert set(both.oidc_issuers) == {
+        "https://atlas-iam.example/",
+        "https://cms-iam.example/",
+        "https://other.example/",
+    }
+
+
+def test_the_identity_maps_issuer_roles_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "identity.toml"
+    path.write_text('[vos.atlas]\nissuer = "https://i/"\nadmin_groups = ["af-admins"]\n')
+    with pytest.raises(ValueError, match="vos.atlas.admin_groups.*not a WLCG group path"):
+        ServerSettings(identity_file=path)
+    path.write_text('[vos.atlas]\nissuer = "https://i/"\n[vos.cms]\nissuer = "https://i/"\n')
+    with pytest.raises(ValueError, match=r"\[vos.cms\] and \[vos.atlas\] name the same issuer"):
+        ServerSettings(identity_file=path)
+
+
+def test_an_issuer_with_two_vos_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "identity.toml").write_text(MAPPED)
+    env = {
+        **os.environ,
+        "AFMON_DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite",
+        "AFMON_IDENTITY_FILE": str(tmp_path / "identity.toml"),
+        "AFMON_OIDC_ISSUERS": json.dumps({"https://atlas-iam.example/": {"vo": "cms"}}),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "afmon.aggregator.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr
+    assert "'https://atlas-iam.example/' is VO 'cms' in AFMON_OIDC_ISSUERS" in line
+    assert f"VO 'atlas' in the identity map {tmp_path / 'identity.toml'}" in line
