@@ -87,12 +87,13 @@ accounts = [{{ facility = "test-af", local = "carol" }}]
 """
 
 
-@pytest.fixture
+@pytest.fixture(params=["global client", "no global client"])
 def two_issuer_server(
-    tmp_path, server_factory: Callable[..., ServerProcess]
+    request: pytest.FixtureRequest, tmp_path, server_factory: Callable[..., ServerProcess]
 ) -> Iterator[tuple[ServerProcess, Issuer, Issuer]]:
     """Two VOs, each issuer written once (in the identity map, no AFMON_OIDC_ISSUERS) with
-    the dashboard's own client at it; the global client is one neither issuer knows."""
+    the dashboard's own client at it; the global client, when there is one, is one neither
+    issuer knows (without it, the issuers' own clients alone turn sign-in on)."""
     atlas = Issuer("atlas", AUD, USERS, *ATLAS_CLIENT)
     cms = Issuer(
         "cms", AUD, {"carol": ["/cms"], "dan": ["/cms", "/atlas/af-managers"]}, *CMS_CLIENT
@@ -113,10 +114,13 @@ def two_issuer_server(
             identity_file=identity,
             local_mode="false",
             oidc_audience=AUD,
-            oidc_client_id="global-client-no-issuer-knows",
-            oidc_client_secret="global-secret",
             session_secret="s3ssion-secret-for-tests-0123456789abcdef",
-        )
+            **(
+                {"oidc_client_id": "global-client-no-issuer-knows",
+                 "oidc_client_secret": "global-secret"}
+                if request.param == "global client" else {}
+            ),
+        )  # fmt: skip
         ingest(server, {"alice": 3600.0, "bob": 7200.0, "carol": 1800.0})
         yield server, atlas, cms
 

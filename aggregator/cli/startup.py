@@ -81,20 +81,23 @@ def log_startup(
             "local mode (AFMON_LOCAL_MODE): readers are not authenticated and pick who they "
             "are; for a demo on this machine only"
         )
-    elif settings.oidc_client_id:
+    elif settings.sign_in_issuers:
         log.info(
-            "sign-in: OIDC client %s; bearer tokens from %d trusted issuers",
-            settings.oidc_client_id,
+            "sign-in: through %d of %d trusted issuers (a client each: its own or "
+            "AFMON_OIDC_CLIENT_ID); bearer tokens from all of them",
+            len(settings.sign_in_issuers),
             issuers,
         )
     elif issuers:
         log.info(
-            "sign-in: not configured (AFMON_OIDC_CLIENT_ID unset); readers send bearer tokens "
-            "from %d trusted issuers (AFMON_OIDC_ISSUERS)",
+            "sign-in: not configured (no issuer has a client, AFMON_OIDC_CLIENT_ID unset); "
+            "readers send bearer tokens from %d trusted issuers (identity map, "
+            "AFMON_OIDC_ISSUERS)",
             issuers,
         )
     else:
         log.warning(
-            "no reader can sign in: AFMON_OIDC_ISSUERS is empty and AFMON_OIDC_CLIENT_ID is "
-            "unset, so the dashboard and the read API refuse everyone (docs/security.md)"
+            "no reader can sign in: no trusted issuer (identity map, AFMON_OIDC_ISSUERS) and "
+            "AFMON_OIDC_CLIENT_ID unset, so the dashboard and the read API refuse everyone "
+            "(docs/security.md)"
         )

@@ -125,15 +125,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
-    if settings.oidc_client_id and settings.oidc_issuers:
+    if settings.sign_in_issuers:  # issuers with a client of their own, or the global one
         secret = settings.oidc_client_secret
         app.include_router(
             make_login_router(
                 services.verifier,
                 services.sessions,
-                settings.oidc_client_id,
+                settings.oidc_client_id or "",
                 secret.get_secret_value() if secret else "",
-                list(settings.oidc_issuers),
+                settings.sign_in_issuers,
                 settings.public_url,
                 clock,
             )

@@ -201,7 +201,7 @@ class Context:
 
     @property
     def login_enabled(self) -> bool:
-        return bool(self.sessions and self.settings.oidc_client_id and self.settings.oidc_issuers)
+        return bool(self.sessions and self.settings.sign_in_issuers)
 
     def signed_in(self) -> Principal | None:
         """The principal of the browser's sign-in session (read from the request's cookie)."""
