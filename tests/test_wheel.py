@@ -53,7 +53,8 @@ def offline_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the wheel of the checkout's files, a folder with it and all its dependencies)."""
+    """(the wheel of the checkout's files, a folder with it, its sdist and all their
+    dependencies, setuptools included to build the sdist offline)."""
     tmp = tmp_path_factory.mktemp("wheel")
     listed = run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT)
     assert listed.returncode == 0, listed.stderr
@@ -62,16 +63,18 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         if (ROOT / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
-    built = run(
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-        "--quiet", "-w", tmp / "dist", src,
+    built = run(  # the documented way: `python -m build` gives the sdist and the wheel
+        sys.executable, "-m", "build", "--sdist", "--wheel", "--no-isolation",
+        "--outdir", tmp / "dist", src,
     )  # fmt: skip
-    assert built.returncode == 0, built.stderr
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (wheel,) = (tmp / "dist").glob("afmon-*.whl")
+    (sdist,) = (tmp / "dist").glob("afmon-*.tar.gz")
     house = tmp / "wheelhouse"
     fetched = run(sys.executable, "-m", "pip", "wheel", "--quiet", "-w", house,
-                  f"{wheel}[server]")  # fmt: skip
+                  f"{wheel}[server]", "setuptools>=77")  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr
+    shutil.copy2(sdist, house / sdist.name)
     return wheel, house
 
 
@@ -87,6 +90,19 @@ def fresh_venv(where: Path, house: Path, requirement: str) -> tuple[Path, Path, 
                requirement, env=offline_env())  # fmt: skip
     assert done.returncode == 0, done.stderr
     return where, site, set(os.listdir(site)) - before
+
+
+def test_the_sdist_installs_the_agent_in_a_fresh_venv(
+    wheelhouse: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The source distribution builds offline (setuptools from the wheelhouse) and gives a
+    working agent."""
+    (sdist,) = wheelhouse[1].glob("afmon-*.tar.gz")
+    venv, _site, added = fresh_venv(tmp_path / "venv", wheelhouse[1], str(sdist))
+    assert "afmon" in added
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFMON_")}
+    version = run(venv / "bin" / "afmon-agent", "--version", cwd=tmp_path, env=env)
+    assert version.returncode == 0 and "0.1.0" in version.stdout, version.stderr
 
 
 @pytest.fixture(scope="module")
