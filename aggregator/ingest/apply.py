@@ -7,14 +7,13 @@ or not at all, and a batch seen again is acknowledged without being applied.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain, repeat
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 from sqlalchemy import Connection, Engine
@@ -24,14 +23,14 @@ from afmon.aggregator.identity.accounts import IdentityMap, MemberRef
 from afmon.aggregator.ingest import quarantine as quarantined
 from afmon.aggregator.ingest.admission import SeriesKey, admit, labels_json, series_key
 from afmon.aggregator.ingest.capacity import capacity_refusals
+from afmon.aggregator.ingest.events import apply_events, ensure_unmapped
 from afmon.aggregator.ingest.late import LateSamples, SeriesState, place_late
 from afmon.aggregator.ingest.limits import Cardinality, Limits, check_size, label_refusals
+from afmon.aggregator.ingest.nodes import node_capacity, write_node_capacity
 from afmon.aggregator.ingest.quarantine import StillRefused
 from afmon.aggregator.ledger.base import (
     ACCOUNTED_METRICS,
-    EVENT_RULES,
     HOUR,
-    AttrError,
     Increments,
     counter_increases,
     counter_increases_per_hour,
@@ -40,19 +39,11 @@ from afmon.aggregator.ledger.base import (
 )
 from afmon.aggregator.store.db import insert_rows, placeholder
 from afmon.aggregator.store.rollup import DAY
-from afmon.aggregator.store.schema import RESOURCES, UNMAPPED_ISSUER
+from afmon.aggregator.store.schema import RESOURCES
 from afmon.aggregator.store.tsdb import Outbox, Points, series_head
 from afmon.collectors import wire
 
 log = logging.getLogger(__name__)
-
-NODE_METRICS = {
-    "node_cpu_cores": "cpu_cores",
-    "node_memory_bytes": "memory_bytes",
-    "node_hepscore23_per_core": "hepscore23_per_core",
-    "node_cpu_busy_ratio": "cpu_busy_ratio",
-}
-NODE_COLUMNS = ("cpu_cores", "memory_bytes", "hepscore23_per_core")
 
 
 # Raw series that afmon reads back from the `sample` table (query/operations.py: data_servers,
@@ -83,6 +74,21 @@ def first_per_record(refused: Iterable[wire.Refusal]) -> list[wire.Refusal]:
         if (r.kind, r.index) not in seen:
             seen.add((r.kind, r.index))
             out.append(r)
+    return out
+
+
+def _in_batch(
+    found: Sequence[wire.Refusal], batch: wire.Batch, refused: Sequence[wire.Refusal]
+) -> list[wire.Refusal]:
+    """Event refusals found in the batch less its `refused` records, renumbered as in the
+    batch as sent (the answer and the quarantine name those positions)."""
+    gone = {r.index for r in refused if r.kind == "event"}
+    kept = [i for i in range(len(batch.events)) if i not in gone]
+    out = []
+    for r in found:
+        i = kept[r.index]
+        field = r.field.replace(f"$.events[{r.index}]", f"$.events[{i}]", 1)
+        out.append(msgspec.structs.replace(r, index=i, field=field))
     return out
 
 
@@ -192,7 +198,7 @@ class Ingestor:
             gone = {r.index for r in refused if r.kind == "series"}
             ids = self._series_ids_for(conn, batch, keys, new_series, gone)
             state = self._series_state(conn, [sid for sid in ids if sid is not None])
-            nodes, reported = self._nodes(conn, batch, ids, state)
+            nodes, reported = node_capacity(conn, p, batch, ids, state)
             over = capacity_refusals(
                 batch,
                 ids,
@@ -222,6 +228,10 @@ class Ingestor:
                 late = {j: late[i] for j, i in enumerate(kept) if i in late}
                 ids = [ids[i] for i in kept]
             result = self._apply(conn, clean, ids, state, late, nodes, reported, now, own_node)  # type: ignore[arg-type]
+            if result.refused:  # events whose attributes their rule refused
+                refused += _in_batch(result.refused, batch, refused)
+                if not quarantine:
+                    raise StillRefused(refused)
             if refused:
                 quarantined.store(conn, batch, refused, now, self._settings.quarantine_keep)
         # Only ids of committed series may be remembered: a rolled-back id can be reused.
@@ -263,7 +273,7 @@ class Ingestor:
         own_node: bool = True,
     ) -> IngestResult:
         facility = batch.facility
-        self._write_nodes(conn, facility, reported, now)
+        write_node_capacity(conn, self._p, facility, reported, now)
         hepscore = {n: c["hepscore23_per_core"] for n, c in nodes.items()
                     if c.get("hepscore23_per_core")}  # fmt: skip
         inc = Increments()
@@ -349,8 +359,17 @@ class Ingestor:
                 f"AND first_time > {self._p}",
                 firsts,
             )
-        events = self._apply_events(conn, batch, inc, members, hepscore)
-        self._ensure_unmapped(conn, members)
+        events, bad_events = apply_events(
+            conn,
+            self._p,
+            self._for_update,
+            batch,
+            inc,
+            lambda f, user, when: self._member(f, user, when, members),
+            hepscore,
+            self._settings.default_hepscore23_per_core,
+        )
+        ensure_unmapped(conn, self._p, members)
         if inc.amounts:
             conn.exec_driver_sql(
                 self._sql_ledger,
@@ -384,7 +403,9 @@ class Ingestor:
             )
         if own_node:
             self._touch_agent(conn, batch, now, written)
-        return IngestResult("applied", batch.seq, written, stale, events, len(inc))
+        return IngestResult(
+            "applied", batch.seq, written, stale, events, len(inc), tuple(bad_events)
+        )
 
     def _one_member(self, facility: str, user: str, first: float, last: float) -> bool:
         """Whether `user` maps to the same member from `first` to `last` (inclusive)."""
@@ -473,133 +494,6 @@ class Ingestor:
             f"first_time = COALESCE(first_time, {p}) WHERE id = {p}",
             new_state,
         )
-
-    def _nodes(
-        self,
-        conn: Connection,
-        batch: wire.Batch,
-        ids: list[int | None],
-        state: dict[int, SeriesState],
-    ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-        """Every node of the facility with its known capacity (cpu_cores, memory_bytes,
-        hepscore23_per_core, ...) as the batch leaves it, and what the batch reported: its
-        node_* series' newest samples (only when newer than the stored: a late batch leaves
-        a node as it is)."""
-        p = self._p
-        nodes: dict[str, dict[str, float]] = {}
-        reported: dict[str, dict[str, float]] = {}
-        for r in conn.exec_driver_sql(
-            "SELECT node, cpu_cores, memory_bytes, hepscore23_per_core FROM node "
-            f"WHERE facility = {p}",
-            (batch.facility,),
-        ):
-            nodes[r[0]] = {c: v for c, v in zip(NODE_COLUMNS, r[1:], strict=True) if v is not None}
-        for s, sid in zip(batch.series, ids, strict=True):
-            column = NODE_METRICS.get(s.metric)
-            if not column or not s.values or sid is None:
-                continue
-            last = state[sid][0]
-            if last is None or s.times[-1] > last:
-                name = s.labels.get("node", batch.node)
-                nodes.setdefault(name, {})[column] = s.values[-1]
-                reported.setdefault(name, {})[column] = s.values[-1]
-        return nodes, reported
-
-    def _write_nodes(
-        self, conn: Connection, facility: str, reported: dict[str, dict[str, float]], now: float
-    ) -> None:
-        """Store the node capacity the batch reported."""
-        p = self._p
-        for node, values in reported.items():
-            cols = ", ".join(values)
-            sets = ", ".join(f"{c} = excluded.{c}" for c in values)
-            conn.exec_driver_sql(
-                f"INSERT INTO node (facility, node, updated, {cols}) "
-                f"VALUES ({', '.join([p] * (3 + len(values)))}) "
-                f"ON CONFLICT (facility, node) DO UPDATE SET updated = excluded.updated, {sets}",
-                (facility, node, now, *values.values()),
-            )
-
-    def _apply_events(
-        self,
-        conn: Connection,
-        batch: wire.Batch,
-        inc: Increments,
-        members: dict[str, MemberRef],
-        hepscore: dict[str, float] | None = None,
-    ) -> int:
-        p = self._p
-        applied = 0
-        for i, e in enumerate(batch.events):
-            row = conn.exec_driver_sql(
-                f'SELECT "end" FROM event WHERE facility = {p} AND kind = {p} AND id = {p}'
-                f"{self._for_update}",
-                (batch.facility, e.kind, e.id),
-            ).first()
-            if row is not None and row[0] is not None:
-                continue  # already ended and accounted: a repeat changes nothing
-            ref = self._member(batch.facility, e.user, e.start, members)
-            attrs = json.dumps(e.attrs, sort_keys=True)
-            if row is None:
-                conn.exec_driver_sql(
-                    "INSERT INTO event (facility, kind, id, node, local_user, member_id, start, "
-                    f'"end", attrs) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})',
-                    (
-                        batch.facility,
-                        e.kind,
-                        e.id,
-                        batch.node,
-                        e.user,
-                        ref.id,
-                        e.start,
-                        e.end,
-                        attrs,
-                    ),
-                )
-            elif e.end is None:
-                continue  # still open, already recorded: nothing changes
-            else:
-                conn.exec_driver_sql(
-                    f'UPDATE event SET "end" = {p}, attrs = {p} '
-                    f"WHERE facility = {p} AND kind = {p} AND id = {p}",
-                    (e.end, attrs, batch.facility, e.kind, e.id),
-                )
-            if e.end is not None:
-                # rules see the HEPscore23 per core of the event's node (attrs.node, else the
-                # batch's node; the default when that node has not reported one)
-                hs = (hepscore or {}).get(str(e.attrs.get("node") or batch.node))
-                hs = self._settings.default_hepscore23_per_core if hs is None else hs
-                e = msgspec.structs.replace(e, attrs={**e.attrs, "node_hepscore23_per_core": hs})
-                try:
-                    EVENT_RULES[e.kind](inc, batch.facility, ref, e)
-                except AttrError as exc:
-                    raise wire.WireError(f"$.events[{i}].attrs.{exc.attr}", exc.message) from None
-            applied += 1
-        return applied
-
-    def _ensure_unmapped(self, conn: Connection, members: dict[str, MemberRef]) -> None:
-        p = self._p
-        rows: list[tuple[Any, ...]] = []
-        for ref in members.values():
-            issuer, _, subject = ref.id.partition("|")
-            if issuer == UNMAPPED_ISSUER:
-                rows.append(
-                    (
-                        ref.id,
-                        issuer,
-                        subject,
-                        ref.vo,
-                        ref.grp,
-                        f"unmapped accounts at {subject}",
-                        "[]",
-                    )
-                )
-        if rows:
-            conn.exec_driver_sql(
-                "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups) "
-                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
-                rows,
-            )
 
     def _touch_agent(self, conn: Connection, batch: wire.Batch, now: float, samples: int) -> None:
         p = self._p

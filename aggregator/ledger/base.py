@@ -246,6 +246,17 @@ class Increments:
         key = (facility, member.vo, member.grp, member.id, account, qos, partition, resource, hour)
         self.batch[key] += amount
 
+    def merge(self, other: Increments) -> None:
+        """Add everything of `other` (an event's increments, judged apart) to these."""
+        for key, amount in other.amounts.items():
+            self.amounts[key] += amount
+        for key, amount in other.batch.items():
+            self.batch[key] += amount
+        for key, (count, seconds) in other.latencies.items():
+            slot = self.latencies.setdefault(key, [0, 0.0])
+            slot[0] += count
+            slot[1] += seconds
+
     def __len__(self) -> int:
         return len(self.amounts)
 

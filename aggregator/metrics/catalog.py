@@ -54,6 +54,7 @@ REFUSAL_REASONS = (
     "too_old",
     "too_long",
     "ends_before_start",
+    "bad_attribute",
     "repeated_series",
     "unknown_resource",
     "beyond_capacity",

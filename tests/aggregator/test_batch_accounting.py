@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -186,17 +187,26 @@ def test_members_see_only_their_own_batch_usage(client: TestClient) -> None:
         ({"queue_wait_seconds": "long"}, "queue_wait_seconds", "must be a number"),
     ],
 )
-def test_bad_attributes_are_refused_naming_them(
+def test_bad_attributes_refuse_their_event_only(
     client: TestClient, attrs: dict[str, Any], field: str, message: str
 ) -> None:
+    """The job with a bad attribute is refused on its own (bad_attribute, quarantined as
+    sent, no event row); the good job of the same batch is accounted."""
     post = Poster(client)
-    r = post([job("slurm:c:0", cpu_seconds=1.0), job(**attrs)])
-    assert r.status_code == 422
-    assert r.json()["detail"]["field"] == f"$.events[1].attrs.{field}"
-    assert message in r.json()["detail"]["message"]
-    assert rows(client, "batch_jobs") == {}  # nothing of the batch was written
-    assert post([job("slurm:c:0", cpu_seconds=1.0)]).status_code == 200
-    assert rows(client, "batch_jobs") == {H: 1.0}
+    bad = job(**attrs)
+    r = post([job("slurm:c:0", cpu_seconds=1.0), bad])
+    assert r.status_code == 200 and r.json()["status"] == "partial", r.text
+    [refusal] = r.json()["refused"]
+    assert (refusal["field"], refusal["reason"]) == (f"$.events[1].attrs.{field}", "bad_attribute")
+    assert message in refusal["message"]
+    assert r.json()["events"] == 1
+    assert rows(client, "batch_jobs") == {H: 1.0}  # the good job only
+    with client.app.state.services.engine.connect() as conn:
+        ids = [i for (i,) in conn.exec_driver_sql("SELECT id FROM event")]
+        kept = conn.exec_driver_sql("SELECT kind, reason, record FROM quarantine").all()
+    assert ids == ["slurm:c:0"]
+    assert [(k, reason) for k, reason, _ in kept] == [("event", "bad_attribute")]
+    assert msgspec.json.decode(kept[0][2], type=wire.Event) == bad
 
 
 def test_a_requeued_job_counts_once_and_every_run_counts_its_usage(client: TestClient) -> None:

@@ -198,10 +198,12 @@ def test_dask_events_worker_time_failures_and_metrics(client: TestClient) -> Non
     assert "afmon_time_to_scale_up_seconds_count" in body
     assert "alice" not in body and "member" not in body
 
-    # bad attributes are refused with the attribute named, and nothing of the batch is kept
+    # bad attributes refuse their event, named (quarantined), and nothing of it is kept
     bad = [wire.Event("dask_worker", "c1/w9", "alice", t0, t0 + 5, {"nthreads": 0})]
     r = post(client, bad, seq=2)
-    assert r["code"] == 422 and r["detail"]["field"] == "$.events[0].attrs.nthreads"
+    assert r["status"] == "partial", r
+    [refusal] = r["refused"]
+    assert (refusal["field"], refusal["reason"]) == ("$.events[0].attrs.nthreads", "bad_attribute")
     with client.app.state.services.engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM event WHERE id = 'c1/w9'")).scalar() == 0
 
