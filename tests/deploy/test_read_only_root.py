@@ -19,14 +19,18 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="private mount namespaces and read-only remounts need root"
 )
 
-# In a private mount namespace (nothing changes outside it): a tmpfs on /tmp, every other
-# mount remounted read-only, then afmon serve with no capability at all.
+# In a private mount namespace (nothing changes outside it): a fresh tmpfs as the server's
+# TMPDIR (the manifest's emptyDir on /tmp; mounted on a directory of the test's own, so that a
+# checkout under /tmp stays visible), every other mount remounted read-only, then afmon serve
+# with no capability at all.
 SCRIPT = r"""
 set -e
 mount --make-rprivate /
-mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs "$AFMON_SCRATCH"
+export TMPDIR="$AFMON_SCRATCH"
+mount -o remount,bind,ro / 2>/dev/null || true
 for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
-  case "$m" in /tmp|/proc*|/sys*|/dev*) continue;; esac
+  case "$m" in "$AFMON_SCRATCH"|/proc*|/sys*|/dev*) continue;; esac
   mount -o remount,bind,ro "$m" 2>/dev/null || true
 done
 if touch "$AFMON_PROBE_FILE" 2>/dev/null; then echo "still writable" >&2; exit 3; fi
@@ -46,7 +50,9 @@ def test_server_runs_on_a_read_only_root_without_capabilities(pg_url: str, tmp_p
         "AFMON_LOG_LEVEL": "warning",
         "PYTHONDONTWRITEBYTECODE": "1",
         "AFMON_PROBE_FILE": str(Path(sys.executable).parent / "afmon-ro-probe"),
+        "AFMON_SCRATCH": str(tmp_path / "scratch"),
     }
+    (tmp_path / "scratch").mkdir()
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
