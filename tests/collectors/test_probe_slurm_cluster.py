@@ -46,6 +46,7 @@ HIGH_QOS = "high"
 TOKEN = "slurm-test-token"
 FACILITY = "af-slurm"
 HS23 = 12.5
+CPU_SETTLE = 0.05  # s of CPU slurmdbd may add to a run after its steps ended (see below)
 BURN = "end=$((SECONDS+{s})); while [ $SECONDS -lt $end ]; do :; done"
 
 
@@ -357,14 +358,19 @@ def test_ledger_equals_sacct_for_two_users(
     assert expected[a]["jobs"] == 13 and expected[b]["jobs"] == 3
     assert expected[a]["cpu"] > 0 and expected[b]["cpu"] > 0  # the jobs really burnt CPU
     got = ledger(client)
+    # CPU: slurmdbd may still finalise a killed job's TotalCPU by a few milliseconds after the
+    # probe has read every step ended (seen once under load: 2.171 s read, 2.174 s later), so
+    # CPU is compared within CPU_SETTLE; jobs, wall and core-seconds exactly
     for user, member in ((a, "alice"), (b, "bob")):
         # batch_jobs counts jobs (sacct), the usage every run (sacct -D)
         assert got[(member, "batch_jobs")] == expected[user]["jobs"]
         assert got[(member, "batch_job_seconds")] == expected[user]["wall"]
         assert got[(member, "batch_wall_core_seconds")] == expected[user]["core"]
-        assert got[(member, "batch_cpu_seconds")] == pytest.approx(expected[user]["cpu"], abs=1e-9)
+        assert got[(member, "batch_cpu_seconds")] == pytest.approx(
+            expected[user]["cpu"], abs=CPU_SETTLE
+        )
         assert got[(member, "batch_cpu_hs23_seconds")] == pytest.approx(
-            expected[user]["cpu"] * HS23, abs=1e-6
+            expected[user]["cpu"] * HS23, abs=CPU_SETTLE * HS23
         )
         assert got[(member, "batch_wall_core_hs23_seconds")] == expected[user]["core"] * HS23
     assert ("alice", "batch_gpu_seconds") not in got  # no GPUs on this node
@@ -383,9 +389,11 @@ def test_ledger_equals_sacct_for_two_users(
             row = got_by.loc[key]
             assert row["batch_job_seconds"] == w["wall"], (by, key)
             assert row["batch_wall_core_seconds"] == w["core"], (by, key)
-            assert row["batch_cpu_seconds"] == pytest.approx(w["cpu"], abs=1e-9), (by, key)
+            assert row["batch_cpu_seconds"] == pytest.approx(w["cpu"], abs=CPU_SETTLE), (by, key)
             assert row["batch_wall_core_hs23_seconds"] == w["core"] * HS23
-            assert row["batch_cpu_hs23_seconds"] == pytest.approx(w["cpu"] * HS23, abs=1e-6)
+            assert row["batch_cpu_hs23_seconds"] == pytest.approx(
+                w["cpu"] * HS23, abs=CPU_SETTLE * HS23
+            )
     # and per member, resource and hour it sums to the ledger: jobs, wall and core-seconds
     # (whole seconds) exactly, CPU (sacct's milliseconds) up to the float's last bits
     hourly, parts = hourly_ledger(client), breakdown(client)
@@ -399,7 +407,9 @@ def test_ledger_equals_sacct_for_two_users(
     # efficiency and queue wait as readers see them
     usage = q.batch_usage(LOCAL_ADMIN, now - 7200, now + 3600).set_index("member")
     bob = usage.loc["https://cms.example.org/|bob"]
-    assert bob["cpu_efficiency"] == pytest.approx(expected[b]["cpu"] / expected[b]["core"])
+    assert bob["cpu_efficiency"] == pytest.approx(
+        expected[b]["cpu"] / expected[b]["core"], abs=CPU_SETTLE / expected[b]["core"]
+    )
     waits = q.latency_percentiles(
         LOCAL_ADMIN, "batch_queue_wait", now - 7200, now + 3600, by=("member",)
     )
