@@ -55,12 +55,16 @@ Epoch = Annotated[float, msgspec.Meta(ge=0)]
 SEQ_MAX = (1 << 63) - 1  # the database's BIGINT
 
 
-class Series(msgspec.Struct, forbid_unknown_fields=True):
+class Series(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """One metric with one label set, and its samples as parallel arrays.
 
     `created` is when a counter started from zero (like OpenMetrics'
     `_created`). Without it the first sample the aggregator sees of a counter
     is only a baseline; with it, the first sample counts in full.
+    `temporality` "delta" (counters only; OTLP's delta sums arrive so): each value is the
+    increase since the series' previous sample (or since `created`), and the aggregator
+    adds it to the series' stored total, so the store and the ledger see a cumulative
+    counter.
     """
 
     metric: Name
@@ -70,6 +74,7 @@ class Series(msgspec.Struct, forbid_unknown_fields=True):
     times: list[Epoch]
     values: list[float]
     created: Epoch | None = None
+    temporality: Literal["cumulative", "delta"] = "cumulative"
 
 
 class Event(msgspec.Struct, forbid_unknown_fields=True):
@@ -422,6 +427,12 @@ def _series_problem(
             )
         if s.kind != kind:
             return f"{where}.kind", "wrong_kind", f"metric {s.metric} is a {kind}, not a {s.kind}"
+    if s.temporality == "delta" and s.kind != "counter":
+        return (
+            f"{where}.temporality",
+            "wrong_kind",
+            f"series {s.metric} is a gauge: only a counter can be sent as deltas",
+        )
     if s.kind == "counter" and s.values and min(s.values) < 0:
         return f"{where}.values", "negative_counter", f"counter {s.metric} has a negative value"
     if expected is not None and s.values and min(s.values) < 0:  # no known gauge goes below 0

@@ -23,6 +23,7 @@ from afmon.aggregator.identity.accounts import IdentityMap, MemberRef
 from afmon.aggregator.ingest import quarantine as quarantined
 from afmon.aggregator.ingest.admission import SeriesKey, admit, labels_json, series_key
 from afmon.aggregator.ingest.capacity import capacity_refusals
+from afmon.aggregator.ingest.delta import cumulate
 from afmon.aggregator.ingest.events import apply_events, ensure_unmapped
 from afmon.aggregator.ingest.late import LateSamples, SeriesState, place_late
 from afmon.aggregator.ingest.limits import Cardinality, Limits, check_size, label_refusals
@@ -198,6 +199,11 @@ class Ingestor:
             gone = {r.index for r in refused if r.kind == "series"}
             ids = self._series_ids_for(conn, batch, keys, new_series, gone)
             state = self._series_state(conn, [sid for sid in ids if sid is not None])
+            sent = batch  # as sent: what the quarantine keeps (a replay converts it again)
+            batch, out_of_order = cumulate(batch, ids, state)
+            for r in out_of_order:
+                ids[r.index] = None
+            refused += out_of_order
             nodes, reported = node_capacity(conn, p, batch, ids, state)
             over = capacity_refusals(
                 batch,
@@ -233,7 +239,7 @@ class Ingestor:
                 if not quarantine:
                     raise StillRefused(refused)
             if refused:
-                quarantined.store(conn, batch, refused, now, self._settings.quarantine_keep)
+                quarantined.store(conn, sent, refused, now, self._settings.quarantine_keep)
         # Only ids of committed series may be remembered: a rolled-back id can be reused.
         self._series_ids.update(new_series)
         if refused:

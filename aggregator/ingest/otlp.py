@@ -8,9 +8,11 @@ What is mapped (docs/scale.md shows the table):
   process (`pid` label from the resource's `process.pid`).
 Identity: `user` from the point attribute `user`, else the resource's `process.owner` or
 `user.name`; `node` from the point attribute `node`, else the resource's `host.name`.
-An afmon counter must arrive as a monotonic cumulative Sum (its start time becomes the
-series' `created`, so the first export counts in full); a gauge as a Gauge or a
-non-monotonic Sum. Metrics that nothing maps are ignored and counted.
+An afmon counter must arrive as a monotonic Sum: cumulative (its start time becomes the
+series' `created`, so the first export counts in full) or delta (sent on as a delta series,
+which the ingest adds to the series' stored total: ingest/delta.py); a gauge as a Gauge or
+a cumulative non-monotonic Sum. Metrics that nothing maps are ignored and counted; a
+histogram under an afmon name is refused and counted (`rejected_data_points`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ UCUM = {
     "HS23": "{HS23}",
 }
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 NO_RECORDED_VALUE = 1
 
 
@@ -133,20 +136,21 @@ class Converted:
         )
 
 
-Point = tuple[str, dict[str, str], float, float, float | None, str]
-"""(afmon metric, labels, time, value, created, combine) of one accepted data point."""
+Point = tuple[str, dict[str, str], float, float, float | None, str, bool]
+"""(afmon metric, labels, time, value, created, combine, delta) of one accepted data point."""
+SeriesId = tuple[str, tuple[tuple[str, str], ...], bool]
+"""(afmon metric, sorted labels, delta) of one series of the batch."""
 
 
 def to_batch(
     request: ExportMetricsServiceRequest, *, facility: str, agent_id: str, seq: int, now: float
 ) -> Converted:
     """Map the request onto afmon series. A metric that cannot be mapped as sent (wrong unit
-    or shape, delta temporality, a histogram under an afmon name) is refused on its own, as
-    are the points of a metric that lack a user or node or carry no finite value; the rest
-    is mapped. Two points of one series at one time: the last wins (summed rows add)."""
-    # (metric, labels) -> time -> (value, created)
-    series: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, tuple[float, float | None]]]
-    series = defaultdict(dict)
+    or shape, a histogram under an afmon name) is refused on its own, as are the points of a
+    metric that lack a user or node or carry no finite value; the rest is mapped. Two points
+    of one series at one time: the last wins (summed rows add, as do deltas)."""
+    # (metric, labels, delta) -> time -> (value, created)
+    series: dict[SeriesId, dict[float, tuple[float, float | None]]] = defaultdict(dict)
     ignored = rejected = ordinal = 0
     refused: list[wire.Refusal] = []
     ignored_names: list[str] = []
@@ -172,21 +176,23 @@ def to_batch(
                 if bad:
                     refused.append(_refusal(ordinal - 1, bad[0], metric, len(bad)))
                     rejected += len(bad)
-                for name, labels, t, v, created, combine in points:
+                for name, labels, t, v, created, combine, delta in points:
                     if not first_node and wire.fits_label(labels["node"]):
                         first_node = labels["node"]  # the batch's node (a bad one: its series')
-                    slot = series[(name, tuple(sorted(labels.items())))]
-                    if t in slot and combine == "sum":
+                    slot = series[(name, tuple(sorted(labels.items())), delta)]
+                    if t in slot and (combine == "sum" or delta):
                         old_v, old_c = slot[t]
                         v += old_v
                         starts = [c for c in (created, old_c) if c]
                         created = min(starts) if starts else None
                     slot[t] = (v, created or None)
     out = []
-    for (metric, labels), slot in series.items():
+    for (metric, labels, delta), slot in series.items():
         unit, kind = wire.KNOWN_METRICS[metric]
         times = sorted(slot)
         starts = [slot[t][1] for t in times if slot[t][1]]
+        # a cumulative series restarted at its newest start; deltas began at their first
+        created = (min(starts) if delta else max(starts)) if starts else None
         out.append(
             wire.Series(
                 metric=metric,
@@ -195,7 +201,8 @@ def to_batch(
                 labels=dict(labels),
                 times=times,
                 values=[slot[t][0] for t in times],
-                created=max(starts) if starts else None,
+                created=created,
+                temporality="delta" if delta else "cumulative",
             )
         )
     batch = wire.Batch(
@@ -221,7 +228,7 @@ def _read_metric(
 ) -> tuple[list[Point], list[OtlpError]]:
     """The points of a mapped metric, and the problems of the points refused on their own;
     OtlpError when the metric as a whole cannot be mapped."""
-    points, is_counter_shape = _points(metric, where)
+    points, is_counter_shape, delta = _points(metric, where)
     out: list[Point] = []
     bad: list[OtlpError] = []
     for fmap in candidates:
@@ -257,7 +264,7 @@ def _read_metric(
             else:
                 t = dp.time_unix_nano / 1e9
                 created = dp.start_time_unix_nano / 1e9 if kind == "counter" else None
-                out.append((fmap.metric, labels, t, v, created, fmap.combine))
+                out.append((fmap.metric, labels, t, v, created, fmap.combine, delta))
     return out, bad
 
 
@@ -272,20 +279,25 @@ def _point_count(metric: Any) -> int:
     return len(getattr(metric, kind).data_points) if kind else 0
 
 
-def _points(metric: Any, where: str) -> tuple[Any, bool]:
-    """The number points of a mapped metric, and whether it is shaped like a counter."""
+def _points(metric: Any, where: str) -> tuple[Any, bool, bool]:
+    """The number points of a mapped metric, whether it is shaped like a counter, and
+    whether its points are deltas."""
     kind = metric.WhichOneof("data")
     if kind == "gauge":
-        return metric.gauge.data_points, False
+        return metric.gauge.data_points, False, False
     if kind == "sum":
-        if metric.sum.aggregation_temporality != CUMULATIVE:
+        temporality = metric.sum.aggregation_temporality
+        if temporality == DELTA and not metric.sum.is_monotonic:
             raise OtlpError(
                 where,
-                "delta temporality is not accepted: configure the exporter for cumulative "
+                "a non-monotonic delta Sum (an UpDownCounter) cannot map onto a gauge: "
+                "configure the exporter for cumulative "
                 "(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=cumulative)",
                 "unsupported",
             )
-        return metric.sum.data_points, metric.sum.is_monotonic
+        if temporality not in (CUMULATIVE, DELTA):
+            raise OtlpError(where, "a Sum without aggregation temporality", "unsupported")
+        return metric.sum.data_points, metric.sum.is_monotonic, temporality == DELTA
     raise OtlpError(
         where, f"a {kind} cannot map onto an afmon series; send a Sum or a Gauge", "unsupported"
     )

@@ -162,10 +162,10 @@ def test_otlp_json_semantic_conventions_and_errors(server_factory, tmp_path: Pat
         assert r.status_code == 200 and r.json() == {}, r.text
         r = client.post("/v1/metrics", content=json.dumps(SEMCONV), headers=headers)
         assert r.status_code == 200  # the same body again: a duplicate, applied once
-        delta = copy.deepcopy(SEMCONV)
-        delta["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"][
-            "aggregationTemporality"
-        ] = 1
+        delta = copy.deepcopy(SEMCONV)  # an UpDownCounter's deltas: no running total
+        delta["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"].update(
+            aggregationTemporality=1, isMonotonic=False
+        )
         # a metric that cannot be mapped as sent is refused on its own (OTLP partial
         # success), quarantined; the rest of the request is applied
         memory = {
@@ -183,7 +183,7 @@ def test_otlp_json_semantic_conventions_and_errors(server_factory, tmp_path: Pat
         assert r.status_code == 200, r.text
         partial = r.json()["partialSuccess"]
         assert partial["rejectedDataPoints"] == "4"  # the 3 delta points and the NaN one
-        assert "metrics[0] (process.cpu.time): delta temporality" in partial["errorMessage"]
+        assert "metrics[0] (process.cpu.time): a non-monotonic delta Sum" in partial["errorMessage"]
         assert "1 point: value nan is not a finite number" in partial["errorMessage"]
         wrong_unit = copy.deepcopy(SEMCONV)
         wrong_unit["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["unit"] = "ms"
