@@ -42,13 +42,16 @@ def _parse(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+def _wait(
+    what: str, check: Callable[[], Any], timeout: float = 60.0, seen: Callable[[], str] = str
+) -> Any:
+    """`check()` once it is true; fails after `timeout` naming what was `seen` meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
         got = check()
         if got:
             return got
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s; seen: {seen()}"
         time.sleep(0.2)
 
 
@@ -134,6 +137,7 @@ def test_fingerprints_and_group_key_are_alertmanagers(tmp_path: Path, receiver: 
                 ),
                 None,
             ),  # fmt: skip
+            seen=lambda: f"{receiver.bodies!r}; log: {am.log.read_text()[-1500:]}",
         )
         tricky = _wait(
             "Alertmanager's webhook for G",

@@ -1,5 +1,6 @@
 """afmon's own evaluator and its exported rules in a real Prometheus agree on the same data:
-the same alerts fire with the same values, the first refused batch included (the ingest
+the same alerts fire with the same values (GPU idle-but-held and hoarding included), the first
+refused batch included (the ingest
 counters exist at 0 before it, so increase() sees it) and a latency SLO whose ledger totals
 also hold backfilled data from hours ago (which rate() over totals would count now)."""
 
@@ -38,9 +39,19 @@ def _rules_without_for(tmp_path: Path) -> tuple[Path, Path]:
 
 def _batch(facility: str, now: float, seq: int, version: int = wire.WIRE_VERSION) -> wire.Batch:
     """A node's capacity, a 60 s server start and a 600 s scale-up now, and, backfilled, a
-    fast scale-up of five hours ago."""
+    fast scale-up of five hours ago; a member holding two GPUs, one of them idle, while a GPU
+    request waits."""
 
-    cores = wire.Series("node_cpu_cores", "cores", "gauge", {"node": "n1"}, [now - 30], [8.0])
+    t = [now - 30]
+    gpus = [
+        wire.Series("gpu_utilization_ratio", "ratio", "gauge", {"node": "n1", "gpu": g}, t, [u])
+        for g, u in (("A", 0.0), ("B", 0.9))
+    ] + [
+        wire.Series("gpu_held", "1", "gauge", {"node": "n1", "gpu": g, "user": "atlas001"}, t,
+                    [1.0])
+        for g in ("A", "B")
+    ] + [wire.Series("gpu_requests_waiting", "1", "gauge", {"node": "n1"}, t, [1.0])]  # fmt: skip
+    cores = wire.Series("node_cpu_cores", "cores", "gauge", {"node": "n1"}, t, [8.0])
     return wire.Batch(
         version=version,
         agent_id="agent-n1",
@@ -48,7 +59,7 @@ def _batch(facility: str, now: float, seq: int, version: int = wire.WIRE_VERSION
         node="n1",
         seq=seq,
         sent_at=now,
-        series=[cores],
+        series=[cores, *gpus],
         events=[
             wire.Event("spawn", "spawn-1", "atlas001", now - 300, now - 240),
             wire.Event("dask_scale", "c1/up-1", "atlas001", now - 700, now - 100,
@@ -134,6 +145,8 @@ def test_afmon_and_prometheus_fire_the_same_alerts(
             ("AfmonIngestRejections", facility),
             ("AfmonTimeToScaleUpSLO", facility),
             ("AfmonTimeToSessionSLO", facility),
+            ("AfmonGpuIdleButHeld", facility),
+            ("AfmonGpuHoarding", facility),
         }
         deadline = time.monotonic() + 60
         ours: Firing = {}
@@ -152,8 +165,14 @@ def test_afmon_and_prometheus_fire_the_same_alerts(
     # Prometheus increase() extrapolates to the ends of its window: up to half a scrape
     # interval before the first sample (6 s or more before the refusal here) and one after
     # the last, so at most (6 + 1.5) / 6 of it
-    for key in (("AfmonTimeToScaleUpSLO", facility), ("AfmonTimeToSessionSLO", facility)):
+    for key in (
+        ("AfmonTimeToScaleUpSLO", facility),
+        ("AfmonTimeToSessionSLO", facility),
+        ("AfmonGpuIdleButHeld", facility),
+        ("AfmonGpuHoarding", facility),
+    ):
         assert ours[key] == theirs[key], key
+    assert ours[("AfmonGpuHoarding", facility)] == 1.0  # atlas001, two GPUs, one waiting
     assert ours[("AfmonTimeToScaleUpSLO", facility)] == 600.0
     assert ours[("AfmonTimeToSessionSLO", facility)] == 60.0
     rejected = ("AfmonIngestRejections", facility)

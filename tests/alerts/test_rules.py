@@ -40,7 +40,8 @@ def test_packaged_rules_cover_the_issue() -> None:
     }
     assert rules["AfmonTimeToSessionSLO"].threshold == 10  # the seed's O(seconds) target
     assert rules["AfmonGpuIdleButHeld"].for_seconds == 1800
-    assert rules["AfmonGpuHoarding"].prometheus is None  # per-user input: afmon only
+    # exported as the live-state gauge of afmon's own evaluation (per facility, no users)
+    assert rules["AfmonGpuHoarding"].prometheus == "max by (facility) (afmon_signal_gpu_hoarders)"
     behind = rules["AfmonTsdbOutboxBehind"]
     assert (behind.signal, behind.threshold, behind.clear_level, behind.for_seconds) == (
         "tsdb_outbox_age_seconds",
