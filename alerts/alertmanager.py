@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -31,6 +31,21 @@ from afmon.alerts.labelset import fingerprint, present
 
 log = logging.getLogger(__name__)
 Postable = dict[str, Any]
+
+
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class PushCounts(Protocol):
+    """Where a push reports on /metrics (aggregator/metrics/exporter.py's `PushCounts`)."""
+
+    @property
+    def sent(self) -> _Counter: ...
+    @property
+    def dropped(self) -> _Counter: ...
+    @property
+    def failures(self) -> _Counter: ...
 
 
 def rfc3339(t: float) -> str:
@@ -59,8 +74,10 @@ class Target:
         url: str,
         client: httpx.Client | None = None,
         backoff: tuple[float, float] = (1.0, 60.0),
+        counts: PushCounts | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/api/v2/alerts"
+        self._counts = counts
         self.sent = 0  # alerts Alertmanager accepted
         self.errors = 0  # failed sends (each retried or, for a 4xx, dropped)
         self.dropped = 0  # alerts dropped after a 4xx
@@ -119,15 +136,19 @@ class Target:
         try:
             r = self._client.post(self.url, json=alerts)
         except httpx.HTTPError as exc:
-            self.errors += 1
+            self._failed()
             log.warning("alertmanager %s unreachable: %s", self.url, exc)
             return True
         if r.status_code < 300:
             self.sent += len(alerts)
+            if self._counts is not None:
+                self._counts.sent.inc(len(alerts))
             return False
-        self.errors += 1
+        self._failed()
         if r.status_code < 500:
             self.dropped += len(alerts)
+            if self._counts is not None:
+                self._counts.dropped.inc(len(alerts))
             log.error(
                 "alertmanager %s refused %d alerts: HTTP %d %s",
                 self.url,
@@ -138,6 +159,11 @@ class Target:
             return False
         log.warning("alertmanager %s failed: HTTP %d %s", self.url, r.status_code, r.text[:500])
         return True
+
+    def _failed(self) -> None:
+        self.errors += 1
+        if self._counts is not None:
+            self._counts.failures.inc()
 
 
 @dataclass

@@ -21,7 +21,7 @@ from afmon.aggregator.core.mail import Mailer
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.query.reads import Principal
 from afmon.aggregator.query.signals import CounterWindow, Labels, compute
-from afmon.alerts.alertmanager import AlertmanagerPusher
+from afmon.alerts.alertmanager import AlertmanagerPusher, PushCounts, Target
 from afmon.alerts.evaluate import Alert, State, evaluate, transitions
 from afmon.alerts.notifiers import (
     MailNotifier,
@@ -81,14 +81,18 @@ def notifiers_from(settings: ServerSettings) -> list[Notifier]:
     return out
 
 
-def pusher_from(settings: ServerSettings) -> AlertmanagerPusher | None:
-    """The push to AFMON_ALERTMANAGER_URLS, if any."""
+def pusher_from(
+    settings: ServerSettings, counts: Callable[[str], PushCounts] | None = None
+) -> AlertmanagerPusher | None:
+    """The push to AFMON_ALERTMANAGER_URLS, if any; `counts` gives each Alertmanager's
+    counters on /metrics."""
     if not settings.alertmanager_urls:
         return None
     return AlertmanagerPusher(
         settings.alertmanager_urls,
         generator_url(external_url(settings)),
         settings.alert_interval_seconds,
+        target=lambda url: Target(url, counts=counts(url) if counts else None),
     )
 
 
@@ -193,7 +197,7 @@ def alert_loop(services: Services, stop: threading.Event) -> None:
     pusher = None
     try:
         rules = load_rules(settings.alert_rules_file)
-        pusher = pusher_from(settings)
+        pusher = pusher_from(settings, services.instruments.push_counts)
         service = AlertService(
             services.engine,
             rules,

@@ -282,6 +282,25 @@ CATALOG: dict[str, MetricSpec] = {
             label_values={"reason": WRITE_FAILURE_REASONS},
         ),
         MetricSpec(
+            "afmon_alertmanager_alerts",
+            "counter",
+            "alerts",
+            "Alerts pushed to an Alertmanager (AFMON_ALERTMANAGER_URLS), by outcome: `sent` "
+            "(accepted) or `dropped` (refused with a 4xx, not retried)",
+            ("alertmanager", "outcome"),
+            "alert push",
+            label_values={"outcome": ("sent", "dropped")},
+        ),
+        MetricSpec(
+            "afmon_alertmanager_send_failures",
+            "counter",
+            "requests",
+            "Pushes to an Alertmanager that failed (unreachable, 5xx: retried with backoff; "
+            "4xx: dropped)",
+            ("alertmanager",),
+            "alert push",
+        ),
+        MetricSpec(
             "afmon_ingest_duration_seconds",
             "histogram",
             "seconds",

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client import generate_latest as text_latest
@@ -65,7 +66,12 @@ class IngestMetrics:
     its first event would enter Prometheus already at 1, and `increase()` cannot see the
     step from a value it never scraped."""
 
-    def __init__(self, registry: CollectorRegistry, facilities: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        facilities: Iterable[str] = (),
+        alertmanagers: Iterable[str] = (),
+    ) -> None:
         self.batches = _counter("afmon_ingest_batches", registry)
         self.samples = _counter("afmon_ingest_samples", registry)
         self.stale_samples = _counter("afmon_ingest_stale_samples", registry)
@@ -77,6 +83,19 @@ class IngestMetrics:
         self._lock = threading.Lock()
         self.batches.labels(UNKNOWN_FACILITY, "unauthorized")
         self.prime(facilities)
+        self.alertmanager_alerts = _counter("afmon_alertmanager_alerts", registry)
+        self.alertmanager_failures = _counter("afmon_alertmanager_send_failures", registry)
+        for url in alertmanagers:
+            self.push_counts(url)
+
+    def push_counts(self, url: str) -> PushCounts:
+        """The counters of the alert push to one Alertmanager (its children at 0 now)."""
+        where = alertmanager_label(url)
+        return PushCounts(
+            self.alertmanager_alerts.labels(where, "sent"),
+            self.alertmanager_alerts.labels(where, "dropped"),
+            self.alertmanager_failures.labels(where),
+        )
 
     def prime(self, facilities: Iterable[str]) -> None:
         """Create each facility's children (every outcome and reason) at 0, once."""
@@ -92,6 +111,22 @@ class IngestMetrics:
                 self.refused_records.labels(f, reason)
             for reason in WRITE_FAILURE_REASONS:
                 self.write_failures.labels(f, reason)
+
+
+def alertmanager_label(url: str) -> str:
+    """An Alertmanager's URL as a label: without user and password."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+@dataclass(frozen=True)
+class PushCounts:
+    """What the alert push to one Alertmanager reports on /metrics."""
+
+    sent: Counter
+    dropped: Counter
+    failures: Counter
 
 
 @dataclass
@@ -382,17 +417,19 @@ def make_registry(
     node_silence: float = float("inf"),
     now: Callable[[], float] = time.time,
     facilities: Iterable[str] = (),
+    alertmanagers: Iterable[str] = (),
 ) -> tuple[MetricsRegistry, IngestMetrics]:
     """The registry of /metrics; `per_vo` False leaves out every family labelled by VO
     (usage totals and latency histograms): operational families only; nodes silent for
     longer than `node_silence` seconds leave the per-node families. The ingest counters of
-    `facilities` (the settings' static tokens) and of those in the database start at 0."""
+    `facilities` (the settings' static tokens) and of those in the database start at 0, as
+    do the push counters of `alertmanagers`."""
     # `_created` series double the exposition and no afmon reader uses them.
     disable_created_metrics()
     ledger = LedgerCollector(engine, usage_totals=per_vo, node_silence=node_silence, now=now)
     registry = MetricsRegistry(ledger)
     if per_vo:
         registry.register(LatencyCollector(engine))
-    instruments = IngestMetrics(registry, facilities)
+    instruments = IngestMetrics(registry, facilities, alertmanagers)
     ledger.on_facilities = instruments.prime
     return registry, instruments

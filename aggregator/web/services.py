@@ -60,6 +60,7 @@ def build_services(
     registry, instruments = make_registry(
         engine,
         facilities=settings.facility_tokens,  # their counters exist at 0 from the start
+        alertmanagers=settings.alertmanager_urls,
         per_vo=settings.metrics_per_vo,
         node_silence=settings.metrics_node_silence_seconds,
         now=clock,

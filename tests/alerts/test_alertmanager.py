@@ -16,7 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
+from afmon.aggregator.metrics.exporter import IngestMetrics
 from afmon.alerts.alertmanager import AlertmanagerPusher, Postable, Target, rfc3339
 from afmon.alerts.evaluate import Alert, Status
 from afmon.alerts.labelset import fingerprint, group_key, label_set_string
@@ -228,9 +231,29 @@ def _fast(url: str) -> Target:
     return Target(url, httpx.Client(timeout=1), backoff=(0.2, 0.4))
 
 
+def _counted(registry: CollectorRegistry) -> Callable[[str], Target]:
+    """Fast targets that count on `registry`, as the server's /metrics does."""
+    instruments = IngestMetrics(registry)
+    return lambda url: Target(
+        url, httpx.Client(timeout=1), backoff=(0.2, 0.4), counts=instruments.push_counts(url)
+    )
+
+
+def _pushed(registry: CollectorRegistry, url: str) -> tuple[float, float, float]:
+    """(sent, dropped, failures) of the push to `url` on `registry`."""
+    where = {"alertmanager": url}
+    get = registry.get_sample_value
+    return (
+        get("afmon_alertmanager_alerts_total", {**where, "outcome": "sent"}) or 0.0,
+        get("afmon_alertmanager_alerts_total", {**where, "outcome": "dropped"}) or 0.0,
+        get("afmon_alertmanager_send_failures_total", where) or 0.0,
+    )
+
+
 def test_push_retries_with_backoff_newest_version_wins() -> None:
     am = Receiver([503, 503])
-    pusher = AlertmanagerPusher([am.url], "", interval=60, target=_fast)
+    registry = CollectorRegistry()
+    pusher = AlertmanagerPusher([am.url], "", interval=60, target=_counted(registry))
     try:
         pusher.update([_alert("n1")], T0)
         _wait("first attempt", lambda: am.bodies)
@@ -242,6 +265,7 @@ def test_push_retries_with_backoff_newest_version_wins() -> None:
         assert am.times[2] - am.times[1] >= 0.3  # backed off (0.2 s, then 0.4 s)
         [last] = am.bodies[2]
         assert last["endsAt"] == rfc3339(T0 + 60)  # the resolve, not the stale firing version
+        assert _pushed(registry, am.url) == (1.0, 0.0, 2.0)  # as /metrics shows it
     finally:
         pusher.close()
         am.close()
@@ -249,13 +273,15 @@ def test_push_retries_with_backoff_newest_version_wins() -> None:
 
 def test_push_drops_what_alertmanager_refuses(caplog: pytest.LogCaptureFixture) -> None:
     am = Receiver([400])
-    pusher = AlertmanagerPusher([am.url], "", interval=60, target=_fast)
+    registry = CollectorRegistry()
+    pusher = AlertmanagerPusher([am.url], "", interval=60, target=_counted(registry))
     try:
         pusher.update([_alert("n1")], T0)
         _wait("refusal", lambda: am.bodies and pusher.targets[0].idle())
         time.sleep(0.6)  # more than the backoff: no retry of a refused alert
         assert len(am.bodies) == 1 and pusher.errors == 1 and pusher.targets[0].dropped == 1
         assert "refused 1 alerts: HTTP 400" in caplog.text
+        assert _pushed(registry, am.url) == (0.0, 1.0, 1.0)
     finally:
         pusher.close()
         am.close()
@@ -352,6 +378,20 @@ def test_a_real_server_pushes_to_alertmanager(
             f'{{}}:{{alertname="AfmonTestAgentSilent", facility="{server.facility}"}}'
         )
         assert hook["alerts"][0]["generatorURL"] == alert["generatorURL"]
+        # the push on /metrics: each Alertmanager by its URL, the unreachable one failing
+        scraped = {
+            (m.name, s.labels.get("alertmanager"), s.labels.get("outcome")): s.value
+            for m in text_string_to_metric_families(
+                httpx.get(f"{server.url}/metrics", timeout=10).text
+            )
+            for s in m.samples
+            if m.name.startswith("afmon_alertmanager_")
+        }
+        assert scraped[("afmon_alertmanager_alerts", am.url, "sent")] >= 1
+        assert scraped[("afmon_alertmanager_alerts", am.url, "dropped")] == 0
+        assert scraped[("afmon_alertmanager_send_failures", am.url, None)] == 0
+        assert scraped[("afmon_alertmanager_alerts", unreachable, "sent")] == 0
+        assert scraped[("afmon_alertmanager_send_failures", unreachable, None)] >= 1
 
         now = time.time()
         silence = {
