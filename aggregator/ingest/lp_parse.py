@@ -15,7 +15,9 @@ protocol is decided in one place, by the reference's rules only:
   backslash before any other character is a literal backslash;
 - a field value is a string, a boolean (`t T true True TRUE f F false False FALSE`), a float
   (`-1.5`, `.5`, `1.`, `6e-3`: no `+`, `_`, `inf` or `nan`), an integer `1i` (int64) or an
-  unsigned integer `1u` (0 to 2^64 - 1); the timestamp is optional, an integer.
+  unsigned integer `1u` (0 to 2^64 - 1); the timestamp is optional, an integer;
+- names (measurement, tag keys, field keys) starting with `_` are reserved, and a string
+  field value holds at most 64 KiB.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 MAX_INT64 = 2**63 - 1
 MAX_UINT64 = 2**64 - 1
+MAX_STRING = 65_536  # bytes of a string field value
 MAX_STAMP = 2**63 - 2  # the reference's range: -9223372036854775806 to 9223372036854775806
 TRUE = frozenset(("t", "T", "true", "True", "TRUE"))
 FALSE = frozenset(("f", "F", "false", "False", "FALSE"))
@@ -117,12 +120,39 @@ _SIMPLE = re.compile(
 def parse(line: str) -> Parsed:
     """Read one point (a line of `split_lines`); raises ValueError saying what is wrong."""
     m = _SIMPLE.fullmatch(line)
+    point = None
     if m is not None:
         try:
-            return _parse_simple(m)
+            point = _parse_simple(m)
         except ValueError:
             pass  # `_parse` says why
-    return _parse(line)
+    if point is None:
+        point = _parse(line)
+    _check_limits(point)
+    return point
+
+
+def _check_limits(point: Parsed) -> None:
+    """InfluxDB's naming and length rules: names starting with `_` are reserved for the
+    database (`_measurement`, `_field`, `_time`, ...), a string field value holds at most
+    64 KiB."""
+    if point.measurement.startswith("_"):
+        raise ValueError(f"measurement {_show(point.measurement)}: names starting with '_' are "
+                         "reserved")  # fmt: skip
+    for what, keys in (("tag", point.tags), ("field", point.fields)):
+        for key in keys:
+            if key.startswith("_"):
+                raise ValueError(f"{what} key {_show(key)}: names starting with '_' are reserved")
+    for key, value in point.fields.items():
+        if (
+            isinstance(value, str)
+            and len(value) > MAX_STRING // 4
+            and (len(value.encode()) > MAX_STRING)
+        ):
+            raise ValueError(
+                f"field {_show(key)}: string value of {len(value.encode())} bytes is longer "
+                f"than {MAX_STRING} (64 KiB)"
+            )
 
 
 def _parse_simple(m: re.Match[str]) -> Parsed:

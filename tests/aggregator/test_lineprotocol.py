@@ -392,6 +392,13 @@ CONFORMANCE = {
     "float timestamp": ("m f=1 1.5", "timestamp '1.5' is not an integer"),
     "timestamp out of range": ("m f=1 9223372036854775807", "timestamp out of range"),
     "text after the timestamp": ("m f=1 1 2", "unexpected text after the timestamp"),
+    # refused: InfluxDB's reserved names and its string length limit
+    "reserved measurement": ("_m f=1", "measurement '_m': names starting with '_' are reserved"),
+    "reserved tag key": ("m,_t=a f=1", "tag key '_t': names starting with '_' are reserved"),
+    "reserved field key": ("m _field=1", "field key '_field': names starting with '_' are reserved"),
+    "underscore inside names": ("m_x,t_=a f_=1i", ("m_x", {"t_": "a"}, {"f_": 1}, None)),
+    "a 64 KiB string": ('m f="' + "é" * 32_768 + '"', ("m", {}, {"f": "é" * 32_768}, None)),
+    "a string over 64 KiB": ('m f="' + "é" * 32_768 + 'x"', "string value of 65537 bytes is longer than 65536"),
 }  # fmt: skip
 
 
@@ -470,7 +477,7 @@ NAME = st.text(
     st.one_of(st.characters(exclude_categories=("Cs",), exclude_characters="\\\n\r\t"), TRICKY),
     min_size=1,
     max_size=8,
-)
+).filter(lambda name: not name.startswith("_"))  # reserved by InfluxDB
 STRING = st.text(st.one_of(st.characters(exclude_categories=("Cs",)), TRICKY, st.sampled_from(list('"\\\n\r'))), max_size=12)  # fmt: skip
 VALUE = st.one_of(
     STRING,
@@ -551,13 +558,20 @@ def outcome(read: Callable[[str], lp_parse.Parsed], line: str) -> object:
 
 @PROPERTY
 @given(line=st.one_of(
-    st.text(st.sampled_from(list('ab=, "\\#\r\n1i.u-eTt')), max_size=30),
+    st.text(st.sampled_from(list('ab=, "\\#\r\n1i.u-eTt_')), max_size=30),
     st.sampled_from([line for line, _ in CONFORMANCE.values()] + TELEGRAF_BODY.splitlines()),
 ))  # fmt: skip
 def test_the_one_match_path_reads_as_the_full_parser(line: str) -> None:
     """`parse` reads a line without quotes or backslashes in one match: it must accept and
     read exactly what the full parser does (whose reasons every refusal gives)."""
-    assert outcome(lp_parse.parse, line) == outcome(lp_parse._parse, line)
+    assert outcome(lp_parse.parse, line) == outcome(_full_parse, line)
+
+
+def _full_parse(line: str) -> lp_parse.Parsed:
+    """The full parser with the limits every path checks."""
+    point = lp_parse._parse(line)
+    lp_parse._check_limits(point)
+    return point
 
 
 def test_a_timestamp_must_fit_int64_nanoseconds_in_its_precision() -> None:
