@@ -221,3 +221,67 @@ def test_otlp_json_semantic_conventions_and_errors(server_factory, tmp_path: Pat
         assert [json.loads(x[0]) for x in labels] == [
             {"node": "wn03", "pid": "777", "user": "alice"}
         ]
+
+
+def test_histograms_are_reported_as_rejected_or_ignored(server_factory, tmp_path: Path) -> None:
+    """A histogram cannot be an afmon series: under an afmon name it is refused (counted in
+    `rejectedDataPoints`, quarantined), under another name ignored with a warning; the gauge
+    beside them is applied."""
+
+    def histogram(name: str) -> dict[str, object]:
+        return {
+            "name": name,
+            "unit": "s",
+            "histogram": {
+                "aggregationTemporality": 2,
+                "dataPoints": [
+                    {
+                        "attributes": [_kv("user", "alice")],
+                        "startTimeUnixNano": str(T0_NS),
+                        "timeUnixNano": str(T0_NS + i * 10**9),
+                        "count": "3",
+                        "sum": 4.5,
+                        "bucketCounts": ["1", "2"],
+                        "explicitBounds": [1.0],
+                    }
+                    for i in (1, 2)
+                ],
+            },
+        }
+
+    gauge = {
+        "name": "user_processes",
+        "unit": "1",
+        "gauge": {
+            "dataPoints": [
+                {"attributes": [_kv("user", "alice")], "timeUnixNano": str(T0_NS), "asInt": "2"}
+            ]
+        },
+    }
+    body = {
+        "resourceMetrics": [
+            {
+                "resource": {"attributes": [_kv("host.name", "wn04")]},
+                "scopeMetrics": [
+                    {"metrics": [histogram("user_cpu_seconds"), histogram("rpc.duration"), gauge]}
+                ],
+            }
+        ]
+    }
+    server = _server(server_factory, tmp_path)
+    headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
+    r = httpx.post(f"{server.url}/v1/metrics", content=json.dumps(body), headers=headers)
+    assert r.status_code == 200, r.text
+    partial = r.json()["partialSuccess"]
+    assert partial["rejectedDataPoints"] == "2"  # the afmon-named histogram's two points
+    message = partial["errorMessage"]
+    assert "metrics[0] (user_cpu_seconds): a histogram cannot map onto an afmon series" in message
+    assert "ignored 2 points of metrics afmon does not map (rpc.duration)" in message
+    with sqlite3.connect(tmp_path / "server.sqlite") as conn:
+        kept = conn.execute("SELECT kind, reason FROM quarantine").fetchall()
+        applied = conn.execute(
+            "SELECT x.value FROM sample x JOIN series s ON s.id = x.series_id "
+            "WHERE s.metric = 'user_processes'"
+        ).fetchall()
+    assert kept == [("metric", "unsupported")]
+    assert applied == [(2.0,)]
