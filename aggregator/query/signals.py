@@ -113,19 +113,23 @@ def gpu_idle_held(conn: Connection, now: float) -> list[Observation]:
 
 
 def gpu_hoarders(conn: Connection, now: float) -> list[Observation]:
-    """Per facility with GPU requests waiting: how many users hold two GPUs or more (else 0)."""
+    """Per facility with GPU requests waiting: how many users hold two GPUs or more; 0 for a
+    facility whose GPUs report with none waiting (or no queue reported)."""
     waiting: dict[str, float] = defaultdict(float)
     for f, _n, _labels, v in _latest(conn, "gpu_requests_waiting", now):
         waiting[f] += v
     gpus: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    reporting = set(waiting)
     for f, n, labels, v in _latest(conn, "gpu_held", now):
+        reporting.add(f)
         if v >= 1 and labels.get("user"):
             gpus[(f, labels["user"])].add((n, labels.get("gpu", "")))
     hoarders: dict[str, int] = defaultdict(int)
     for (f, _user), held in gpus.items():
         hoarders[f] += len(held) >= 2
     return [
-        Observation.of(hoarders[f] if w > 0 else 0, facility=f) for f, w in sorted(waiting.items())
+        Observation.of(hoarders[f] if waiting.get(f, 0.0) > 0 else 0, facility=f)
+        for f in sorted(reporting)
     ]
 
 
