@@ -16,8 +16,8 @@ import pandas as pd
 from dash import dcc, html
 
 from afmon.aggregator.core import latency
-from afmon.aggregator.query.reads import DATA_RESOURCES, Principal, Query
-from afmon.dashboard.figures import GIB, Column, TableData, Tile, fmt_number, fmt_utc
+from afmon.aggregator.query.reads import DATA_RESOURCES, LOCAL_ADMIN, Principal, Query
+from afmon.dashboard.figures import GIB, Column, TableData, Tile, fmt_number, fmt_plain, fmt_utc
 from afmon.dashboard.pages.common import Window
 
 HOUR = 3600
@@ -25,6 +25,7 @@ LIVE_RESOURCES = ("cpu_seconds", "memory_byte_seconds", "gpu_allocated_seconds")
 READ_RESOURCES = tuple(r for r, (d, _s, _v) in DATA_RESOURCES.items() if d == "read")
 SLO_KINDS = (latency.TIME_TO_SESSION, latency.TIME_TO_FIRST_WORKER)
 TOP_VOS = 5
+NO_VO_USAGE = "No VO used anything in this range."
 
 
 @dataclass
@@ -143,33 +144,48 @@ def slo_tiles(q: Query, p: Principal, w: Window, slos: Mapping[str, float]) -> l
     return tiles
 
 
-def top_vos_table(totals: pd.DataFrame) -> TableData:
-    """`usage_totals(by=("vo",), resources=(cpu_seconds, session_seconds))` -> the top VOs."""
+def top_vos_table(
+    totals: pd.DataFrame, p: Principal | None = None, cpu_everyone: float | None = None
+) -> TableData:
+    """`usage_totals(by=("vo",), resources=(cpu_seconds, session_seconds))` -> the top VOs,
+    each with its share of all the CPU time (`cpu_everyone`, the sum of `totals` when None).
+
+    A member's row is theirs ("You", their share of everyone's CPU time), never their VO's."""
+    member = p is not None and p.role == "member"
     table = TableData(
         [
-            Column("VO"),
+            Column("" if member else "VO"),
             Column("CPU time [core-hours]", True),
-            Column("Share of CPU [%]", True),
+            Column("Share of all CPU time [%]", True),
             Column("Session time [hours]", True),
         ],
-        empty_message="No VO used anything in this range.",
+        empty_message="You used nothing in this range." if member else NO_VO_USAGE,
     )
     if totals.empty:
         return table
     wide = totals.pivot_table(index="vo", columns="resource", values="amount", aggfunc="sum")
     wide = wide.reindex(columns=["cpu_seconds", "session_seconds"]).fillna(0.0)
-    cpu_total = float(wide["cpu_seconds"].sum())
+    cpu_total = float(wide["cpu_seconds"].sum()) if cpu_everyone is None else cpu_everyone
     for vo, row in wide.sort_values("cpu_seconds", ascending=False).head(TOP_VOS).iterrows():
         share = f"{100 * row['cpu_seconds'] / cpu_total:.1f}" if cpu_total else "n/a"
         table.rows.append(
             [
-                str(vo),
-                f"{row['cpu_seconds'] / HOUR:,.2f}",
+                "You" if member else str(vo),
+                fmt_plain(row["cpu_seconds"] / HOUR),
                 share,
-                f"{row['session_seconds'] / HOUR:,.2f}",
+                fmt_plain(row["session_seconds"] / HOUR),
             ]
         )
     return table
+
+
+def top_heading(p: Principal) -> str:
+    """The heading over `top_vos_table`: whose usage it lists."""
+    if p.role == "member":
+        return "Your usage in this range"
+    if p.role == "vo_manager":
+        return f"{p.vo} in this range"
+    return "Top VOs in this range"
 
 
 def live_view(q: Query, p: Principal, w: Window, now: float, slos: Mapping[str, float]) -> LiveView:
@@ -195,6 +211,10 @@ def live_view(q: Query, p: Principal, w: Window, now: float, slos: Mapping[str, 
     vos = q.usage_totals(
         p, w.start, w.end, by=("vo",), resources=("cpu_seconds", "session_seconds")
     )
+    everyone = None  # an admin's VOs are everyone they may see
+    if p.role != "facility_admin":  # a share of everyone's CPU time, not 100 % of one's own
+        every = q.usage_totals(LOCAL_ADMIN, w.start, w.end, by=(), resources=("cpu_seconds",))
+        everyone = float(every["amount"].sum())
     return LiveView(
         hour,
         use,
@@ -202,5 +222,5 @@ def live_view(q: Query, p: Principal, w: Window, now: float, slos: Mapping[str, 
         q.open_events(p, ("session", "dask_cluster")),
         slo_tiles(q, p, w, slos),
         alerts,
-        top_vos_table(vos),
+        top_vos_table(vos, p, everyone),
     )

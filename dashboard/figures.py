@@ -8,6 +8,7 @@ readable ones (hours, GB, GB-hours) by `display_unit`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +16,9 @@ from datetime import UTC, datetime
 import pandas as pd
 import plotly.graph_objects as go
 
+from afmon.aggregator.query.reads import OTHERS
 from afmon.aggregator.store.schema import RESOURCES
+from afmon.dashboard.colours import OTHERS_COLOUR, PALETTE, assign, chart_colours
 from afmon.dashboard.theme import PLOT_LAYOUT
 
 HOUR = 3600.0
@@ -52,6 +55,15 @@ _AXIS_NAMES = {
     "io_write_bytes": "Bytes written",
     "session_seconds": "Session time",
     "sessions": "Sessions started",
+    # a y axis title longer than the plot is high is cut off: these say it shorter
+    "batch_wall_core_seconds": "Batch wall x cores",
+    "batch_cpu_seconds": "Batch CPU time",
+    "batch_gpu_seconds": "Batch wall x GPUs",
+    "batch_cpu_hs23_seconds": "Batch CPU x HEPscore23",
+    "batch_wall_core_hs23_seconds": "Batch wall x cores x HS23",
+    "data_unverified_bytes": "Bytes under unverified names",
+    "gpu_active_seconds": "GPU time busy",
+    "spawn_failures": "Failed server starts",
 }
 
 
@@ -94,20 +106,28 @@ def resource_options() -> list[dict[str, str]]:
 
 
 def fmt_number(value: float | None, unit: str = "", count: bool = False) -> str:
-    """A number for people: thousands separators, 2 decimals, counts as integers."""
+    """A number for people: thousands separators and 2 decimals; below 0.01 at most two
+    significant figures (never "0.00" for something that is not 0); counts as integers."""
     if value is None or pd.isna(value):
         return "n/a"
     if count:
         text = f"{value:,.0f}"
         if text == "1" and unit.endswith("s"):
             unit = unit[:-1]  # 1 session, 2 sessions
-    elif value == 0:
-        text = "0"
-    elif abs(value) < 0.01:
-        text = f"{value:.2g}"
     else:
-        text = f"{value:,.2f}"
+        text = fmt_plain(float(value))
     return f"{text} {unit}".rstrip()
+
+
+def fmt_plain(value: float) -> str:
+    """`fmt_number` without a unit, for table cells whose header names the unit."""
+    if value == 0:
+        return "0"
+    if abs(value) < 0.01:  # two significant figures, in decimals (no exponent)
+        digits = 1 - math.floor(math.log10(abs(value)))
+        if abs(round(value, digits)) < 0.01:
+            return f"{value:.{digits}f}".rstrip("0")
+    return f"{value:,.2f}"
 
 
 def fmt_utc(epoch: float | None) -> str:
@@ -158,11 +178,15 @@ def usage_figure(
     step: str,
     names: Mapping[str, str] | None = None,
     title: str | None = None,
+    colours: Mapping[str, str] | None = None,
 ) -> go.Figure:
     """Stacked bars of `usage_over_time` output: one bar per step, one colour per `by` key.
 
     Buckets without usage are shown as zero over the whole window; amounts are converted
-    to the readable unit of `display_unit(resource)`, which the y axis names.
+    to the readable unit of `display_unit(resource)`, which the y axis names. Each key has
+    its colour of `colours` (the dimension's map, `afmon.dashboard.colours`), never one
+    another trace of the chart has; beyond `len(PALETTE)` keys the smallest are summed into
+    one grey "others" trace (as are the query's own `OTHERS`).
     """
     du = display_unit(resource)
     per = "per hour" if step == "hour" else "per day (UTC)"
@@ -174,21 +198,27 @@ def usage_figure(
     frame = df.assign(time=pd.to_datetime(df["time"], utc=True).dt.as_unit("ns"))
     wide = frame.pivot_table(index="time", columns=by, values="amount", aggfunc="sum")
     wide = wide.reindex(buckets(start, end, step), fill_value=0.0).fillna(0.0) * du.factor
-    order = wide.sum().sort_values(ascending=False).index
+    wide, folded = fold_others(wide)
+    order = [k for k in wide.sum().sort_values(ascending=False).index if k != OTHERS]
+    colour = chart_colours(order, colours if colours is not None else assign(order))
+    labels = dict(names or {})
+    if folded and OTHERS not in labels:
+        labels[OTHERS] = f"Others ({folded})"
     number = ",.0f" if du.count else ",.3f"
     # the ISO strings plotly would write, made once; the figure is built unvalidated (plain
     # numbers and strings): validation copies every array of every trace, a third of the time
     # of a callback with a dozen traces
     x = [t.isoformat() for t in wide.index]
     traces = []
-    for key in order:
-        label = (names or {}).get(key, key)
+    for key in [*order, *([OTHERS] if OTHERS in wide.columns else [])]:
+        label = labels.get(key, key)
         traces.append(
             {
                 "type": "bar",
                 "x": x,
                 "y": wide[key].tolist(),
                 "name": str(label),
+                "marker": {"color": OTHERS_COLOUR if key == OTHERS else colour[key]},
                 # each bar spans its whole bucket [start, start + step)
                 "xperiod": STEP_SECONDS[step] * 1000,
                 "xperiodalignment": "middle",
@@ -202,9 +232,22 @@ def usage_figure(
         "bargap": 0.1,
         "showlegend": True,
         "xaxis": {"title": {"text": "Time (UTC)"}, "range": [x[0], _range_end(end, step)]},
-        "yaxis": {"title": {"text": du.axis}, "rangemode": "tozero"},
+        "yaxis": {"title": {"text": du.axis}, "rangemode": "tozero", "automargin": True},
     }
     return go.Figure(data=traces, layout=layout, _validate=False)
+
+
+def fold_others(wide: pd.DataFrame, limit: int = len(PALETTE)) -> tuple[pd.DataFrame, int]:
+    """Columns beyond the `limit` largest (an `OTHERS` column aside) summed into `OTHERS`,
+    so that every trace drawn one by one has a colour of its own: (frame, columns folded)."""
+    named = [c for c in wide.columns if c != OTHERS]
+    if len(named) <= limit:
+        return wide, 0
+    ranked = wide[named].sum().sort_values(ascending=False, kind="stable").index
+    rest = list(ranked[limit:])
+    out = wide[list(ranked[:limit])].copy()
+    out[OTHERS] = wide[rest].sum(axis=1) + (wide[OTHERS] if OTHERS in wide.columns else 0.0)
+    return out, len(rest)
 
 
 def _range_end(end: float, step: str) -> str:
@@ -292,7 +335,7 @@ def sessions_table(
                 str(r.node),
                 fmt_utc(r.start),
                 "still running" if running else fmt_utc(r.end),
-                f"{hours:,.2f}" + (" (so far)" if running else ""),
+                fmt_plain(hours) + (" (so far)" if running else ""),
             ]
         )
     return table

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+from afmon.dashboard.colours import PALETTE
 
-# A qualitative palette that stays readable when stacked (Okabe-Ito, colour-blind safe).
-PALETTE = [
-    "#0072B2",
-    "#E69F00",
-    "#009E73",
-    "#CC79A7",
-    "#56B4E9",
-    "#D55E00",
-    "#F0E442",
-    "#000000",
-]
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 
 PLOT_LAYOUT: dict[str, Any] = {
     "font": {"family": FONT, "size": 13},
-    "colorway": PALETTE,
+    "colorway": list(PALETTE),
     "margin": {"l": 70, "r": 20, "t": 40, "b": 60},
     "height": 360,
     "plot_bgcolor": "#ffffff",
@@ -34,7 +24,8 @@ PLOT_LAYOUT: dict[str, Any] = {
 GRID_OPTIONS: dict[str, Any] = {
     "theme": {
         "function": "themeAlpine.withParams({fontFamily: 'inherit', fontSize: 13, "
-        "headerBackgroundColor: '#f5f7fa', accentColor: '#0072B2', wrapperBorderRadius: 6})"
+        "headerBackgroundColor: '#f5f7fa', accentColor: '#0072B2', wrapperBorderRadius: 6, "
+        "cellHorizontalPadding: 10})"
     },
     "pagination": True,
     "domLayout": "autoHeight",
@@ -51,11 +42,28 @@ GRID_COLUMN: dict[str, Any] = {
     "minWidth": 90,
     "flex": 1,
 }
+# amounts: 2 decimals, or at most 2 significant figures below 0.01 (as `figures.fmt_number`)
 GRID_NUMBER: dict[str, Any] = {
     "type": "rightAligned",
     "filter": "agNumberColumnFilter",
-    "valueFormatter": {"function": "d3.format(',.2f')(params.value)"},
+    "minWidth": 110,
+    "valueFormatter": {
+        "function": "params.value == null ? '' : params.value === 0 ? '0' : "
+        "Math.abs(params.value) < 0.01 ? d3.format('.2~r')(params.value) : "
+        "d3.format(',.2f')(params.value)"
+    },
     "cellStyle": {"fontVariantNumeric": "tabular-nums"},
+}
+# counts (sessions, jobs): integers
+GRID_COUNT: dict[str, Any] = {
+    **GRID_NUMBER,
+    "valueFormatter": {"function": "params.value == null ? '' : d3.format(',.0f')(params.value)"},
+}
+# long identifiers (issuer|subject): wrapped anywhere, the row as high as it needs
+GRID_WRAPPED: dict[str, Any] = {
+    "wrapText": True,
+    "autoHeight": True,
+    "cellStyle": {"overflowWrap": "anywhere", "lineHeight": "1.4", "padding": "6px 10px"},
 }
 
 CSS = """
@@ -108,6 +116,9 @@ table.data td.num, table.data th.num { text-align: right; font-variant-numeric: 
 .tile a { color: #0072B2; font-weight: 600; }
 .gauge { height: 8px; background: #e4e7eb; border-radius: 4px; margin: 4px 0 2px; }
 .gauge div { height: 8px; background: #0072B2; border-radius: 4px; }
+/* grid headers wrap between words, never inside one */
+.ag-header-cell-text { word-break: normal !important; overflow-wrap: normal !important;
+  hyphens: manual; }
 footer.bottom { margin-top: 24px; color: #7b8794; font-size: 0.85rem; }
 """.replace("$FONT", FONT)
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from afmon.aggregator.query.reads import OTHERS, Principal, Query
+from afmon.aggregator.query.reads import LOCAL_ADMIN, OTHERS, Principal, Query
 from afmon.aggregator.store.schema import UNMAPPED
 from afmon.dashboard import figures
-from afmon.dashboard.pages.common import Window
+from afmon.dashboard.colours import PALETTE, assign
+from afmon.dashboard.pages.common import Window, titled
 from afmon.dashboard.theme import PLOT_LAYOUT
 
 TABLE_RESOURCES: tuple[str, ...] = (
@@ -27,7 +29,8 @@ TABLE_RESOURCES: tuple[str, ...] = (
     "session_seconds",
     "sessions",
 )
-TOP_MEMBERS = 10  # members drawn one by one; the rest are one "other members" trace
+# members drawn one by one, each in a colour of its own; the rest are one "other members" trace
+TOP_MEMBERS = len(PALETTE)
 NO_DATA_YET = "No data yet: no agent has reported any usage you may see."
 NO_MEMBERS = "No members are known yet: an operator loads them from the identity file."
 
@@ -56,6 +59,8 @@ class VoView:
     facilities: pd.DataFrame = field(default_factory=pd.DataFrame)
     total: float = 0.0
     share_of_visible: float | None = None
+    # what share_of_visible is a share of: all VOs an admin sees, or everyone's usage
+    share_of: str = ""
     active: int = 0
 
 
@@ -63,8 +68,9 @@ def visible_vos(members: pd.DataFrame) -> list[str]:
     return sorted(set(members.loc[members["vo"] != UNMAPPED, "vo"]))
 
 
-def member_columns(resource: str) -> list[tuple[str, str]]:
-    """(column id, header with unit) of the member table and its CSV."""
+def member_columns(resource: str, member: bool = False) -> list[tuple[str, str]]:
+    """(column id, header with unit) of the member table and its CSV (`member`: the viewer is
+    a member, who sees only their own row)."""
     cols = [
         ("member", "Member"),
         ("member_id", "Member ID"),
@@ -76,13 +82,14 @@ def member_columns(resource: str) -> list[tuple[str, str]]:
         for r in TABLE_RESOURCES
     ]
     du = figures.display_unit(resource)
-    cols.append(("share", f"Share of the VO's {in_sentence(du.title)} [%]"))
+    whose = "your" if member else "the VO's"
+    cols.append(("share", f"Share of {whose} {in_sentence(du.title)} [%]"))
     return cols
 
 
 def member_table(totals: pd.DataFrame, names: Mapping[str, str], resource: str) -> pd.DataFrame:
     """`Query.vo_totals(by=(facility, group, member))` -> one row per member, amounts in the
-    units the headers name (2 decimals), the share of `resource`, largest first."""
+    units the headers name (`round_shown`), the share of `resource`, largest first."""
     ids = [c for c, _h in member_columns(resource)]
     if totals.empty:
         return pd.DataFrame(columns=ids)
@@ -107,11 +114,20 @@ def member_table(totals: pd.DataFrame, names: Mapping[str, str], resource: str) 
         }
     )
     for r in TABLE_RESOURCES:
-        out[r] = (wide[r].to_numpy() * figures.display_unit(r).factor).round(2)
-    out["share"] = (100 * wide[resource].to_numpy() / all_total).round(2) if all_total else 0.0
+        out[r] = round_shown(wide[r].to_numpy() * figures.display_unit(r).factor)
+    out["share"] = round_shown(100 * wide[resource].to_numpy() / all_total) if all_total else 0.0
     out["_sort"] = wide[resource].to_numpy()
     out = out.sort_values(["_sort", "member"], ascending=[False, True], kind="stable")
     return out.drop(columns="_sort").reset_index(drop=True)[ids]
+
+
+def round_shown(values: np.ndarray) -> np.ndarray:
+    """Rounded as the page shows them: 2 decimals, or at most 2 significant figures below 0.01
+    (a small amount is not 0)."""
+    size = np.abs(values)
+    small = (size > 0) & (size < 0.01)
+    digits = np.where(small, 1 - np.floor(np.log10(np.where(small, size, 1.0))), 2.0)
+    return np.round(values * 10**digits) / 10**digits
 
 
 def filter_members(table: pd.DataFrame, text: str) -> pd.DataFrame:
@@ -140,8 +156,15 @@ def facilities_table(totals: pd.DataFrame, resource: str) -> pd.DataFrame:
     return per[cols]
 
 
-def shares_figure(totals: pd.DataFrame, resource: str, vo: str) -> go.Figure:
-    """Each group's share of the VO's `resource` in the window, as horizontal bars in %."""
+def shares_figure(
+    totals: pd.DataFrame,
+    resource: str,
+    vo: str,
+    colours: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Each group's share of the VO's `resource` in the window, as horizontal bars in %, each
+    in its group's colour (`colours`, as in the group chart)."""
     du = figures.display_unit(resource)
     rows = totals[totals["resource"] == resource] if not totals.empty else totals
     per = rows.groupby("group")["amount"].sum() if not rows.empty else pd.Series(dtype=float)
@@ -158,10 +181,14 @@ def shares_figure(totals: pd.DataFrame, resource: str, vo: str) -> go.Figure:
         "customdata": [du.format(per[g]) for g in share.index],
         "hovertemplate": "%{y}: %{x:.1f} % (%{customdata})<extra></extra>",
         "name": "share",
+        "marker": {"color": [(colours or {}).get(str(g), PALETTE[0]) for g in share.index]},
     }
     layout = {
         **PLOT_LAYOUT,
-        "title": {"text": f"Share of {vo}'s {in_sentence(du.title)} by group", "x": 0},
+        "title": {
+            "text": title or f"Share of {vo}'s {in_sentence(du.title)} by group",
+            "x": 0,
+        },
         "showlegend": False,
         "height": max(200, 80 + 36 * len(share)),
         "xaxis": {"title": {"text": "Share [%]"}, "range": [0, 100]},
@@ -268,8 +295,16 @@ def vo_view(
     by_group = q.vo_usage_over_time(
         p, vo, resource, w.start, w.end, by="group", step=w.step, group=group
     )
+    groups = assign(chosen.groups)  # every group of the VO: the same colours in every range
     view.by_group = figures.usage_figure(
-        by_group, resource, "group", w.start, w.end, w.step, title=f"{title} of {vo} by group"
+        by_group,
+        resource,
+        "group",
+        w.start,
+        w.end,
+        w.step,
+        title=f"{titled(p, title, vo)} by group",
+        colours=groups,
     )
     ranked = member_table(totals, names, resource)
     view.members = filter_members(ranked, text)
@@ -284,15 +319,29 @@ def vo_view(
         w.end,
         w.step,
         names={**names, OTHERS: others},
-        title=f"{title} of {vo} by member (top {TOP_MEMBERS})",
+        title=(
+            f"{titled(p, title)}"
+            if p.role == "member"
+            else f"{titled(p, title, vo)} by member (top {TOP_MEMBERS})"
+        ),
+        colours=assign(top),
     )
-    view.shares = shares_figure(totals, resource, vo)
+    view.shares = shares_figure(
+        totals,
+        resource,
+        vo,
+        groups,
+        f"Your {in_sentence(title)} by group" if p.role == "member" else None,
+    )
     view.facilities = facilities_table(totals, resource)
     mine = totals[totals["resource"] == resource]
     view.total = float(mine["amount"].sum())
     view.active = int(mine.loc[mine["amount"] > 0, "member"].nunique())
-    if p.role == "facility_admin":  # what share of everything the admin sees is this VO's
-        every = q.usage_totals(p, w.start, w.end, by=("vo",), resources=(resource,))
+    if p.role != "member":  # the VO's share of all VOs an admin sees, of everyone for a manager
+        scope = p if p.role == "facility_admin" else LOCAL_ADMIN
+        every = q.usage_totals(scope, w.start, w.end, by=(), resources=(resource,))
         whole = float(every["amount"].sum())
         view.share_of_visible = 100 * view.total / whole if whole else None
+        admin = p.role == "facility_admin"
+        view.share_of = "Share of all VOs" if admin else "Share of the facility"
     return view

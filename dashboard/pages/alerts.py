@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from dash import Dash, Input, Output, html
 
-from afmon.dashboard.figures import Column, TableData, fmt_utc
+from afmon.alerts.rules import RuleError, load_rules
+from afmon.dashboard.figures import Column, TableData, fmt_number, fmt_utc
 from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table
 
 PATH = "/alerts"
@@ -16,8 +20,49 @@ TITLE = "Alerts"
 RECENT_RESOLVED = 20
 
 
-def alerts_table(df: pd.DataFrame, empty: str) -> TableData:
-    """Rows of display strings: alert, severity, where, value, since, summary."""
+# signals counted in things other than their name's last word: signal -> unit
+COUNT_UNITS = {
+    "gpu_idle_held": "idle GPUs",
+    "gpu_hoarders": "members",
+    "ingest_write_failures": "batches",
+}
+
+
+@lru_cache(maxsize=8)
+def rule_signals(path: Path | None) -> Mapping[str, str]:
+    """Rule name -> the signal it compares (alerts/rules); {} when the file cannot be read
+    (the server refuses to start then anyway)."""
+    try:
+        return {r.name: r.signal for r in load_rules(path)}
+    except RuleError:
+        return {}
+
+
+def alert_value(signal: str | None, value: float) -> str:
+    """A signal's value with its unit: durations in s, min or h, ratios in %, counts named."""
+    if value is None or pd.isna(value):
+        return "n/a"
+    name = signal or ""
+    if name.endswith("_seconds"):
+        if abs(value) >= 7200:
+            return f"{value / 3600:,.1f} h"
+        if abs(value) >= 120:
+            return f"{value / 60:,.1f} min"
+        return f"{value:,.1f} s"
+    if name.endswith("_ratio"):
+        return f"{100 * value:.1f} %"
+    if name in COUNT_UNITS:
+        return fmt_number(value, COUNT_UNITS[name], count=True)
+    if name.endswith("_batches"):
+        return fmt_number(value, "batches", count=float(value).is_integer())
+    return f"{value:.4g}"
+
+
+def alerts_table(
+    df: pd.DataFrame, empty: str, signals: Mapping[str, str] | None = None
+) -> TableData:
+    """Rows of display strings: alert, severity, where, value (with the unit of the rule's
+    signal, `signals`: rule -> signal), since, summary."""
     columns = [
         Column("alert"),
         Column("severity"),
@@ -37,7 +82,7 @@ def alerts_table(df: pd.DataFrame, empty: str) -> TableData:
                 r.rule,
                 r.severity,
                 where,
-                f"{r.value:.4g}",
+                alert_value((signals or {}).get(r.rule), r.value),
                 fmt_utc(r.active_since),
                 resolved,
                 r.summary,
@@ -72,9 +117,13 @@ def register(app: Dash, ctx: Context) -> None:
             return notice(PICK_MESSAGE), []
         firing = ctx.query.alerts(p, ("firing",))
         resolved = ctx.query.alerts(p, ("resolved",)).head(RECENT_RESOLVED)
+        signals = rule_signals(ctx.settings.alert_rules_file)
         return (
-            render_table(alerts_table(firing, "No alert is firing."), "alerts-firing-table"),
             render_table(
-                alerts_table(resolved, "No alert was resolved yet."), "alerts-resolved-table"
+                alerts_table(firing, "No alert is firing.", signals), "alerts-firing-table"
+            ),
+            render_table(
+                alerts_table(resolved, "No alert was resolved yet.", signals),
+                "alerts-resolved-table",
             ),
         )

@@ -13,6 +13,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from afmon.aggregator.query.reads import Principal
 from afmon.dashboard import figures
+from afmon.dashboard.colours import assign
 from afmon.dashboard.figures import Column, TableData, fmt_number
 from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
 
@@ -36,13 +37,15 @@ def layout() -> html.Div:
         [
             html.H2("Batch usage", id="bat-heading"),
             html.Div(id="bat-intro", className="card"),
-            html.H3("Per VO"),
-            html.Div(id="bat-vos", className="card"),
-            html.H3("Per member"),
+            html.Div(
+                [html.H3("Per VO"), html.Div(id="bat-vos", className="card")],
+                id="bat-vos-section",
+            ),
+            html.H3("Per member", id="bat-members-heading"),
             html.Div(id="bat-members", className="card"),
-            html.H3("Per account"),
+            html.H3("Per account", id="bat-accounts-heading"),
             html.Div(id="bat-accounts", className="card"),
-            html.H3("Per QoS"),
+            html.H3("Per QoS", id="bat-qos-heading"),
             html.Div(id="bat-qos", className="card"),
             html.Div(
                 dcc.Graph(id="bat-core-hours", config={"displaylogo": False}), className="card"
@@ -67,9 +70,10 @@ def usage_table(
     names: Mapping[str, str] | None = None,
     vos: Mapping[str, str] | None = None,
 ) -> TableData:
-    """`Query.batch_usage(by=by)` -> one row per key, most core-hours first."""
+    """`Query.batch_usage(by=by)` -> one row per key, most core-hours first; per member with
+    each member's VO when `vos` is given."""
     cols = [Column("Member" if by == "member" else by.upper() if by == "vo" else by.title())]
-    if by == "member":
+    if by == "member" and vos is not None:
         cols.append(Column("VO"))
     cols += [
         Column("Jobs", True), Column("Wall core-hours", True), Column("CPU hours", True),
@@ -80,8 +84,8 @@ def usage_table(
     for r in df.sort_values("batch_wall_core_seconds", ascending=False).itertuples(index=False):
         key = str(getattr(r, by))
         row = [(names or {}).get(key, key)]
-        if by == "member":
-            row.append((vos or {}).get(key, ""))
+        if by == "member" and vos is not None:
+            row.append(vos.get(key, ""))
         row += [
             fmt_number(r.batch_jobs, count=True),
             fmt_number(r.batch_wall_core_seconds / HOUR),
@@ -146,6 +150,10 @@ def _seconds(value: float) -> str:
 def register(app: Dash, ctx: Context) -> None:
     @app.callback(
         Output("bat-intro", "children"),
+        Output("bat-vos-section", "style"),
+        Output("bat-members-heading", "children"),
+        Output("bat-accounts-heading", "children"),
+        Output("bat-qos-heading", "children"),
         Output("bat-vos", "children"),
         Output("bat-members", "children"),
         Output("bat-accounts", "children"),
@@ -160,7 +168,8 @@ def register(app: Dash, ctx: Context) -> None:
         if p is None:
             axis = figures.display_unit(GRAPH_RESOURCE).axis
             empty = figures.empty_figure(axis, PICK_MESSAGE)
-            return notice(PICK_MESSAGE), [], [], [], [], empty, []
+            headings = ("Per member", "Per account", "Per QoS")
+            return notice(PICK_MESSAGE), {}, *headings, [], [], [], [], empty, []
         return _render(ctx, p, range_key)
 
 
@@ -170,8 +179,11 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
     members = q.members(p)
     names = figures.member_names(members)
     vos = dict(zip(members["member_id"], members["vo"], strict=True))
-    per_vo = usage_table(q.batch_usage(p, w.start, w.end, by="vo"), "vo")
-    per_member = usage_table(q.batch_usage(p, w.start, w.end, by="member"), "member", names, vos)
+    mine = p.role == "member"  # a member's jobs are theirs: never shown as their VO's
+    per_vo = TableData([]) if mine else usage_table(q.batch_usage(p, w.start, w.end, by="vo"), "vo")
+    per_member = usage_table(
+        q.batch_usage(p, w.start, w.end, by="member"), "member", names, None if mine else vos
+    )
     per_dimension = [
         render_table(
             dimension_table(q.batch_by(p, w.start, w.end, by=(by,)), by, title),
@@ -179,10 +191,11 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         )
         for by, title in DIMENSION_TABLES
     ]
+    over = q.usage_over_time(p, GRAPH_RESOURCE, w.start, w.end, by="member", step=w.step)
     fig = figures.usage_figure(
-        q.usage_over_time(p, GRAPH_RESOURCE, w.start, w.end, by="member", step=w.step),
-        GRAPH_RESOURCE, "member", w.start, w.end, w.step, names=names,
-        title="Batch wall core-hours by member",
+        over, GRAPH_RESOURCE, "member", w.start, w.end, w.step, names=names,
+        title="Your batch wall core-hours" if mine else "Batch wall core-hours by member",
+        colours=assign(over["member"]) if not over.empty else {},
     )  # fmt: skip
     waits = waits_table({
         kind: q.latency_percentiles(p, kind, w.start, w.end, quantiles=(0.5, 0.9))
@@ -197,8 +210,15 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
             ),
         ]
     )
+    headings = (
+        ("Your batch jobs", "Your jobs per account", "Your jobs per QoS")
+        if mine
+        else ("Per member", "Per account", "Per QoS")
+    )
     return (
         intro,
+        {"display": "none"} if mine else {},
+        *headings,
         render_table(per_vo, "bat-vos-table"),
         render_table(per_member, "bat-members-table"),
         *per_dimension,

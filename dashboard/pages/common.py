@@ -18,6 +18,7 @@ from afmon.aggregator.auth.login import SESSION_COOKIE, Sessions
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.query.reads import LOCAL_ADMIN, Principal, Query
 from afmon.aggregator.store.schema import UNMAPPED
+from afmon.dashboard.colours import assign
 from afmon.dashboard.figures import TableData, Tile, fmt_utc
 
 # -- time window ---------------------------------------------------------------------------
@@ -158,6 +159,7 @@ def with_params(search: str | None, **updates: str | None) -> str:
 # -- principal -----------------------------------------------------------------------------
 
 ADMIN_KEY = "admin"
+VO_COLOURS_SECONDS = 60.0
 
 
 def principal_options(members: pd.DataFrame) -> list[dict[str, str]]:
@@ -198,6 +200,7 @@ class Context:
     settings: ServerSettings
     clock: Callable[[], float] = field(default=time.time)
     sessions: Sessions | None = None
+    _vos: tuple[float, dict[str, str]] | None = field(default=None, repr=False)
 
     @property
     def login_enabled(self) -> bool:
@@ -217,6 +220,16 @@ class Context:
 
     def window(self, key: str | None) -> Window:
         return time_window(key or DEFAULT_RANGE, self.clock())
+
+    def vo_colours(self) -> dict[str, str]:
+        """Every VO's colour (and the unmapped accounts'), placed among all the VOs known, not
+        only those a principal sees: a VO has one colour for everyone, on every page. Read
+        again at most once a minute (an identity file load adds VOs rarely)."""
+        now = time.monotonic()
+        if self._vos is None or now - self._vos[0] > VO_COLOURS_SECONDS:
+            names = set(self.query.members(LOCAL_ADMIN)["vo"]) | {UNMAPPED}
+            self._vos = (now, assign(names))
+        return self._vos[1]
 
     def slo_seconds(self, kind: str) -> float | None:
         return self.settings.latency_slo_seconds.get(kind)
@@ -243,6 +256,23 @@ def role_caption(p: Principal) -> str:
     if p.role == "vo_manager":
         return f"VO manager of {p.vo}: that VO's members only"
     return f"member {p.name}: your own usage only"
+
+
+def whose(p: Principal, vo: str | None = None) -> str:
+    """Whose figures a page shows, to start a title: "Your" for a member (their own usage,
+    never their VO's), "atlas's" for a VO manager or for a VO an admin picked, else ""."""
+    if p.role == "member":
+        return "Your"
+    who = vo or (p.vo if p.role == "vo_manager" else None)
+    return f"{who}'s" if who else ""
+
+
+def titled(p: Principal, what: str, vo: str | None = None) -> str:
+    """`what` ("CPU time") said with whose it is: "Your CPU time", "atlas's CPU time"."""
+    owner = whose(p, vo)
+    if not owner:
+        return what
+    return f"{owner} {what if what[:2].isupper() else what[:1].lower() + what[1:]}"
 
 
 # -- rendering -----------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
-from afmon.aggregator.query.reads import Principal
+from afmon.aggregator.query.reads import OTHERS, Principal
 from afmon.dashboard import figures
+from afmon.dashboard.colours import OTHERS_COLOUR, assign, chart_colours
 from afmon.dashboard.figures import Column, TableData, Tile, fmt_number
 from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
@@ -48,7 +49,7 @@ def _share_text(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.1f} %"
 
 
-def tiles(df: pd.DataFrame, unverified: float = 0.0) -> list[Tile]:
+def tiles(df: pd.DataFrame, unverified: float = 0.0, heading: str = "Data moved") -> list[Tile]:
     """`data_usage` (totals) -> one tile: read per source, written, cache share, and the
     bytes moved under an unverified (asserted) identity when there are any."""
     if df.empty or not df["amount"].any():
@@ -63,7 +64,7 @@ def tiles(df: pd.DataFrame, unverified: float = 0.0) -> list[Tile]:
     ]
     if unverified:
         lines.append(("Identity unverified", fmt_number(unverified / GB, "GB")))
-    return [Tile("all", "Data moved", lines)]
+    return [Tile("all", heading, lines)]
 
 
 def rate_figure(
@@ -73,21 +74,31 @@ def rate_figure(
     end: float,
     step: str,
     names: Mapping[str, str] | None = None,
+    colours: Mapping[str, str] | None = None,
 ) -> go.Figure:
-    """`data_usage` (over time) -> stacked bars of the average read rate per step, by `key`."""
+    """`data_usage` (over time) -> stacked bars of the average read rate per step, by `key`,
+    each key in its colour (`colours`, or the sources' own); beyond the palette's size the
+    smallest keys are one grey "others" trace."""
     reads = df[(df["direction"] == "read") & (df["amount"] > 0)]
     if reads.empty:
         return figures.empty_figure(RATE_AXIS, EMPTY)
     width = figures.STEP_SECONDS[step]
     index = figures.buckets(start, end, step)
+    frame = reads.assign(time=pd.to_datetime(reads["time"], utc=True).dt.as_unit("ns"))
+    wide = frame.pivot_table(index="time", columns=key, values="amount", aggfunc="sum")
+    wide = wide.reindex(index, fill_value=0.0).fillna(0.0) / width / MB
+    wide.columns = [str(c) for c in wide.columns]
+    wide, folded = figures.fold_others(wide)
+    shown = sorted(c for c in wide.columns if c != OTHERS)
+    colour = chart_colours(shown, colours if colours is not None else COLOURS)
     fig = go.Figure()
-    for k, g in reads.groupby(key, sort=True):
-        per = g.groupby("time")["amount"].sum().reindex(index, fill_value=0.0) / width / MB
-        label = (names or {}).get(str(k), str(k))
-        fig.add_bar(x=per.index, y=per.tolist(), name=label, marker_color=COLOURS.get(str(k)))
+    for k in [*shown, *([OTHERS] if folded else [])]:
+        label = f"Others ({folded})" if k == OTHERS else (names or {}).get(k, k)
+        tint = OTHERS_COLOUR if k == OTHERS else colour[k]
+        fig.add_bar(x=wide.index, y=wide[k].tolist(), name=label, marker_color=tint)
     fig.update_layout(**PLOT_LAYOUT, barmode="stack")
     fig.update_xaxes(title_text="Time (UTC)")
-    fig.update_yaxes(title_text=RATE_AXIS)
+    fig.update_yaxes(title_text=RATE_AXIS, automargin=True)
     return fig
 
 
@@ -183,12 +194,11 @@ def layout() -> html.Div:
             html.H2("Data access", id="data-heading"),
             html.Div(id="data-intro", className="card"),
             html.Div(id="data-tiles", className="tiles"),
-            html.H3("Read rate by source"),
+            html.H3("Read rate by source", id="data-by-source-heading"),
             graph("data-by-source"),
-            html.H3("Read rate by member"),
+            html.H3("Read rate by member", id="data-by-member-heading"),
             graph("data-by-member"),
-            html.H3("Read rate by VO"),
-            graph("data-by-vo"),
+            html.Div([html.H3("Read rate by VO"), graph("data-by-vo")], id="data-by-vo-section"),
             html.H3("Members"),
             html.Div(id="data-members", className="card"),
             html.H3("Top servers"),
@@ -201,6 +211,9 @@ def layout() -> html.Div:
 def register(app: Dash, ctx: Context) -> None:
     @app.callback(
         Output("data-intro", "children"),
+        Output("data-by-source-heading", "children"),
+        Output("data-by-member-heading", "children"),
+        Output("data-by-vo-section", "style"),
         Output("data-tiles", "children"),
         Output("data-by-source", "figure"),
         Output("data-by-member", "figure"),
@@ -214,7 +227,8 @@ def register(app: Dash, ctx: Context) -> None:
         p = ctx.principal(principal_key)
         if p is None:
             empty = figures.empty_figure(RATE_AXIS, PICK_MESSAGE)
-            return (notice(PICK_MESSAGE), [], empty, empty, empty, [], [])
+            headings = ("Read rate by source", "Read rate by member", {})
+            return (notice(PICK_MESSAGE), *headings, [], empty, empty, empty, [], [])
         return _render(ctx, p, range_key)
 
 
@@ -242,12 +256,18 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         "nodes plus XRootD servers configured as local storage; rates are averages per step.",
         id="data-viewer",
     )
+    mine = p.role == "member"  # their own bytes: never shown as their VO's
+    unverified = sum(_per_member(counts, UNVERIFIED).values())
+    shown = over["member"]["member"] if not over["member"].empty else []
     return (
         intro,
-        render_tiles(tiles(totals, sum(_per_member(counts, UNVERIFIED).values())), EMPTY),
+        "Your read rate by source" if mine else "Read rate by source",
+        "Your read rate" if mine else "Read rate by member",
+        {"display": "none"} if mine else {},
+        render_tiles(tiles(totals, unverified, "Your data moved" if mine else "Data moved"), EMPTY),
         rate_figure(over["member"], "source", w.start, w.end, w.step),
-        rate_figure(over["member"], "member", w.start, w.end, w.step, names),
-        rate_figure(over["vo"], "vo", w.start, w.end, w.step),
+        rate_figure(over["member"], "member", w.start, w.end, w.step, names, assign(shown)),
+        rate_figure(over["vo"], "vo", w.start, w.end, w.step, colours=ctx.vo_colours()),
         render_table(members_table(totals, counts, members), "data-members-table"),
         servers,
     )

@@ -15,7 +15,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from afmon.aggregator.query.reads import Principal
 from afmon.aggregator.store.schema import RESOURCES
 from afmon.dashboard import figures
-from afmon.dashboard.facility_live import live_view
+from afmon.dashboard.facility_live import live_view, top_heading
 from afmon.dashboard.figures import Column, TableData, fmt_number, fmt_utc
 from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
@@ -24,6 +24,7 @@ from afmon.dashboard.pages.common import (
     render_table,
     render_tiles,
     role_caption,
+    titled,
     with_params,
 )
 
@@ -115,9 +116,9 @@ def layout(params: Mapping[str, str] | None = None) -> html.Div:
             html.Div(id="fac-summary", className="card summary"),
             html.H3("Now"),
             dcc.Loading(html.Div(id="fac-live", className="tiles"), delay_show=300, type="dot"),
-            html.H3("Top VOs in this range"),
+            html.H3("Top VOs in this range", id="fac-top-heading"),
             html.Div(id="fac-top-vos", className="card"),
-            html.H3("Totals per VO in this range"),
+            html.H3("Totals per VO in this range", id="fac-tiles-heading"),
             html.Div(id="fac-tiles", className="tiles"),
             html.Div(
                 [
@@ -147,21 +148,27 @@ def layout(params: Mapping[str, str] | None = None) -> html.Div:
 def register(app: Dash, ctx: Context) -> None:
     @app.callback(
         Output("fac-summary", "children"),
+        Output("fac-tiles-heading", "children"),
         Output("fac-tiles", "children"),
         Output("fac-nodes", "children"),
         Input("principal-picker", "value"),
         Input("range", "value"),
     )
-    def _overview(principal_key: str | None, range_key: str | None) -> tuple[Any, Any, Any]:
+    def _overview(principal_key: str | None, range_key: str | None) -> tuple[Any, ...]:
         p = ctx.principal(principal_key)
         if p is None:
-            return notice(PICK_MESSAGE), [], []
+            return notice(PICK_MESSAGE), "Totals in this range", [], []
         w = ctx.window(range_key)
         active = ctx.query.active_members(p, w.start, w.end)
         totals = ctx.query.usage_totals(
             p, w.start, w.end, by=("vo",), resources=figures.TILE_RESOURCES
         )
-        tiles = figures.totals_tiles(totals, "vo")
+        mine = {} if totals.empty or p.role != "member" else dict.fromkeys(totals["vo"], "You")
+        tiles = figures.totals_tiles(totals, "vo", names=mine)
+        heading = {
+            "member": "Your totals in this range",
+            "vo_manager": f"Totals of {p.vo} in this range",
+        }.get(p.role, "Totals per VO in this range")
         summary = [
             html.Div(
                 [
@@ -195,6 +202,7 @@ def register(app: Dash, ctx: Context) -> None:
             )
         return (
             summary,
+            heading,
             render_tiles(tiles, figures.EMPTY_USAGE),
             nodes,
         )
@@ -212,17 +220,18 @@ def register(app: Dash, ctx: Context) -> None:
 
     @app.callback(
         Output("fac-live", "children"),
+        Output("fac-top-heading", "children"),
         Output("fac-top-vos", "children"),
         Input("principal-picker", "value"),
         Input("range", "value"),
     )
-    def _live(principal_key: str | None, range_key: str | None) -> tuple[Any, Any]:
+    def _live(principal_key: str | None, range_key: str | None) -> tuple[Any, Any, Any]:
         p = ctx.principal(principal_key)
         if p is None:
-            return notice(PICK_MESSAGE, "fac-live-notice"), []
+            return notice(PICK_MESSAGE, "fac-live-notice"), "Top VOs in this range", []
         w = ctx.window(range_key)
         view = live_view(ctx.query, p, w, ctx.clock(), ctx.settings.latency_slo_seconds)
-        return view.tiles(), render_table(view.top_vos, "fac-top-vos-table")
+        return view.tiles(), top_heading(p), render_table(view.top_vos, "fac-top-vos-table")
 
     @app.callback(
         Output("url", "search", allow_duplicate=True),
@@ -247,6 +256,8 @@ def register(app: Dash, ctx: Context) -> None:
             return figures.empty_figure(figures.display_unit(resource).axis, PICK_MESSAGE)
         w = ctx.window(range_key)
         df = ctx.query.usage_over_time(p, resource, w.start, w.end, by="vo", step=w.step)
+        what = figures.display_unit(resource).title
+        mine = {} if df.empty or p.role != "member" else dict.fromkeys(df["vo"], "You")
         return figures.usage_figure(
             df,
             resource,
@@ -254,5 +265,7 @@ def register(app: Dash, ctx: Context) -> None:
             w.start,
             w.end,
             w.step,
-            title=f"{figures.display_unit(resource).title} by VO",
+            names=mine,
+            title=titled(p, what) if p.role != "facility_admin" else f"{what} by VO",
+            colours=ctx.vo_colours(),
         )

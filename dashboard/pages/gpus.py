@@ -68,7 +68,7 @@ def hours(totals: pd.DataFrame, by: str, names: dict[str, str] | None = None) ->
 def held_active(df: pd.DataFrame, by: str) -> TableData:
     table = TableData(
         [
-            Column(by.title()),
+            Column("VO" if by == "vo" else by.title()),
             Column("Allocated [GPU-h]", True),
             Column("Active [GPU-h]", True),
             Column("Active / allocated", True),
@@ -81,13 +81,13 @@ def held_active(df: pd.DataFrame, by: str) -> TableData:
     return table
 
 
-def held_active_figure(df: pd.DataFrame) -> go.Figure:
+def held_active_figure(df: pd.DataFrame, title: str = "GPU hours per member") -> go.Figure:
     if df.empty:
         return figures.empty_figure("GPU hours", "No GPU was held in this window.")
     fig = go.Figure()
     fig.add_bar(x=list(df["key"]), y=list(df["allocated"]), name="Allocated")
     fig.add_bar(x=list(df["key"]), y=list(df["active"]), name="Active")
-    fig.update_layout(**PLOT_LAYOUT, barmode="group", title="GPU hours per member")
+    fig.update_layout(**PLOT_LAYOUT, barmode="group", title=title)
     fig.update_yaxes(title_text="GPU hours")
     return fig
 
@@ -201,8 +201,10 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         q.usage_totals(p, w.start, w.end, by=("member",), resources=HELD), "member", names
     )
     members = held_active(member_hours, "member")
-    vos = held_active(hours(q.usage_totals(p, w.start, w.end, by=("vo",), resources=HELD), "vo"),
-                      "vo")  # fmt: skip
+    mine = p.role == "member"  # a member's GPU hours are theirs: never shown as their VO's
+    vos: Any = [] if mine else render_table(held_active(
+        hours(q.usage_totals(p, w.start, w.end, by=("vo",), resources=HELD), "vo"), "vo"
+    ), "gpu-vos-table")  # fmt: skip
     model = by_model(q.usage_totals(p, w.start, w.end, by=("vo",), resources=models),
                      ctx.settings.gpu_model_factors)  # fmt: skip
     idle = idle_table(q.gpu_idle(p, w.start, w.end), ctx.clock(), names)
@@ -214,9 +216,10 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         heat = figures.empty_figure("GPU", ADMIN_ONLY)
         mig = notice(ADMIN_ONLY, "gpu-mig-notice")
     intro = html.Div(f"GPU time held and busy, seen as {role_caption(p)}.", id="gpu-viewer")
+    title = "Your GPU hours" if mine else "GPU hours per member"
     return (
-        intro, held_active_figure(member_hours),
-        render_table(members, "gpu-members-table"), render_table(vos, "gpu-vos-table"),
+        intro, held_active_figure(member_hours, title),
+        render_table(members, "gpu-members-table"), vos,
         render_table(model, "gpu-models-table"), render_table(idle, "gpu-idle-table"),
         heat, mig,
     )  # fmt: skip

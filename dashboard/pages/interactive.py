@@ -12,6 +12,7 @@ manager their VO's.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, NamedTuple
 
 import pandas as pd
@@ -144,6 +145,18 @@ def _s(value: float) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{float(value):,.2f}"
 
 
+def profile_label(name: str) -> str:
+    """A profile's name as people write it: "1 cores" -> "1 core" (spawners often
+    pluralise blindly)."""
+    return re.sub(r"(?<![\d.])1 (core|GPU|CPU|node|worker)s\b", r"1 \1", str(name))
+
+
+def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
+    """Sorts "2 cores" before "16 cores": the numbers in a name compare as numbers."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(name).lower())
+    return tuple((0, float(t)) if i % 2 else (1, t) for i, t in enumerate(parts) if t)
+
+
 def profiles_table(stats: pd.DataFrame, slo: float | None) -> TableData:
     table = TableData(
         [
@@ -155,11 +168,11 @@ def profiles_table(stats: pd.DataFrame, slo: float | None) -> TableData:
         ],
         empty_message=NO_WAITS,
     )
-    for r in stats.to_dict("records"):
+    for r in sorted(stats.to_dict("records"), key=lambda r: natural_key(r["profile"])):
         within = r.get("within_slo_ratio")
         table.rows.append(
             [
-                str(r["profile"]),
+                profile_label(r["profile"]),
                 f"{int(r['count']):,}",
                 _s(r["mean_seconds"]),
                 *[_s(r[f"p{round(q * 100):g}_seconds"]) for q in QUANTILES],
@@ -190,7 +203,7 @@ def slowest_table(events: pd.DataFrame, slo: float | None) -> TableData:
                 str(r.display_name),
                 str(r.facility),
                 str(r.id),
-                str(r.profile),
+                profile_label(r.profile),
                 fmt_utc(r.start),
                 _s(r.seconds),
                 str(r.outcome),

@@ -12,6 +12,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from afmon.aggregator.query.reads import OTHERS
 from afmon.dashboard import figures
+from afmon.dashboard.colours import PALETTE, assign
 from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
     Context,
@@ -19,12 +20,15 @@ from afmon.dashboard.pages.common import (
     render_table,
     render_tiles,
     role_caption,
+    titled,
 )
 
 PATH = "/member"
 TITLE = "My usage"
 MAX_SESSIONS = 100  # the newest sessions listed; a page of thousands helps nobody
-TOP_MEMBERS = 10  # a manager or admin sees the largest members one by one, the rest as one
+# a manager or admin sees the largest members one by one, each in a colour of its own, the
+# rest as one grey trace
+TOP_MEMBERS = len(PALETTE)
 # (graph id, resource) shown over time
 GRAPHS: tuple[tuple[str, str], ...] = (
     ("mem-cpu", "cpu_seconds"),
@@ -77,21 +81,40 @@ def register(app: Dash, ctx: Context) -> None:
         totals = ctx.query.usage_totals(
             p, w.start, w.end, by=("member",), resources=figures.TILE_RESOURCES
         )
-        tiles = figures.totals_tiles(totals, "member", names=names, limit=TOP_MEMBERS)
+        mine = p.role == "member"
+        tile_names = {p.member_id: "Your usage"} if mine and p.member_id else names
+        tiles = figures.totals_tiles(totals, "member", names=tile_names, limit=TOP_MEMBERS)
         more = totals["member"].nunique() - TOP_MEMBERS if not totals.empty else 0
-        figs = []
+        tops = []
         for _g, r in GRAPHS:
             # the largest members of this resource one by one, the rest summed by the query
             ranked = totals[totals["resource"] == r].sort_values(
                 ["amount", "member"], ascending=[False, True], kind="stable"
             )
-            folded = max(0, len(ranked) - TOP_MEMBERS)
+            tops.append((r, ranked, max(0, len(ranked) - TOP_MEMBERS)))
+        # one colour per member for the page: the same member, the same colour in each chart
+        colours = assign(m for _r, ranked, _f in tops for m in ranked["member"].head(TOP_MEMBERS))
+        figs = []
+        for r, ranked, folded in tops:
             keep = tuple(ranked["member"].head(TOP_MEMBERS)) if folded else None
             df = ctx.query.usage_over_time(
                 p, r, w.start, w.end, by="member", step=w.step, keep=keep
             )
             labels = {**names, OTHERS: f"Other members ({folded})"}
-            figs.append(figures.usage_figure(df, r, "member", w.start, w.end, w.step, names=labels))
+            what = figures.display_unit(r).title
+            figs.append(
+                figures.usage_figure(
+                    df,
+                    r,
+                    "member",
+                    w.start,
+                    w.end,
+                    w.step,
+                    names=labels,
+                    title=titled(p, what) if mine else f"{titled(p, what)} by member",
+                    colours=colours,
+                )
+            )
         if more > 0:
             intro += (
                 f" The {TOP_MEMBERS} largest CPU users are shown one by one, {more:,} more "

@@ -11,6 +11,7 @@ from typing import Any
 import dash_ag_grid as dag
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
+from afmon.aggregator.query.reads import Principal
 from afmon.aggregator.store.schema import RESOURCES
 from afmon.dashboard import figures, theme
 from afmon.dashboard.pages.common import (
@@ -22,13 +23,15 @@ from afmon.dashboard.pages.common import (
     role_caption,
     with_params,
 )
-from afmon.dashboard.vo_view import VoView, member_columns, vo_members, vo_view
+from afmon.dashboard.vo_view import VoView, in_sentence, member_columns, vo_members, vo_view
 
 PATH = "/vo"
 TITLE = "VO"
 URL_STATE = True
 DEFAULT_RESOURCE = "cpu_seconds"
 PAGE_SIZE = 25
+PAGE_SIZES = [PAGE_SIZE, 50, 100]  # AG Grid warns (#94, #95) unless the size is among these
+COUNTS = {"sessions"}  # columns of counts: integers, as the header's unit says
 
 
 def layout(params: Mapping[str, str] | None = None) -> html.Div:
@@ -117,7 +120,11 @@ def layout(params: Mapping[str, str] | None = None) -> html.Div:
                         columnDefs=[],
                         rowData=[],
                         defaultColDef=theme.GRID_COLUMN,
-                        dashGridOptions={**theme.GRID_OPTIONS, "paginationPageSize": PAGE_SIZE},
+                        dashGridOptions={
+                            **theme.GRID_OPTIONS,
+                            "paginationPageSize": PAGE_SIZE,
+                            "paginationPageSizeSelector": PAGE_SIZES,
+                        },
                         style={"width": "100%"},
                     ),
                     html.Div(id="vo-table-note", className="empty"),
@@ -137,32 +144,39 @@ def _field(label: str, control: Any) -> html.Div:
     return html.Div([html.Label(label), control], className="field")
 
 
-def _table_columns(resource: str) -> list[dict[str, Any]]:
-    """The member grid's columns: sortable and filterable; numbers right-aligned, 2 decimals."""
+def _table_columns(resource: str, member: bool = False) -> list[dict[str, Any]]:
+    """The member grid's columns: sortable and filterable; numbers right-aligned (counts as
+    integers, amounts with 2 decimals or 2 significant figures below 0.01)."""
     cols = []
-    for cid, header in member_columns(resource):
+    for cid, header in member_columns(resource, member):
         col: dict[str, Any] = {"field": cid, "headerName": header}
         if cid == "member":
             col.update(minWidth=160, flex=2)  # names in full
         elif cid == "member_id":
-            col.update(tooltipField="member_id")  # long issuer|subject IDs: whole on hover
+            # long issuer|subject IDs: wrapped, whole in the cell (and on hover)
+            col.update(theme.GRID_WRAPPED, tooltipField="member_id", minWidth=150, flex=2)
+        elif cid in COUNTS:
+            col.update(theme.GRID_COUNT)
         elif cid not in ("group", "facilities"):
             col.update(theme.GRID_NUMBER)
         cols.append(col)
     return cols
 
 
-def _tiles(view: VoView, resource: str) -> list[Any]:
+def _tiles(view: VoView, resource: str, p: Principal) -> list[Any]:
     du = figures.display_unit(resource)
+    if p.role == "member":  # their own figures, never shown as the VO's
+        total = figures.Tile("total", f"Your {in_sentence(du.title)}", [
+            ("In this range", du.format(view.total))
+        ])  # fmt: skip
+        return render_tiles([total], "")
     tiles = [
         figures.Tile("total", f"{view.vo}: {du.title}", [("In this range", du.format(view.total))]),
         figures.Tile("members", "Members", [("With usage in this range", f"{view.active:,}")]),
     ]
     if view.share_of_visible is not None:
         tiles.append(
-            figures.Tile(
-                "share", "Share of all VOs", [(du.title, f"{view.share_of_visible:.1f} %")]
-            )
+            figures.Tile("share", view.share_of, [(du.title, f"{view.share_of_visible:.1f} %")])
         )
     return render_tiles(tiles, "")
 
@@ -184,7 +198,7 @@ def _facilities(view: VoView, resource: str) -> Any:
     )
     for r in df.itertuples(index=False):
         table.rows.append(
-            [str(r.facility), f"{r.amount:,.2f}", f"{r.share:.1f}", f"{int(r.members):,}"]
+            [str(r.facility), figures.fmt_plain(r.amount), f"{r.share:.1f}", f"{int(r.members):,}"]
         )
     note = "" if len(df) > 1 else f"This database holds usage of {view.vo} at one facility only."
     return [
@@ -195,6 +209,7 @@ def _facilities(view: VoView, resource: str) -> Any:
 
 def register(app: Dash, ctx: Context) -> None:
     @app.callback(
+        Output("vo-heading", "children"),
         Output("vo-intro", "children"),
         Output("vo-vo", "options"),
         Output("vo-vo", "value"),
@@ -229,6 +244,7 @@ def register(app: Dash, ctx: Context) -> None:
         if p is None:
             empty = figures.empty_figure(axis, PICK_MESSAGE)
             return (
+                "VO usage",
                 notice(PICK_MESSAGE, "vo-viewer"),
                 [],
                 no_update,
@@ -245,6 +261,8 @@ def register(app: Dash, ctx: Context) -> None:
             )
         view = vo_view(ctx.query, p, ctx.window(range_key), vo, group, resource, text or "")
         intro = html.Div(f"Viewing as {p.name} ({role_caption(p)}).", id="vo-viewer")
+        member = p.role == "member"
+        heading = f"Your usage in {view.vo}" if member and view.vo else "VO usage"
         vo_options = [{"label": v, "value": v} for v in view.vos]
         if view.vo and view.vo not in view.vos:  # asked for in the URL: keep it, marked
             vo_options.append({"label": f"{view.vo} (not allowed)", "value": view.vo})
@@ -253,6 +271,7 @@ def register(app: Dash, ctx: Context) -> None:
         if view.by_group is None:  # not allowed, or no members at all: show nothing else
             empty = figures.empty_figure(axis, view.message)
             return (
+                heading,
                 intro,
                 vo_options,
                 view.vo,
@@ -263,7 +282,7 @@ def register(app: Dash, ctx: Context) -> None:
                 empty,
                 figures.empty_figure("Share [%]", view.message),
                 [],
-                _table_columns(resource),
+                _table_columns(resource, member),
                 [],
                 view.message,
             )
@@ -274,17 +293,18 @@ def register(app: Dash, ctx: Context) -> None:
             else (f"No member matches {text!r}." if text else view.message or figures.EMPTY_USAGE)
         )
         return (
+            heading,
             intro,
             vo_options,
             view.vo,
             group_options,
             message,
-            _tiles(view, resource),
+            _tiles(view, resource, p),
             view.by_group,
             view.by_member,
             view.shares,
             _facilities(view, resource),
-            _table_columns(resource),
+            _table_columns(resource, member),
             rows,
             table_note,
         )
@@ -318,7 +338,7 @@ def register(app: Dash, ctx: Context) -> None:
         if found is None:
             return no_update
         shown_vo, members = found
-        frame = members.rename(columns=dict(member_columns(resource)))
+        frame = members.rename(columns=dict(member_columns(resource, p.role == "member")))
         day = figures.fmt_utc(w.start)[:10]
         name = f"afmon-{shown_vo}-members-{day}-{w.key.split(':')[0]}.csv"
         return {

@@ -82,7 +82,7 @@ def test_alerts_page_shows_a_rule_firing_on_ingested_data(alerting_app: str, bro
         d, "#alerts-firing-table"
     )
     assert (rule, severity, where) == ("TestUnmappedUsage", "info", f"facility={FACILITY}")
-    assert float(value) == pytest.approx(UNMAPPED_SHARE, rel=1e-3)
+    assert value == f"{100 * UNMAPPED_SHARE:.1f} %"  # the rule's signal is a ratio
     assert since.endswith("UTC") and resolved == ""
     assert summary == f"Unmapped usage above 1 % at {FACILITY}"
     assert d.find_element(By.ID, "alerts-resolved").text == "No alert was resolved yet."

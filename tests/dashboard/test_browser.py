@@ -119,7 +119,7 @@ def test_a_member_sees_only_their_own_usage(live_app: LiveApp, browser: Any) -> 
     _wait_text(d, "#fac-viewer", "Bob Brown")
     _wait_text(d, "#fac-tiles", "1.50 core-hours")
     _wait_traces(d, "fac-usage", 1)
-    assert _trace_sums(d, "fac-usage") == pytest.approx({"cms": 1.5})
+    assert _trace_sums(d, "fac-usage") == pytest.approx({"You": 1.5})  # his, not cms's
     assert d.find_element(By.ID, "fac-active").text == "1"
     _wait_text(d, "#fac-nodes", "visible to facility admins only")
     body = d.find_element(By.TAG_NAME, "body").text

@@ -209,8 +209,8 @@ def test_facility_overview_live_tiles(live_app: LiveApp, browser: Any) -> None:
     assert d.find_element(By.ID, "fac-alerts-link").get_attribute("href").endswith("/alerts")
     assert table_rows(d, "#fac-top-vos-table") == [
         ["atlas", "2.50", "58.8", "0.50"],
-        ["cms", "1.50", "35.3", "0.00"],
-        ["unmapped", "0.25", "5.9", "0.00"],
+        ["cms", "1.50", "35.3", "0"],
+        ["unmapped", "0.25", "5.9", "0"],
     ]
     # the resource picked is kept in the URL
     d.find_element(By.ID, "fac-resource").click()

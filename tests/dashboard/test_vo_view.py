@@ -172,7 +172,10 @@ def test_filters_only_narrow(query: Query) -> None:
     alice = Principal("member", member_id=ALICE, vo="atlas", name="Alice Archer")
     mine = vv.vo_view(query, alice, DAY, "atlas")
     assert mine.members["member"].tolist() == ["Alice Archer"]
-    assert mine.share_of_visible is None  # only an admin sees the VO against everything
+    assert mine.share_of_visible is None  # a member's figures are theirs, not the VO's
+    cms = vv.vo_view(query, manager, DAY, None)
+    assert cms.share_of == "Share of the facility"  # the VO's share of everyone's CPU time
+    assert cms.share_of_visible == pytest.approx(100 * 4 / 9)
     assert vv.vo_view(query, alice, DAY, "atlas", text="carol").members.empty
     assert vv.vo_view(query, alice, DAY, "cms").message == vv.not_allowed("cms")
 
@@ -259,12 +262,16 @@ def test_live_view(query: Query) -> None:
     assert ("Target", "10 s: missed") in session.lines
     assert worker.tone == "muted" and worker.lines == [("", "no waits in this range")]
     assert view.alerts == 1
-    assert view.top_vos.rows == [["atlas", "5.00", "55.6", "0.50"], ["cms", "4.00", "44.4", "0.00"]]
+    assert view.top_vos.rows == [["atlas", "5.00", "55.6", "0.50"], ["cms", "4.00", "44.4", "0"]]
     bob = Principal("member", member_id=BOB, vo="cms", name="Bob")
     mine = live_view(query, bob, DAY, NOW, slos)
     assert mine.use["cores"] == pytest.approx(4.0) and mine.alerts is None
     assert mine.open_events == {"session": 1, "dask_cluster": 0}
-    assert [r[0] for r in mine.top_vos.rows] == ["cms"]
+    # bob's own figures, labelled as his, with his share of everyone's CPU time (4 of 9 h)
+    assert mine.top_vos.rows == [["You", "4.00", "44.4", "0"]]
+    assert [c.name for c in mine.top_vos.columns][:1] == [""]
+    manager = live_view(query, Principal("vo_manager", vo="cms", name="m"), DAY, NOW, slos)
+    assert manager.top_vos.rows == [["cms", "4.00", "44.4", "0"]]  # not 100 % of itself
 
 
 class _PerCallWaits:
