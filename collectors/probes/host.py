@@ -4,10 +4,11 @@ Two sources, chosen per user:
 
 * cgroup v2: a user's `user.slice/user-UID.slice` when the unified hierarchy has its
   cpu.stat, io.stat and memory files. The kernel keeps these counters across process exits.
-* /proc (through psutil) for every process not inside such a slice. Per-process counters
-  vanish when a process exits, so each source's last values are remembered (keyed by pid and
-  create time, which also tells a reused pid from the old one) and, once it is gone, folded
-  into the user's "exited" total. A user's counters therefore never go down.
+* /proc (procfs.py: stat, status and io of each process) for every process not inside such a
+  slice. Per-process counters vanish when a process exits, so each source's last values are
+  remembered (keyed by pid and create time, which also tells a reused pid from the old one)
+  and, once it is gone, folded into the user's "exited" total. A user's counters therefore
+  never go down.
 
 The state behind that (per-source last values, per-user exited totals) can be persisted in a
 file, so that a restarted agent carries on from where it stopped instead of resetting counters.
@@ -33,12 +34,12 @@ import msgspec
 
 from afmon.collectors import wire
 from afmon.collectors.probes.base import READY, ProbeOutput, sample
+from afmon.collectors.probes.procfs import CLOCK_TICKS, ProcFS
 
 log = logging.getLogger(__name__)
 
 _COUNTERS = ("user_cpu_seconds", "user_io_read_bytes", "user_io_write_bytes")
 _SLICE_RE = re.compile(r"^user-(\d+)\.slice$")
-_PROC_ATTRS = ["pid", "ppid", "uids", "create_time", "cpu_times", "memory_info", "io_counters"]
 
 
 class _UserState(msgspec.Struct):
@@ -148,6 +149,10 @@ class HostProbe:
         self.min_uid = min_uid
         self.exclude_users = frozenset(exclude_users)
         self._excluded = 0  # processes of system accounts left out by the last scan
+        self._procfs = ProcFS(self.proc_root)
+        self._keys: dict[tuple[int, int], str] = {}  # (pid, start ticks) -> source key
+        self._live_keys: dict[tuple[int, int], str] = {}
+        self._boot: float | None = None
         self.state_path = Path(state_path) if state_path is not None else None
         self._state = self._load_state()
         self.state = READY
@@ -196,9 +201,8 @@ class HostProbe:
         return _Reading(self._name(uid), [cpu_seconds, rbytes, wbytes], rss, _count_procs(path))
 
     def _cgroup_of(self, pid: int) -> str | None:
-        try:
-            text = (self.proc_root / str(pid) / "cgroup").read_text()
-        except OSError:
+        text = self._procfs.cgroup(pid)
+        if text is None:
             return None
         for line in text.splitlines():
             if line.startswith("0::"):
@@ -211,34 +215,44 @@ class HostProbe:
                 return path
         return None
 
+    def _source_key(self, pid: int, start_ticks: int) -> str:
+        """`p:PID:CREATE_TIME`, the create time fixed when the process is first seen (as
+        psutil's was): a later step of the clock moves btime, not a live process's key."""
+        key = self._keys.get((pid, start_ticks))
+        if key is None:
+            if self._boot is None:
+                self._boot = self._procfs.boot_time()
+            key = f"p:{pid}:{start_ticks / CLOCK_TICKS + self._boot:.2f}"
+        self._live_keys[pid, start_ticks] = key
+        return key
+
     def _read_procs(self, covered: set[int]) -> dict[str, _Reading]:
         slices = {f"/user.slice/user-{uid}.slice" for uid in covered}
         out: dict[str, _Reading] = {}
-        self._excluded = 0
-        for proc in self._ps.process_iter(_PROC_ATTRS, ad_value=None):
-            info = proc.info
-            pid, ppid = info["pid"], info.get("ppid")
-            if pid == 2 or ppid == 2 or info["uids"] is None or info["create_time"] is None:
-                continue  # kernel threads are no user's usage
+        fs = self._procfs
+        excluded = 0
+        self._boot = None  # read again if a new process needs it
+        self._live_keys = {}
+        for pid in fs.pids():
+            stat = fs.stat(pid)
+            if stat is None or pid == 2 or stat.ppid == 2:
+                continue  # gone; or a kernel thread, which is no user's usage
             if slices and _in_slices(self._cgroup_of(pid), slices):
                 continue  # counted through its user's slice (whoever runs it there)
-            if self._is_excluded(info["uids"].real):
-                self._excluded += 1
+            status = fs.status(pid)
+            if status is None:
                 continue
-            cpu = info["cpu_times"]
-            mem = info["memory_info"]
-            io = info["io_counters"]
-            key = f"p:{pid}:{info['create_time']:.2f}"
-            out[key] = _Reading(
-                self._name(info["uids"].real),
-                [
-                    (cpu.user + cpu.system) if cpu is not None else 0.0,
-                    float(io.read_bytes) if io is not None else 0.0,
-                    float(io.write_bytes) if io is not None else 0.0,
-                ],
-                float(mem.rss) if mem is not None else 0.0,
-                1,
+            uid, rss = status
+            if self._is_excluded(uid):
+                excluded += 1
+                continue
+            io = fs.io(pid, stat.zombie)
+            if io is None:
+                continue
+            out[self._source_key(pid, stat.start_ticks)] = _Reading(
+                self._name(uid), [stat.cpu_seconds, io[0], io[1]], rss, 1
             )
+        self._keys, self._excluded = self._live_keys, excluded
         return out
 
     # -- accounting ----------------------------------------------------------------------
@@ -258,22 +272,33 @@ class HostProbe:
             if key not in readings:
                 st = state.users.setdefault(user, _UserState([0.0] * 3, [0.0] * 3))
                 st.exited = [a + b for a, b in zip(st.exited, last, strict=True)]
+        # a thousand sources per scan: plain loads and in-place sums, added in the order of
+        # `readings` (pid order) as before, so the float totals are the same to the last bit
         live: dict[str, list[float]] = {}
         rss: dict[str, float] = {}
         procs: dict[str, int] = {}
         sources: dict[str, tuple[str, list[float]]] = {}
+        before = state.sources
         for key, r in readings.items():
-            prev = state.sources.get(key)
-            values = r.counters
-            if prev is not None and any(b < a for a, b in zip(prev[1], values, strict=True)):
-                # a kernel counter went back: a new source under a reused key
-                st = state.users.setdefault(prev[0], _UserState([0.0] * 3, [0.0] * 3))
-                st.exited = [a + b for a, b in zip(st.exited, prev[1], strict=True)]
-            sources[key] = (r.user, values)
-            acc = live.setdefault(r.user, [0.0, 0.0, 0.0])
-            live[r.user] = [a + b for a, b in zip(acc, values, strict=True)]
-            rss[r.user] = rss.get(r.user, 0.0) + r.rss
-            procs[r.user] = procs.get(r.user, 0) + r.procs
+            values, user = r.counters, r.user
+            prev = before.get(key)
+            if prev is not None:
+                last = prev[1]
+                if values[0] < last[0] or values[1] < last[1] or values[2] < last[2]:
+                    # a kernel counter went back: a new source under a reused key
+                    st = state.users.setdefault(prev[0], _UserState([0.0] * 3, [0.0] * 3))
+                    st.exited = [a + b for a, b in zip(st.exited, last, strict=True)]
+            sources[key] = (user, values)
+            acc = live.get(user)
+            if acc is None:
+                acc = live[user] = [0.0, 0.0, 0.0]
+                rss[user] = 0.0
+                procs[user] = 0
+            acc[0] += values[0]
+            acc[1] += values[1]
+            acc[2] += values[2]
+            rss[user] += r.rss
+            procs[user] += r.procs
         state.sources = sources
 
         series: list[wire.Series] = []

@@ -1,26 +1,23 @@
 """The host probe's cgroup v2 path, on a tree shaped like a real unified hierarchy.
 
 This machine has cgroup v1, so the per-user slices are built in a tmp dir with the kernel's
-file formats; the processes come from a stub psutil (the probe's psutil boundary) whose
-/proc/PID/cgroup files live in a tmp proc root.
+file formats, and so are the processes: /proc/PID/{stat,status,io,cgroup} in a tmp proc root
+(the probe's proc_root boundary). The node's capacity comes from a stub psutil.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections import namedtuple
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from afmon.collectors import wire
 from afmon.collectors.probes.host import HostProbe
+from afmon.collectors.probes.procfs import CLOCK_TICKS
 
-Uids = namedtuple("Uids", "real effective saved")
-CpuTimes = namedtuple("CpuTimes", "user system children_user children_system iowait")
-MemInfo = namedtuple("MemInfo", "rss vms")
-IoCounters = namedtuple("IoCounters", "read_count write_count read_bytes write_bytes")
 NodeCpu = namedtuple("NodeCpu", "user nice system idle iowait irq softirq steal guest guest_nice")
 VirtualMemory = namedtuple("VirtualMemory", "total available")
 
@@ -40,26 +37,50 @@ class StubProc:
     ppid: int = 1
     create_time: float = 1000.0
 
-    @property
-    def info(self) -> dict[str, object]:
-        return {
-            "pid": self.pid,
-            "ppid": self.ppid,
-            "uids": Uids(self.uid, self.uid, self.uid),
-            "create_time": self.create_time,
-            "cpu_times": CpuTimes(self.cpu * 0.75, self.cpu * 0.25, 99.0, 99.0, 0.0),
-            "memory_info": MemInfo(self.rss, self.rss * 3),
-            "io_counters": IoCounters(1, 1, self.read, self.write),
-        }
+    def put(self, proc: Path) -> None:
+        """The process's stat, status and io in the kernel's formats (a quarter of its CPU
+        time as system time, in whole quarter seconds so that the sums stay exact)."""
+        ticks = round(self.cpu * CLOCK_TICKS)
+        stime = ticks // CLOCK_TICKS * CLOCK_TICKS // 4
+        start = round(self.create_time * CLOCK_TICKS)  # the tree's btime is 0
+        d = proc / str(self.pid)
+        d.mkdir(exist_ok=True)
+        (d / "stat").write_text(
+            f"{self.pid} (job (x) 1) S {self.ppid} {self.pid} {self.pid} 0 -1 4194560 120 0 0 "
+            f"0 {ticks - stime} {stime} 99 99 20 0 1 0 {start} 10000000 {self.rss // 4096} "
+            "18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 3 0 0 0 0 0\n"
+        )
+        uid = self.uid
+        (d / "status").write_text(
+            f"Name:\tjob\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t{self.pid}\nNgid:\t0\n"
+            f"Pid:\t{self.pid}\nPPid:\t{self.ppid}\nTracerPid:\t0\n"
+            f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{uid}\t{uid}\t{uid}\t{uid}\n"
+            f"FDSize:\t64\nGroups:\t{uid} \nVmPeak:\t   20000 kB\nVmSize:\t   10000 kB\n"
+            f"VmHWM:\t{self.rss // 1024:>8} kB\nVmRSS:\t{self.rss // 1024:>8} kB\n"
+            "Threads:\t1\n"
+        )
+        (d / "io").write_text(
+            f"rchar: {self.read + 7}\nwchar: {self.write + 7}\nsyscr: 1\nsyscw: 1\n"
+            f"read_bytes: {self.read}\nwrite_bytes: {self.write}\ncancelled_write_bytes: 0\n"
+        )
+
+
+def put_procs(proc: Path, procs: list[StubProc]) -> None:
+    """Make `procs` the running processes: write theirs, take away the others' (a pid
+    directory with only its cgroup file, or nothing, is a process that is gone)."""
+    for d in proc.iterdir():
+        if d.name.isdigit():
+            for name in ("stat", "status", "io"):
+                (d / name).unlink(missing_ok=True)
+    for p in procs:
+        p.put(proc)
 
 
 @dataclass
 class StubPsutil:
-    procs: list[StubProc] = field(default_factory=list)
-    node_cpu: NodeCpu = NodeCpu(100.0, 0.0, 20.0, 380.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    """The node's capacity: cores, memory and CPU times."""
 
-    def process_iter(self, attrs: list[str], ad_value: object = None) -> list[StubProc]:
-        return list(self.procs)
+    node_cpu: NodeCpu = NodeCpu(100.0, 0.0, 20.0, 380.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
     def cpu_count(self) -> int:
         return 8
@@ -122,6 +143,7 @@ def tree(tmp_path: Path) -> tuple[Path, Path]:
     write_slice(cg, 0, usage_usec=90_000_000, memory_current=GiB, procs={"session-1.scope": [5000]})
     write_slice(cg, 999, usage_usec=40_000_000, memory_current=GiB, procs={"s.scope": [6000]})
     proc.mkdir()
+    (proc / "stat").write_text("cpu  1 2 3 4 5 6 7 0 0 0\nbtime 0\nprocesses 9\n")
     for pid, cgroup in {
         1234: "/user.slice/user-1000.slice/session-3.scope",
         1240: "/user.slice/user-1000.slice/session-3.scope",
@@ -172,18 +194,22 @@ def test_an_agent_in_its_own_cgroup_namespace_counts_each_process_once(
             "0::/../../../user.slice/user-1000.slice/session-3.scope\n"
         )
     (proc / "2000" / "cgroup").write_text("0::/../../../system.slice/jupyterhub.service\n")
-    ps = StubPsutil(
+    put_procs(
+        proc,
         [
             StubProc(1234, 1000, cpu=4.0, rss=10 * MiB, read=5, write=5),
             StubProc(2000, 1000, cpu=2.0, rss=100 * MiB, read=300, write=400),
-        ]
+        ],
     )
+    ps = StubPsutil()
     v = by(make_probe(tree, ps).collect(1_700_000_000.0).series)
     assert v[("user_cpu_seconds", "alice")] == 12.5 + 2.0  # the slice, and the process outside
 
 
 def test_slices_and_procs_per_user(tree: tuple[Path, Path]) -> None:
-    ps = StubPsutil(
+    _cg, proc = tree
+    put_procs(
+        proc,
         [
             StubProc(1234, 1000, cpu=4.0, rss=10 * MiB, read=5, write=5),  # inside alice's slice
             StubProc(2000, 1000, cpu=2.0, rss=100 * MiB, read=300, write=400),  # outside it
@@ -195,8 +221,9 @@ def test_slices_and_procs_per_user(tree: tuple[Path, Path]) -> None:
             StubProc(6000, 999, cpu=30.0, rss=GiB),  # a service account in its own slice
             StubProc(50, 0, cpu=9.0),  # sshd
             StubProc(60, 999, cpu=3.0),  # postgres
-        ]
+        ],
     )
+    ps = StubPsutil()
     out = make_probe(tree, ps).collect(1_700_000_000.0)
     assert out.events == []
     v = by(out.series)
@@ -260,15 +287,20 @@ def test_counters_stay_monotonic_across_logout_login_and_restart(
 
 
 def test_pid_reuse_and_new_user_created(tree: tuple[Path, Path]) -> None:
-    ps = StubPsutil([StubProc(4000, 1002, cpu=5.0, create_time=100.0)])
+    _cg, proc = tree
+    put_procs(proc, [StubProc(4000, 1002, cpu=5.0, create_time=100.0)])
+    ps = StubPsutil()
     probe = make_probe(tree, ps)
     assert by(probe.collect(100.0).series)[("user_cpu_seconds", "carol")] == 5.0
 
     # pid 4000 exited and a new process got the same pid; dave started a process
-    ps.procs = [
-        StubProc(4000, 1002, cpu=1.0, create_time=200.0),
-        StubProc(4100, 1003, cpu=0.5, create_time=201.0),
-    ]
+    put_procs(
+        proc,
+        [
+            StubProc(4000, 1002, cpu=1.0, create_time=200.0),
+            StubProc(4100, 1003, cpu=0.5, create_time=201.0),
+        ],
+    )
     out = probe.collect(115.0)
     v = by(out.series)
     assert v[("user_cpu_seconds", "carol")] == 6.0
@@ -279,20 +311,45 @@ def test_pid_reuse_and_new_user_created(tree: tuple[Path, Path]) -> None:
     assert created[("user_cpu_seconds", "carol")] is None
 
     # a counter that goes back under the same key is a new source, not a decrease
-    ps.procs = [StubProc(4000, 1002, cpu=0.25, create_time=200.0)]
+    put_procs(proc, [StubProc(4000, 1002, cpu=0.25, create_time=200.0)])
     assert by(probe.collect(130.0).series)[("user_cpu_seconds", "carol")] == 6.25
 
 
+def test_a_step_of_the_clock_keeps_the_keys_of_live_processes(tree: tuple[Path, Path]) -> None:
+    """/proc/stat's btime moves when the wall clock is stepped: a process seen before keeps
+    its key (create time), so its counters are not taken for a new source's and counted
+    again; a process that starts afterwards is keyed with the new btime."""
+    _cg, proc = tree
+    put_procs(proc, [StubProc(4000, 1002, cpu=5.0, create_time=100.0)])
+    probe = make_probe(tree, StubPsutil())
+    assert by(probe.collect(100.0).series)[("user_cpu_seconds", "carol")] == 5.0
+
+    (proc / "stat").write_text("cpu  1 2 3 4 5 6 7 0 0 0\nbtime 7\nprocesses 9\n")
+    put_procs(
+        proc,
+        [
+            StubProc(4000, 1002, cpu=6.0, create_time=100.0),
+            StubProc(4100, 1002, cpu=1.0, create_time=110.0),
+        ],
+    )
+    assert by(probe.collect(115.0).series)[("user_cpu_seconds", "carol")] == 7.0
+    processes = {key for key in probe._state.sources if key.startswith("p:")}
+    assert processes == {"p:4000:100.00", "p:4100:117.00"}
+
+
 def test_min_uid_and_exclude_users_choose_the_accounts(tree: tuple[Path, Path]) -> None:
-    ps = StubPsutil(
+    _cg, proc = tree
+    put_procs(
+        proc,
         [
             StubProc(5000, 0, cpu=80.0, rss=GiB),
             StubProc(6000, 999, cpu=30.0, rss=GiB),
             StubProc(50, 0, cpu=9.0),
             StubProc(60, 999, cpu=3.0),
             StubProc(4100, 1003, cpu=0.5),
-        ]
+        ],
     )
+    ps = StubPsutil()
     v = by(make_probe(tree, ps, min_uid=0, exclude_users=["postgres", "dave"]).collect(1.0).series)
     assert v[("user_cpu_seconds", "root")] == 90.0 + 9.0  # root's slice, and sshd via /proc
     assert v[("user_processes", "root")] == 1 + 1
@@ -300,5 +357,6 @@ def test_min_uid_and_exclude_users_choose_the_accounts(tree: tuple[Path, Path]) 
     assert v[("agent_excluded_processes", None)] == 3  # postgres's two and dave's one
     assert v[("user_cpu_seconds", "alice")] == 12.5  # the others as before
 
+    put_procs(proc, [])
     no_processes = by(make_probe(tree, StubPsutil()).collect(1.0).series)
     assert no_processes[("agent_excluded_processes", None)] == 0
