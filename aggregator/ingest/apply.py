@@ -25,6 +25,7 @@ from afmon.aggregator.ingest.admission import SeriesKey, admit, labels_json, ser
 from afmon.aggregator.ingest.capacity import capacity_refusals
 from afmon.aggregator.ingest.delta import cumulate
 from afmon.aggregator.ingest.events import apply_events, ensure_unmapped
+from afmon.aggregator.ingest.group_commit import GroupCommit
 from afmon.aggregator.ingest.late import LateSamples, SeriesState, place_late
 from afmon.aggregator.ingest.limits import Cardinality, Limits, check_size, label_refusals
 from afmon.aggregator.ingest.nodes import node_capacity, write_node_capacity
@@ -142,6 +143,7 @@ class Ingestor:
             self._limits, clock, now=clock, active_seconds=settings.metrics_node_silence_seconds
         )
         self._outbox = Outbox(engine) if settings.tsdb_url else None  # docs/scale.md
+        self._group = GroupCommit(engine, settings.group_commit_batches(engine.dialect.name))
         self._all_in_database = not settings.tsdb_raw_only
         p = placeholder(engine)
         self._p = p
@@ -182,67 +184,80 @@ class Ingestor:
         refused as a whole, with nothing of it written."""
         check_size(batch, self._limits)
         refused = first_per_record([*refused, *label_refusals(batch, self._limits)])
-        p = self._p
-        now = self._clock()
-        with self._engine.begin() as conn:
-            claimed = conn.exec_driver_sql(
-                "INSERT INTO applied_batch (agent_id, seq, facility, received_at, samples) "
-                f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
-                (batch.agent_id, batch.seq, batch.facility, now, batch.sample_count),
-            ).rowcount
-            if claimed == 0:
-                return IngestResult("duplicate", batch.seq)
-            keys = [series_key(batch.facility, s) for s in batch.series]
-            more, own_node = admit(conn, batch, keys, refused, self._series_ids, self._cardinality)
-            refused += more
-            new_series: dict[SeriesKey, int] = {}
-            gone = {r.index for r in refused if r.kind == "series"}
-            ids = self._series_ids_for(conn, batch, keys, new_series, gone)
-            state = self._series_state(conn, [sid for sid in ids if sid is not None])
-            sent = batch  # as sent: what the quarantine keeps (a replay converts it again)
-            batch, out_of_order = cumulate(batch, ids, state)
-            for r in out_of_order:
-                ids[r.index] = None
-            refused += out_of_order
-            nodes, reported = node_capacity(conn, p, batch, ids, state)
-            over = capacity_refusals(
-                batch,
-                ids,
-                {sid: (t, v) for sid, (t, v, _f) in state.items()},
-                {n: (c.get("cpu_cores"), c.get("memory_bytes")) for n, c in nodes.items()},
-                self._settings.capacity_slack,
-            )
-            for r in over:
-                ids[r.index] = None
-            refused += over
-            too_old, late = place_late(
-                conn,
-                batch,
-                ids,
-                state,
-                self._settings.late_sample_window_seconds,
-                self._kept,
-                p,
-            )
-            refused += too_old
-            if refused and not quarantine:
-                raise StillRefused(refused)  # rolls the claim back: a later replay may apply
-            clean = wire.without(batch, refused)
-            if len(clean.series) < len(ids):
-                gone = {r.index for r in refused if r.kind == "series"}
-                kept = [i for i in range(len(ids)) if i not in gone]
-                late = {j: late[i] for j, i in enumerate(kept) if i in late}
-                ids = [ids[i] for i in kept]
-            result = self._apply(conn, clean, ids, state, late, nodes, reported, now, own_node)  # type: ignore[arg-type]
-            if result.refused:  # events whose attributes their rule refused
-                refused += _in_batch(result.refused, batch, refused)
-                if not quarantine:
-                    raise StillRefused(refused)
-            if refused:
-                quarantined.store(conn, sent, refused, now, self._settings.quarantine_keep)
+        new_series: dict[SeriesKey, int] = {}
+        result = self._group.run(
+            lambda conn: self._apply_batch(conn, batch, list(refused), quarantine, new_series)
+        )
         # Only ids of committed series may be remembered: a rolled-back id can be reused.
         self._series_ids.update(new_series)
+        return result
+
+    def _apply_batch(
+        self,
+        conn: Connection,
+        batch: wire.Batch,
+        refused: list[wire.Refusal],
+        quarantine: bool,
+        new_series: dict[SeriesKey, int],
+    ) -> IngestResult:
+        """`apply`'s work inside its (group's) transaction; `new_series` gets the ids of the
+        series records it made."""
+        p = self._p
+        now = self._clock()
+        claimed = conn.exec_driver_sql(
+            "INSERT INTO applied_batch (agent_id, seq, facility, received_at, samples) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+            (batch.agent_id, batch.seq, batch.facility, now, batch.sample_count),
+        ).rowcount
+        if claimed == 0:
+            return IngestResult("duplicate", batch.seq)
+        keys = [series_key(batch.facility, s) for s in batch.series]
+        more, own_node = admit(conn, batch, keys, refused, self._series_ids, self._cardinality)
+        refused += more
+        gone = {r.index for r in refused if r.kind == "series"}
+        ids = self._series_ids_for(conn, batch, keys, new_series, gone)
+        state = self._series_state(conn, [sid for sid in ids if sid is not None])
+        sent = batch  # as sent: what the quarantine keeps (a replay converts it again)
+        batch, out_of_order = cumulate(batch, ids, state)
+        for r in out_of_order:
+            ids[r.index] = None
+        refused += out_of_order
+        nodes, reported = node_capacity(conn, p, batch, ids, state)
+        over = capacity_refusals(
+            batch,
+            ids,
+            {sid: (t, v) for sid, (t, v, _f) in state.items()},
+            {n: (c.get("cpu_cores"), c.get("memory_bytes")) for n, c in nodes.items()},
+            self._settings.capacity_slack,
+        )
+        for r in over:
+            ids[r.index] = None
+        refused += over
+        too_old, late = place_late(
+            conn,
+            batch,
+            ids,
+            state,
+            self._settings.late_sample_window_seconds,
+            self._kept,
+            p,
+        )
+        refused += too_old
+        if refused and not quarantine:
+            raise StillRefused(refused)  # rolls the claim back: a later replay may apply
+        clean = wire.without(batch, refused)
+        if len(clean.series) < len(ids):
+            gone = {r.index for r in refused if r.kind == "series"}
+            kept = [i for i in range(len(ids)) if i not in gone]
+            late = {j: late[i] for j, i in enumerate(kept) if i in late}
+            ids = [ids[i] for i in kept]
+        result = self._apply(conn, clean, ids, state, late, nodes, reported, now, own_node)  # type: ignore[arg-type]
+        if result.refused:  # events whose attributes their rule refused
+            refused += _in_batch(result.refused, batch, refused)
+            if not quarantine:
+                raise StillRefused(refused)
         if refused:
+            quarantined.store(conn, sent, refused, now, self._settings.quarantine_keep)
             result = replace(result, status="partial", refused=tuple(refused))
         return result
 
