@@ -76,16 +76,18 @@ def _ledger_sums(
     d1, d2 = -(-s // DAY) * DAY, e // DAY * DAY
     if not daily or d1 >= d2:
         return part("usage", "hour", "l_s", "l_e") + order, {"l_s": s, "l_e": e}
-    parts = " UNION ALL ".join(
-        [
-            part("usage", "hour", "l_s", "l_d1"),
-            part("usage_day", "day", "l_d1", "l_d2"),
-            part("usage", "hour", "l_d2", "l_e"),
-        ]
-    )
+    # an edge of no hours (a window from midnight to midnight: weeks, months) is left out:
+    # SQLite would read its empty range of the hourly table by skip-scanning the primary key
+    parts = [("usage", "hour", "l_s", "l_d1")] if s < d1 else []
+    parts.append(("usage_day", "day", "l_d1", "l_d2"))
+    parts += [("usage", "hour", "l_d2", "l_e")] if d2 < e else []
+    bounds = {"l_s": s, "l_d1": d1, "l_d2": d2, "l_e": e}
+    span = {name: bounds[name] for *_, lo, hi in parts for name in (lo, hi)}
+    if len(parts) == 1:
+        return part(*parts[0]) + order, span
     cols = "".join(f"{a}, " for a in aliases)
-    sql = f"SELECT {cols}SUM(amount) AS amount FROM ({parts}) AS u{group}{order}"
-    return sql, {"l_s": s, "l_d1": d1, "l_d2": d2, "l_e": e}
+    union = " UNION ALL ".join(part(*p) for p in parts)
+    return f"SELECT {cols}SUM(amount) AS amount FROM ({union}) AS u{group}{order}", span
 
 
 def _fold(column: str, keep: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:

@@ -11,6 +11,8 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -18,9 +20,11 @@ import pandas as pd
 from afmon.aggregator import __version__
 from afmon.aggregator.core import latency
 from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.query.operations import LatencyWaits
 from afmon.aggregator.query.reads import Principal, Query
 from afmon.aggregator.report import apel_inputs
-from afmon.aggregator.report.quantities import LEVELS, num, quantities, ratio
+from afmon.aggregator.report.prefetch import READERS, Prefetch
+from afmon.aggregator.report.quantities import LEVELS, Quantity, num, quantities, ratio
 from afmon.aggregator.report.week import Month, Week, iso_utc
 from afmon.aggregator.store.schema import RESOURCES, UNMAPPED
 
@@ -56,6 +60,33 @@ def settings_provenance(settings: ServerSettings, filters: dict[str, str | None]
             {"name": r.name, "unit": r.unit, "title": r.title} for r in RESOURCES.values()
         ],
     }
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """A row's values for resources without use (0, 0 and null), written once per report:
+    most of the catalog is unused by most members, and the rows then only set what is used."""
+
+    usage: dict[str, int | float]
+    quantities_of: dict[str, list[Quantity]]
+    resources: dict[str, int | float]
+    no_change: dict[str, None]
+
+    @classmethod
+    def of(cls, qs: list[Quantity]) -> Zeros:
+        quantities_of: dict[str, list[Quantity]] = defaultdict(list)
+        for q in qs:
+            quantities_of[q.resource].append(q)
+        return cls(
+            usage={q.name: num(0.0 / q.divisor) for q in qs},
+            quantities_of=dict(quantities_of),
+            resources={r: num(0.0) for r in RESOURCES},
+            no_change=dict.fromkeys(RESOURCES),
+        )
+
+    def per_resource(self, amounts: dict[str, float]) -> dict[str, int | float]:
+        """Every catalog resource, in catalog order: its amount as written, or the zero."""
+        return {**self.resources, **{r: num(a) for r, a in amounts.items() if r in self.resources}}
 
 
 def _window(start: float, end: float) -> dict[str, Any]:
@@ -94,16 +125,27 @@ class ReportBuilder:
         return df
 
     def _totals(
-        self, start: float, end: float, by: tuple[str, ...], with_vo: bool = True
+        self,
+        reads: Prefetch,
+        start: float,
+        end: float,
+        by: tuple[str, ...],
+        with_vo: bool = True,
     ) -> dict[Key, dict[str, float]]:
-        df = self._keep(self._q.usage_totals(self._p, start, end, by=by), by, with_vo)
+        df = self._keep(reads.totals(start, end, by).result(), by, with_vo)
         out: dict[Key, dict[str, float]] = defaultdict(dict)
-        for row in df.itertuples(index=False):
-            key = tuple(str(getattr(row, b)) for b in by)
-            out[key][row.resource] = float(row.amount)
+        keys = zip(*(map(str, df[b].tolist()) for b in by), strict=True)
+        for key, resource, amount in zip(
+            keys, df["resource"].tolist(), df["amount"].tolist(), strict=True
+        ):
+            out[key][resource] = float(amount)
         return out
 
     def build(self, week: Week) -> dict[str, Any]:
+        with ThreadPoolExecutor(READERS, thread_name_prefix="afmon-report") as pool:
+            return self._build(week, Prefetch(self._q, self._p, pool))
+
+    def _build(self, week: Week, reads: Prefetch) -> dict[str, Any]:
         months = week.months()
         steps = 3 * len(LEVELS) + len(months) + 2
         done = 0
@@ -114,39 +156,65 @@ class ReportBuilder:
             self._progress(label, done, steps)
 
         prev = week.shifted(-1)
+        # every read starts now, the longest (the month to date) first; the APEL inputs as soon
+        # as the month to date is in, as they look up its members
+        members = reads.submit(self._q.members, self._p)
+        month_ends = [(m, min(m.end, week.end)) for m in months]
+        for m, end in month_ends:
+            reads.totals(m.start, end, LEVELS["member"])
+        for by in LEVELS.values():
+            reads.totals(week.start, week.end, by)
+            reads.totals(prev.start, prev.end, by)
+        waits = {  # kind -> its waits in the week, read once
+            kind: reads.submit(self._q.latency_waits, self._p, kind, week.start, week.end)
+            for kind in sorted(latency.KINDS)
+        }
+        receipts = reads.submit(self._q.agent_receipts, self._p, week.start, week.end)
         names = {
-            str(m.member_id): str(m.display_name)
-            for m in self._q.members(self._p).itertuples(index=False)
+            str(m.member_id): str(m.display_name) for m in members.result().itertuples(index=False)
         }
         qs = quantities()
-        levels: dict[str, list[dict[str, Any]]] = {}
-        for level, by in LEVELS.items():
-            cur = self._totals(week.start, week.end, by)
-            step(f"{level}s, {week}")
-            before = self._totals(prev.start, prev.end, by)
-            step(f"{level}s, {prev}")
-            levels[level] = [
-                self._row(by, key, cur.get(key, {}), before.get(key, {}), qs, names)
-                for key in sorted(set(cur) | set(before))
-            ]
+        zeros = Zeros.of(qs)
         month_rows = []
-        for m in months:
-            end = min(m.end, week.end)
-            tot = self._totals(m.start, end, LEVELS["member"])
+        for m, end in month_ends:
+            tot = self._totals(reads, m.start, end, LEVELS["member"])
             month_rows.append(
                 {
                     "month": str(m),
                     "year": m.year,
                     "month_number": m.month,
                     "window": _window(m.start, end),
-                    "members": [self._month_row(key, tot[key], names) for key in sorted(tot)],
+                    "members": [
+                        self._month_row(key, tot[key], zeros, names) for key in sorted(tot)
+                    ],
                 }
             )
+        # what the APEL summaries need beyond the month to date (report/apel_inputs.py)
+        apel = reads.submit(
+            apel_inputs.section,
+            self._q,
+            self._p,
+            self._settings,
+            month_rows,
+            self._facility,
+            self._vo,
+        )
+        levels: dict[str, list[dict[str, Any]]] = {}
+        for level, by in LEVELS.items():
+            cur = self._totals(reads, week.start, week.end, by)
+            step(f"{level}s, {week}")
+            before = self._totals(reads, prev.start, prev.end, by)
+            step(f"{level}s, {prev}")
+            levels[level] = [
+                self._row(by, key, cur.get(key, {}), before.get(key, {}), zeros, names)
+                for key in sorted(set(cur) | set(before))
+            ]
+        for m in months:
             step(f"month to date {m}")
         completeness = {
             "silence_threshold_seconds": num(self._settings.report_silence_seconds),
-            "agents": self._agents(week),
-            "unmapped": self._unmapped(week),
+            "agents": self._agents(week, receipts.result()),
+            "unmapped": self._unmapped(reads, week),
         }
         step("completeness")
         filters = {"facility": self._facility, "vo": self._vo}
@@ -175,13 +243,10 @@ class ReportBuilder:
                 for q in qs
             ],
             "levels": levels,
-            "latency": self._latency(week, step),
+            "latency": self._latency(waits, step),
             "completeness": completeness,
             "month_to_date": month_rows,
-            # what the APEL summaries need beyond the month to date (report/apel_inputs.py)
-            "apel": apel_inputs.section(
-                self._q, self._p, self._settings, month_rows, self._facility, self._vo
-            ),
+            "apel": apel.result(),
         }
         step("done")
         return doc
@@ -192,40 +257,49 @@ class ReportBuilder:
         key: Key,
         cur: dict[str, float],
         before: dict[str, float],
-        qs: list[Any],
+        zeros: Zeros,
         names: dict[str, str],
     ) -> dict[str, Any]:
         row: dict[str, Any] = dict(zip(by, key, strict=True))
         if "member" in row:
             row["display_name"] = names.get(row["member"], row["member"])
-        row["usage"] = {q.name: num(cur.get(q.resource, 0.0) / q.divisor) for q in qs}
-        row["previous"] = {r: num(before.get(r, 0.0)) for r in RESOURCES}
-        row["change"] = {r: ratio(cur.get(r, 0.0), before.get(r, 0.0)) for r in RESOURCES}
+        usage = dict(zeros.usage)
+        for r, amount in cur.items():
+            for q in zeros.quantities_of.get(r, ()):
+                usage[q.name] = num(amount / q.divisor)
+        row["usage"] = usage
+        row["previous"] = zeros.per_resource(before)
+        row["change"] = {
+            **zeros.no_change,
+            **{r: ratio(cur.get(r, 0.0), a) for r, a in before.items() if r in zeros.resources},
+        }
         return row
 
     @staticmethod
-    def _month_row(key: Key, amounts: dict[str, float], names: dict[str, str]) -> dict[str, Any]:
+    def _month_row(
+        key: Key, amounts: dict[str, float], zeros: Zeros, names: dict[str, str]
+    ) -> dict[str, Any]:
         row: dict[str, Any] = dict(zip(LEVELS["member"], key, strict=True))
         row["display_name"] = names.get(row["member"], row["member"])
-        row["usage"] = {r: num(amounts.get(r, 0.0)) for r in RESOURCES}
+        row["usage"] = zeros.per_resource(amounts)
         return row
 
-    def _latency(self, week: Week, step: Callable[[str], None]) -> dict[str, Any]:
+    def _latency(
+        self, waits: dict[str, Future[LatencyWaits]], step: Callable[[str], None]
+    ) -> dict[str, Any]:
         """p50/p95 and the share within the SLO per latency kind and level. Each kind's waits
-        are read once for the report (`Query.latency_waits`) and grouped per level in memory:
-        the frames `latency_percentiles` returns for each level, without reading them again."""
+        are read once for the report (`Query.latency_waits`, `waits`) and grouped per level in
+        memory: the frames `latency_percentiles` returns for each level, without reading them
+        again."""
         slos = getattr(self._settings, "latency_slo_seconds", {}) or {}
-        waits = {  # kind -> its waits in the week, read once
-            kind: self._q.latency_waits(self._p, kind, week.start, week.end)
-            for kind in sorted(latency.KINDS)
-        }
         levels: dict[str, list[dict[str, Any]]] = {}
         for level, by in LEVELS.items():
             rows = []
             for kind in sorted(latency.KINDS):
                 slo = slos.get(kind)
                 df = self._keep(
-                    waits[kind].percentiles(by, quantiles=QUANTILES, slo_seconds=slo), by
+                    waits[kind].result().percentiles(by, quantiles=QUANTILES, slo_seconds=slo),
+                    by,
                 )
                 for r in df.to_dict(orient="records"):
                     rows.append(
@@ -261,10 +335,10 @@ class ReportBuilder:
             "within_slo_ratio is exact when the SLO is a bucket bound.",
         }
 
-    def _agents(self, week: Week) -> list[dict[str, Any]] | None:
+    def _agents(self, week: Week, df: pd.DataFrame) -> list[dict[str, Any]] | None:
+        """Per node, its batches and silences in the week, from `df` (`agent_receipts`)."""
         if self._p.role != "facility_admin":
             return None  # agent liveness is facility information
-        df = self._q.agent_receipts(self._p, week.start, week.end)
         if self._facility is not None:
             df = df[df["facility"] == self._facility]
         limit = self._settings.report_silence_seconds
@@ -301,8 +375,8 @@ class ReportBuilder:
             )
         return out
 
-    def _unmapped(self, week: Week) -> list[dict[str, Any]]:
-        by_vo = self._totals(week.start, week.end, LEVELS["vo"], with_vo=False)
+    def _unmapped(self, reads: Prefetch, week: Week) -> list[dict[str, Any]]:
+        by_vo = self._totals(reads, week.start, week.end, LEVELS["vo"], with_vo=False)
         per_facility: dict[str, dict[str, list[float]]] = defaultdict(
             lambda: defaultdict(lambda: [0.0, 0.0])
         )

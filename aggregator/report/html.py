@@ -21,11 +21,13 @@ th{background:#f0f3f7}td.k,th.k{text-align:left}
 
 
 def _fmt(v: Any) -> str:
+    """A cell's text, escaped: numbers with thousands separators (floats to 2 decimals)."""
     if v is None:
         return ""
     if isinstance(v, float | int) and not isinstance(v, bool):
+        # digits, commas, a point and a sign: nothing to escape
         return f"{v:,.2f}" if isinstance(v, float) else f"{v:,d}"
-    return str(v)
+    return escape(str(v))
 
 
 def shown_quantities(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,14 +47,15 @@ def _table(headers: list[str], rows: list[list[Any]], keys: int, table_id: str) 
     head = "".join(
         f'<th class="{"k" if i < keys else ""}">{escape(h)}</th>' for i, h in enumerate(headers)
     )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="{"k" if i < keys else ""}">{escape(_fmt(v))}</td>' for i, v in enumerate(r)
-        )
-        + "</tr>"
-        for r in rows
-    )
+    opens: list[str] = []  # each column's opening tag
+
+    def row(r: list[Any]) -> str:
+        while len(opens) < len(r):
+            opens.append('<td class="k">' if len(opens) < keys else '<td class="">')
+        cells = [o + _fmt(v) + "</td>" for o, v in zip(opens, r, strict=False)]
+        return "<tr>" + "".join(cells) + "</tr>"
+
+    body = "".join(map(row, rows))
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
