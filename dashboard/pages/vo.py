@@ -150,11 +150,14 @@ def _table_columns(resource: str, member: bool = False) -> list[dict[str, Any]]:
     cols = []
     for cid, header in member_columns(resource, member):
         col: dict[str, Any] = {"field": cid, "headerName": header}
+        # the minimum widths add up to what a 1280-pixel window gives the grid: no scrolling
         if cid == "member":
-            col.update(minWidth=160, flex=2)  # names in full
+            col.update(minWidth=140, flex=2)  # names in full
         elif cid == "member_id":
             # long issuer|subject IDs: wrapped, whole in the cell (and on hover)
-            col.update(theme.GRID_WRAPPED, tooltipField="member_id", minWidth=150, flex=2)
+            col.update(theme.GRID_WRAPPED, tooltipField="member_id", minWidth=130, flex=2)
+        elif cid == "group":
+            col.update(minWidth=105, tooltipField="group")
         elif cid in COUNTS:
             col.update(theme.GRID_COUNT)
         elif cid not in ("group", "facilities"):

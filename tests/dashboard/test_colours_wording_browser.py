@@ -264,6 +264,10 @@ def test_the_member_grid_reads_well(many_app: LiveApp, browser: Any) -> None:
         "}).map(e => e.textContent);"
     )
     assert broken == []
+    assert d.execute_script(  # every column fits a 1280-pixel window: no sideways scrolling
+        "const v = document.querySelector('#vo-table .ag-body-horizontal-scroll-viewport');"
+        "return v.scrollWidth <= v.clientWidth;"
+    )
     # the page-size choice lists the grid's own page size (AG Grid #94/#95 otherwise)
     sizes = d.execute_script(
         "return dash_ag_grid.getApi('vo-table').getGridOption('paginationPageSizeSelector');"
