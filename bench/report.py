@@ -8,12 +8,14 @@ and `--waits` JupyterHub starts over the last 30 days), then builds the report o
 on 2026-12-01) for the facility admin in all formats (CSV per level, JSON, HTML, APEL) and
 writes the files, as `afmon report weekly` does (report/run.py `build_files`, then
 report/files.py `write_files`). Each build runs in a fresh Python process, so that its peak
-RSS (Linux's VmHWM of the process: interpreter, pandas and plotly included) is the
-report's own; `start MB` is the RSS after the imports, before the
-build. Prints per member count the wall seconds of the document build, of the rendering and
-of the writing, the process's CPU seconds for all three (steadier than the wall time on a
-shared machine), the peak RSS, and the size of every written file. `--profile FILE` writes a
-cProfile of the (last) build to FILE.
+RSS (Linux's VmHWM: interpreter, pandas and plotly included) is the report's own.
+
+Prints per member count the wall seconds of the document build, of the rendering and of the
+writing; the process's CPU seconds for all three (every thread; steadier than the wall time
+on a shared machine); the RSS after the imports (`start MB`), the peak once the document is
+built (`build peak MB`) and the peak at the end; and the size of every written file.
+`--profile FILE` writes a cProfile of the (last) build's main thread to FILE (the reads run
+in the report's reader threads, report/prefetch.py).
 
     python bench/report.py [--members 10000] [--days 42] [--active-hours 4] [--waits 10000]
         [--week 2026-W52] [--db-dir DIR] [--profile FILE]
@@ -82,7 +84,7 @@ def measure(db: Path, week_text: str, out_dir: Path, profile: Path | None) -> di
         prof.enable()
     cpu0, t0 = time.process_time(), time.perf_counter()
     doc = build_report(query, LOCAL_ADMIN, week, settings)
-    t1 = time.perf_counter()
+    t1, build_mb = time.perf_counter(), _rss_mb()
     files = render_files(doc, FORMATS)
     t2 = time.perf_counter()
     paths = write_files(files, out_dir)
@@ -96,6 +98,7 @@ def measure(db: Path, week_text: str, out_dir: Path, profile: Path | None) -> di
         "write_s": t3 - t2,
         "cpu_s": cpu3 - cpu0,
         "start_mb": start_mb,
+        "build_mb": build_mb,
         "peak_mb": _rss_mb(),
         "files": {p.name: p.stat().st_size for p in paths},
     }
@@ -148,13 +151,17 @@ def main() -> None:
             )
         results.append((members, run_one(db, args.week, args.profile)))
     print(f"\nweekly report {args.week}, facility admin, all formats\n")
-    print("| members | build s | render s | write s | total s | CPU s | start MB | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| members | build s | render s | write s | total s | CPU s | start MB "
+        "| build peak MB | peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for members, r in results:
         total = r["build_s"] + r["render_s"] + r["write_s"]
         print(
             f"| {members:,} | {r['build_s']:.2f} | {r['render_s']:.2f} | {r['write_s']:.2f} "
-            f"| {total:.2f} | {r['cpu_s']:.2f} | {r['start_mb']:.0f} | {r['peak_mb']:.0f} |"
+            f"| {total:.2f} | {r['cpu_s']:.2f} | {r['start_mb']:.0f} | {r['build_mb']:.0f} "
+            f"| {r['peak_mb']:.0f} |"
         )
     names = sorted({_suffix(n, args.week) for _m, r in results for n in r["files"]})
     print("\n| members | " + " | ".join(f"{n} MB" for n in names) + " |")
