@@ -158,6 +158,7 @@ class AlertService:
         return state
 
     def _save(self, state: State) -> None:
+        signals = {r.name: r.signal for r in self._rules}
         with self._engine.begin() as conn:
             conn.execute(text("DELETE FROM alert WHERE status IN ('pending', 'firing')"))
             rows = [
@@ -174,6 +175,7 @@ class AlertService:
                     "resolved_at": a.resolved_at,
                     "summary": a.summary,
                     "description": a.description,
+                    "signal": signals.get(a.rule),
                 }
                 for a in state.values()
             ]
@@ -181,9 +183,10 @@ class AlertService:
                 conn.execute(
                     text(
                         "INSERT INTO alert (rule, labels, active_since, status, severity, "
-                        "facility, vo, value, fired_at, resolved_at, summary, description) "
-                        "VALUES (:rule, :labels, :active_since, :status, :severity, :facility, "
-                        ":vo, :value, :fired_at, :resolved_at, :summary, :description)"
+                        "facility, vo, value, fired_at, resolved_at, summary, description, "
+                        "signal) VALUES (:rule, :labels, :active_since, :status, :severity, "
+                        ":facility, :vo, :value, :fired_at, :resolved_at, :summary, "
+                        ":description, :signal)"
                     ),
                     rows,
                 )
@@ -257,7 +260,7 @@ def alerts_router(principal: Callable[..., Principal]) -> APIRouter:
         records = df.to_dict(orient="records")
         for r in records:
             r["labels"] = json.loads(r["labels"])
-            for k in ("fired_at", "resolved_at"):
+            for k in ("fired_at", "resolved_at", "signal"):
                 if r[k] != r[k]:  # NaN from pandas for NULL
                     r[k] = None
         return records

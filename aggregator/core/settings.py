@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from afmon.aggregator.core.issuers import IssuerConfig, identity_map_issuers
 from afmon.aggregator.core.latency import DEFAULT_SLO_SECONDS
+from afmon.aggregator.core.upstreams import Upstream
 
 DEFAULT_DATABASE = "sqlite:///afmon.sqlite"
 
@@ -191,6 +192,20 @@ class ServerSettings(BaseSettings):
     ingest_rate_per_agent: float = Field(
         20.0, gt=0, description="Batches per second one agent may post (bursts up to 5 s of it)."
     )
+    federation_upstreams: list[Upstream] = Field(
+        default_factory=list,
+        description="Upstream afmons this facility publishes its ledger hours to, as JSON: "
+        '[{"url": "https://vo.example.org", "token": "...", "vos": ["atlas"], '
+        '"level": "member"}] (vos empty: every VO; level member or group); docs/federation.md.',
+    )
+    federation_peers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Upstream side: the facilities that may publish here and their "
+        'credentials, as JSON: {"af-a": "<token>"}; docs/federation.md.',
+    )
+    federation_interval_seconds: float = Field(
+        60.0, gt=0, description="How often changed ledger hours are published upstream."
+    )
     ingest_group_commit: int | None = Field(
         None,
         ge=1,
@@ -307,6 +322,16 @@ class ServerSettings(BaseSettings):
                 f"AFMON_LATE_SAMPLE_WINDOW_SECONDS ({self.late_sample_window_seconds:g}) is "
                 f"longer than AFMON_RETENTION_DAYS ({self.retention_days:g} days): a late "
                 "sample needs its neighbours, which are pruned after the retention"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _peers_are_not_own_facilities(self) -> ServerSettings:
+        clash = sorted(set(self.federation_peers) & set(self.facility_tokens))
+        if clash:
+            raise ValueError(
+                f"AFMON_FEDERATION_PEERS names {', '.join(clash)}, a facility of this server "
+                "(AFMON_FACILITY_TOKENS): a published ledger would replace its own"
             )
         return self
 

@@ -161,6 +161,11 @@ class Ingestor:
             "ON CONFLICT (facility, vo, grp, member_id, resource, day) "
             "DO UPDATE SET amount = usage_day.amount + excluded.amount"
         )
+        # the hours a federation upstream has to be sent again (docs/federation.md)
+        self._sql_changed = (
+            f"INSERT INTO ledger_change (facility, hour, version) VALUES ({p}, {p}, 1) "
+            "ON CONFLICT (facility, hour) DO UPDATE SET version = ledger_change.version + 1"
+        )
         self._sql_latency = (
             "INSERT INTO latency (facility, vo, grp, member_id, kind, profile, hour, le, count, "
             f"sum_seconds) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
@@ -422,6 +427,9 @@ class Ingestor:
             conn.exec_driver_sql(
                 self._sql_latency, [(*k, int(c), s) for k, (c, s) in inc.latencies.items()]
             )
+        if inc.amounts or inc.latencies:  # last: the hours' rows are locked only till commit
+            changed = {(k[0], k[5]) for k in inc.amounts} | {(k[0], k[6]) for k in inc.latencies}
+            conn.exec_driver_sql(self._sql_changed, sorted(changed))
         if own_node:
             self._touch_agent(conn, batch, now, written)
         return IngestResult(

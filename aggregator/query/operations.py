@@ -457,7 +457,7 @@ class OperationsQueries(QueryBase):
         names = {f"s{i}": s for i, s in enumerate(statuses)}
         return self._frame(
             "SELECT rule, status, severity, facility, vo, labels, value, active_since, fired_at, "
-            f"resolved_at, summary, description FROM alert WHERE {cond} "
+            f"resolved_at, summary, description, signal FROM alert WHERE {cond} "
             f"AND status IN ({', '.join(':' + k for k in names)}) "
             "ORDER BY COALESCE(resolved_at, fired_at, active_since) DESC, rule, labels",
             {**params, **names},

@@ -316,6 +316,7 @@ class AlertRow(SQLModel, table=True):
     resolved_at: float | None = None
     summary: str = ""
     description: str = ""
+    signal: str | None = Field(None, description="the signal its rule compares (its unit)")
 
 
 class AgentToken(SQLModel, table=True):
@@ -348,3 +349,35 @@ class QuarantineRow(SQLModel, table=True):
     message: str
     record: str = Field(description="the series or event as sent (wire JSON)")
     replayed_at: float | None = None
+
+
+class LedgerChange(SQLModel, table=True):
+    """Which ledger hours changed: every ingest transaction that adds to an hour of the
+    ledger (usage or latency) bumps its version. A facility publishes an hour upstream when
+    its version is newer than the one it sent (docs/federation.md)."""
+
+    __tablename__ = "ledger_change"
+    facility: str = Field(primary_key=True)
+    hour: int = Field(primary_key=True, description="Start of the UTC hour, epoch seconds")
+    version: int = Field(sa_type=BigInteger)
+
+
+class FederationSent(SQLModel, table=True):
+    """The version of each ledger hour an upstream afmon acknowledged (the durable cursor of
+    publishing)."""
+
+    __tablename__ = "federation_sent"
+    upstream: str = Field(primary_key=True, description="the upstream's URL")
+    facility: str = Field(primary_key=True)
+    hour: int = Field(primary_key=True)
+    version: int = Field(sa_type=BigInteger)
+
+
+class FederationSource(SQLModel, table=True):
+    """Upstream side: a facility that publishes to this afmon, and how fresh it is."""
+
+    __tablename__ = "federation_source"
+    facility: str = Field(primary_key=True)
+    last_hour: int | None = Field(None, description="the newest hour received")
+    received_at: float = Field(description="when the last publication arrived (UNIX time)")
+    hours: int = Field(0, sa_type=BigInteger, description="hour publications received")

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from afmon.aggregator import __version__
 from afmon.aggregator.auth.login import make_router as make_login_router
 from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.federation.publish import federation_loop
 from afmon.aggregator.ingest.limits import LimitExceeded
 from afmon.aggregator.metrics.exporter import render_exposition
 from afmon.aggregator.query.reads import QueryError
@@ -32,6 +33,7 @@ from afmon.aggregator.store.retention import prune_samples
 from afmon.aggregator.store.tsdb import outbox_loop
 from afmon.aggregator.web import openapi
 from afmon.aggregator.web.extensions import Job, WebExtension, installed_extensions
+from afmon.aggregator.web.federation import make_router as make_federation_router
 from afmon.aggregator.web.health import readiness, write_failure_reason
 from afmon.aggregator.web.leader import leader_only
 from afmon.aggregator.web.producers import (
@@ -89,7 +91,7 @@ def create_app(
     # Periodic jobs of the server, each run in its own thread until shutdown; with several
     # workers one of them runs the leader's jobs (docs/scale.md), every one drains the outbox.
     jobs: list[Job] = [
-        *(leader_only(j) for j in (_retention_loop, scheduled_reports)),
+        *(leader_only(j) for j in (_retention_loop, scheduled_reports, federation_loop)),
         _outbox_loop,  # raw samples into the InfluxDB-API store
         *(job for ext in extensions for job in ext.jobs()),
     ]
@@ -141,6 +143,7 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.include_router(build_report_router(reader_principal))
     app.include_router(make_producers_router())  # Telegraf and OTLP (docs/scale.md)
+    app.include_router(make_federation_router())  # facility afmons' ledgers (federation.md)
 
     @app.post(
         "/api/v1/ingest",

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
+from afmon.aggregator.federation.messages import FED_CONTENT_TYPE, Publication
 from afmon.collectors import wire
 
 _REF = "#/components/schemas/{name}"
@@ -42,6 +43,19 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "object",
                 "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
                 "required": ["field", "message"],
+            }
+        },
+        "required": ["detail"],
+    },
+    "FederationError": {
+        "title": "FederationError",
+        "description": "A refused publication of a facility afmon (docs/federation.md).",
+        "type": "object",
+        "properties": {
+            "detail": {
+                "type": "object",
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["code", "message"],
             }
         },
         "required": ["detail"],
@@ -297,6 +311,54 @@ OTLP_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: _otlp("The database cannot store data now; retry"),
 }
 
+# -- /api/v1/federation/ledger ---------------------------------------------------------------
+
+
+def _federation_components() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components((Publication,), ref_template=_REF)
+    return components
+
+
+def _federation_body() -> dict[str, Any]:
+    schema = {"$ref": _REF.format(name="Publication")}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "Whole ledger hours of the credential's facility (docs/federation.md), "
+            "JSON, optionally gzip; each hour replaces this server's rows of (facility, hour, "
+            "the VOs published).",
+            "content": {
+                FED_CONTENT_TYPE: {"schema": schema},
+                "application/json": {"schema": schema},
+            },  # fmt: skip
+        },
+        "security": [{"federation": []}],
+    }
+
+
+FEDERATION_EXTRA = _federation_body()
+_FED_ERROR = {"application/json": {"schema": {"$ref": _REF.format(name="FederationError")}}}
+FEDERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Stored: the (hour, version) pairs this server now holds",
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": {"hours": {"type": "array", "items": {
+                "type": "array", "prefixItems": [{"type": "integer"}, {"type": "integer"}],
+                "minItems": 2, "maxItems": 2}}},
+            "required": ["hours"],
+        }}},
+    },  # fmt: skip
+    400: {"description": "Not a publication, or one with rows that break a rule",
+          "content": _FED_ERROR},
+    401: {"description": "Missing or unknown federation credential", "content": _FED_ERROR},
+    403: {"description": "A publication of another facility than the credential's",
+          "content": _FED_ERROR},
+    413: {"description": "Body too large (compressed or once decompressed)",
+          "content": _FED_ERROR},
+    415: {"description": "An unknown content-encoding", "content": _FED_ERROR},
+}  # fmt: skip
+
 # -- /metrics, /healthz ---------------------------------------------------------------------
 
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -427,6 +489,11 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "name": "Authorization",
         "description": "The agent credential as Telegraf sends it: `Token <credential>`.",
     },
+    "federation": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A facility's federation credential (AFMON_FEDERATION_PEERS).",
+    },
     "scrapeBearer": {
         "type": "http",
         "scheme": "bearer",
@@ -457,6 +524,7 @@ def install(app: FastAPI) -> None:
             components = doc.setdefault("components", {})
             schemas = components.setdefault("schemas", {})
             schemas.update(_batch_components()[1])
+            schemas.update(_federation_components())
             schemas.update(ERROR_SCHEMAS)
             components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
             app.openapi_schema = doc

@@ -73,7 +73,8 @@ def content_seq(*parts: bytes) -> int:
     return int.from_bytes(h.digest()[:8], "big") & SEQ_MASK
 
 
-async def _body(request: Request, s: Services) -> bytes:
+async def read_body(request: Request, s: Services) -> bytes:
+    """The body, decompressed, within AFMON_MAX_BODY_BYTES (x8 once decompressed)."""
     limit = s.settings.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -208,7 +209,7 @@ def make_router() -> APIRouter:
         s: Services = request.app.state.services
         try:
             facility, credential = _credential(request, s)
-            body = await _body(request, s)
+            body = await read_body(request, s)
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -264,7 +265,7 @@ def make_router() -> APIRouter:
         as_json = ctype.startswith("application/json")
         try:
             facility, credential = _credential(request, s)
-            body = await _body(request, s)
+            body = await read_body(request, s)
             try:
                 if as_json and not body.lstrip().startswith(b"{"):
                     # protobuf's JSON parser took `[]` or `"x"` for an empty export

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from dash import Dash, Input, Output, html
 
-from afmon.alerts.rules import RuleError, load_rules
 from afmon.dashboard.figures import Column, TableData, fmt_number, fmt_utc
 from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table
 
@@ -26,16 +22,6 @@ COUNT_UNITS = {
     "gpu_hoarders": "members",
     "ingest_write_failures": "batches",
 }
-
-
-@lru_cache(maxsize=8)
-def rule_signals(path: Path | None) -> Mapping[str, str]:
-    """Rule name -> the signal it compares (alerts/rules); {} when the file cannot be read
-    (the server refuses to start then anyway)."""
-    try:
-        return {r.name: r.signal for r in load_rules(path)}
-    except RuleError:
-        return {}
 
 
 def alert_value(signal: str | None, value: float) -> str:
@@ -58,11 +44,9 @@ def alert_value(signal: str | None, value: float) -> str:
     return f"{value:.4g}"
 
 
-def alerts_table(
-    df: pd.DataFrame, empty: str, signals: Mapping[str, str] | None = None
-) -> TableData:
-    """Rows of display strings: alert, severity, where, value (with the unit of the rule's
-    signal, `signals`: rule -> signal), since, summary."""
+def alerts_table(df: pd.DataFrame, empty: str) -> TableData:
+    """Rows of display strings: alert, severity, where, value (with the unit of the signal
+    its rule compares, which the alert table keeps), since, summary."""
     columns = [
         Column("alert"),
         Column("severity"),
@@ -82,7 +66,7 @@ def alerts_table(
                 r.rule,
                 r.severity,
                 where,
-                alert_value((signals or {}).get(r.rule), r.value),
+                alert_value(r.signal if isinstance(r.signal, str) else None, r.value),
                 fmt_utc(r.active_since),
                 resolved,
                 r.summary,
@@ -117,13 +101,9 @@ def register(app: Dash, ctx: Context) -> None:
             return notice(PICK_MESSAGE), []
         firing = ctx.query.alerts(p, ("firing",))
         resolved = ctx.query.alerts(p, ("resolved",)).head(RECENT_RESOLVED)
-        signals = rule_signals(ctx.settings.alert_rules_file)
         return (
+            render_table(alerts_table(firing, "No alert is firing."), "alerts-firing-table"),
             render_table(
-                alerts_table(firing, "No alert is firing.", signals), "alerts-firing-table"
-            ),
-            render_table(
-                alerts_table(resolved, "No alert was resolved yet.", signals),
-                "alerts-resolved-table",
+                alerts_table(resolved, "No alert was resolved yet."), "alerts-resolved-table"
             ),
         )
