@@ -1,0 +1,240 @@
+"""Federated accounting with real processes (docs/federation.md): two facility afmons, one on
+SQLite and one on PostgreSQL, fed by the simulator with overlapping members, publish to one
+upstream afmon. The upstream's ledger equals the facilities' ledgers row by row (so every sum
+per member, group, VO and facility agrees): after an upstream outage with a facility
+restarted meanwhile, after late data that changes a closed hour, and after a full re-send.
+A VO manager upstream sees the VO across facilities and nothing else; a member themself."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from afmon.aggregator.federation.messages import HourRows, Publication
+from afmon.aggregator.federation.publish import resend
+from afmon.aggregator.query.base import Principal
+from afmon.aggregator.query.reads import Query
+from afmon.collectors import wire
+from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
+from tests.conftest import ServerProcess
+
+HOUR = 3600
+Rows = dict[tuple[Any, ...], float]
+
+
+def _usage(engine: Engine, facility: str, table: str = "usage") -> Rows:
+    when = "hour" if table == "usage" else "day"
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                f"SELECT vo, grp, member_id, resource, {when}, amount FROM {table} "
+                "WHERE facility = :f"
+            ),
+            {"f": facility},
+        )
+        return {tuple(r[:-1]): r[-1] for r in rows}
+
+
+def _latency(engine: Engine, facility: str) -> Rows:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT vo, grp, member_id, kind, profile, hour, le, count, sum_seconds "
+                "FROM latency WHERE facility = :f"
+            ),
+            {"f": facility},
+        )
+        return {tuple(r[:-2]): (r[-2], r[-1]) for r in rows}  # type: ignore[misc]
+
+
+def _closed(rows: Rows, now: float) -> Rows:
+    """The rows of closed hours: what a facility publishes."""
+    return {k: v for k, v in rows.items() if k[4] + HOUR <= now}
+
+
+def _wait_equal(up: Engine, sources: dict[str, Engine], what: str, timeout: float = 90.0) -> None:
+    """Until the upstream holds exactly each facility's closed hours (usage and latency)."""
+    deadline = time.monotonic() + timeout
+    diff: list[str] = []
+    while time.monotonic() < deadline:
+        now = time.time()
+        diff = []
+        for facility, engine in sources.items():
+            mine, theirs = _closed(_usage(engine, facility), now), _usage(up, facility)
+            if mine != theirs:
+                keys = set(mine) ^ set(theirs) or {k for k in mine if mine[k] != theirs[k]}
+                diff.append(f"{facility}: usage differs at {sorted(keys)[:3]} ({len(keys)})")
+            lat = {k: v for k, v in _latency(engine, facility).items() if k[5] + HOUR <= now}
+            if lat != _latency(up, facility):
+                diff.append(f"{facility}: latency differs")
+        if not diff:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what}: the upstream never caught up: {diff}")
+
+
+def _day_rollup_agrees(up: Engine, sources: dict[str, Engine]) -> None:
+    """The upstream's daily rollup is the sum of its hours, equal to the facility's."""
+    for facility, engine in sources.items():
+        theirs, mine = _usage(up, facility, "usage_day"), _usage(engine, facility, "usage_day")
+        assert set(theirs) == set(mine), facility
+        for k, v in mine.items():
+            assert math.isclose(theirs[k], v, rel_tol=1e-12, abs_tol=1e-9), (facility, k)
+
+
+def _event_batch(facility: str, user: str, start: float, end: float) -> wire.Batch:
+    """A session that arrives late: it lies in hours that were already published."""
+    return wire.Batch(
+        version=wire.WIRE_VERSION, agent_id="late-agent", facility=facility, node="late-node",
+        seq=1, sent_at=time.time(),
+        events=[wire.Event("session", "late-session-1", user, start, end,
+                           {"profile": "4 cores"})],
+    )  # fmt: skip
+
+
+def test_two_facilities_publish_exactly_to_one_upstream(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path, pg_url: str
+) -> None:
+    end = math.floor(time.time() / HOUR) * HOUR - 1.0  # the simulated hours are all closed
+    start = end - 2 * HOUR
+    sims = {
+        "af-a": FacilitySimulator(facility="af-a", nodes=2, members_per_vo=2, seed=5),
+        "af-b": FacilitySimulator(facility="af-b", nodes=3, members_per_vo=2, seed=5),
+    }  # the same seed: the same members (issuer, subject) at both facilities
+    peers = {"af-a": "fed-token-a-0123456789", "af-b": "fed-token-b-0123456789"}
+    upstream = server_factory(
+        database_url=f"sqlite:///{tmp_path}/upstream.sqlite",
+        facility="vo-hub",
+        federation_peers=json.dumps(peers),
+        dashboard="false",
+    )
+    urls = {"af-a": f"sqlite:///{tmp_path}/af-a.sqlite", "af-b": pg_url}
+    servers: dict[str, ServerProcess] = {}
+    for facility, sim in sims.items():
+        identity = tmp_path / f"{facility}.toml"
+        identity.write_text(sim.identity_toml())
+        servers[facility] = server_factory(
+            database_url=urls[facility],
+            facility=facility,
+            identity_file=identity,
+            dashboard="false",
+            federation_upstreams=json.dumps([{"url": upstream.url, "token": peers[facility]}]),
+            federation_interval_seconds="0.5",
+        )
+    up = create_engine(f"sqlite:///{tmp_path}/upstream.sqlite")
+    engines = {f: create_engine(u) for f, u in urls.items()}
+    try:
+        # the first hour, then everything published
+        for facility, sim in sims.items():
+            backfill(sim, Poster(servers[facility].url, servers[facility].token), start,
+                     start + HOUR, report=None)  # fmt: skip
+        _wait_equal(up, engines, "first hour")
+        assert _usage(up, "af-a") and _usage(up, "af-b")
+
+        # the upstream goes down; the second hour arrives, and late data changes a closed
+        # hour of af-a; af-a is restarted while the upstream is away
+        upstream.stop()
+        for facility, sim in sims.items():
+            backfill(sim, Poster(servers[facility].url, servers[facility].token),
+                     start + HOUR, end, report=None)  # fmt: skip
+        a = servers["af-a"]
+        before = _usage(engines["af-a"], "af-a")
+        Poster(a.url, a.token).post(_event_batch("af-a", "atlas001", start + 600, start + 1500))
+        changed = _usage(engines["af-a"], "af-a")
+        assert changed != before  # the late session moved a published hour
+        a.stop()
+        a.start()
+        upstream.start()
+        _wait_equal(up, engines, "after the outage")
+
+        # a full re-send of af-b replaces, never adds
+        with httpx.Client() as client:
+            sent_before = _count(engines["af-b"], "federation_sent")
+            assert resend(engines["af-b"], upstream.url) == sent_before > 0
+            deadline = time.monotonic() + 60
+            while _count(engines["af-b"], "federation_sent") < sent_before:
+                assert time.monotonic() < deadline, "the re-send never finished"
+                time.sleep(0.5)
+            assert client.get(f"{upstream.url}/healthz").status_code == 200
+        _wait_equal(up, engines, "after the re-send")
+        _day_rollup_agrees(up, engines)
+
+        # the sums over the facilities, as the upstream's query layer reads them
+        query = Query(up)
+        admin = Principal("facility_admin")
+        lo, hi = start - HOUR, end + HOUR
+        member = sims["af-a"].member_ids()["atlas001"]
+        totals = query.usage_totals(admin, lo, hi, by=("facility",))
+        cpu = totals[totals.resource == "cpu_seconds"].set_index("facility")["amount"]
+        for facility, engine in engines.items():
+            own = sum(v for k, v in _usage(engine, facility).items() if k[3] == "cpu_seconds")
+            assert cpu[facility] == pytest.approx(own, rel=1e-12)
+        # access: the atlas VO manager sees atlas at both facilities, nothing else
+        vo_view = query.usage_totals(Principal("vo_manager", vo="atlas"), lo, hi, by=("facility",))
+        assert set(vo_view.facility) == {"af-a", "af-b"}
+        assert set(
+            query.usage_totals(Principal("vo_manager", vo="atlas"), lo, hi, by=("vo",)).vo
+        ) == {"atlas"}
+        mine = query.usage_totals(Principal("member", member_id=member), lo, hi, by=("member",))
+        assert set(mine.member) == {member}
+        both = query.usage_totals(Principal("member", member_id=member), lo, hi, by=("facility",))
+        assert set(both.facility) == {"af-a", "af-b"}  # one member across facilities
+    finally:
+        up.dispose()
+        for e in engines.values():
+            e.dispose()
+
+
+def _count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+
+
+def test_the_upstream_refuses_what_is_not_the_credentials_own(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    upstream = server_factory(
+        facility="vo-hub",
+        federation_peers=json.dumps({"af-a": "fed-token-a-0123456789"}),
+        dashboard="false",
+    )
+    hour = 1_790_006_400
+
+    def post(pub: Publication, token: str = "fed-token-a-0123456789") -> httpx.Response:
+        return httpx.post(
+            f"{upstream.url}/api/v1/federation/ledger",
+            content=msgspec.json.encode(pub),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+
+    row = ("atlas", "/atlas", "https://atlas-auth.cern.ch/|s1", "cpu_seconds", 5.0, "s")
+    good = Publication("af-a", "member", ["atlas"], [HourRows(hour, 1, [row])])
+    assert post(good, "wrong").status_code == 401
+    other = Publication("af-b", "member", None, [HourRows(hour, 1, [row])])
+    r = post(other)
+    assert r.status_code == 403 and "publishes 'af-a', not 'af-b'" in r.text
+    wrong_unit = Publication("af-a", "member", None, [HourRows(hour, 1, [(*row[:5], "h")])])
+    r = post(wrong_unit)
+    assert r.status_code == 400 and "cpu_seconds is in 's', not 'h'" in r.text
+    outside = Publication("af-a", "member", ["cms"], [HourRows(hour, 1, [row])])
+    assert post(outside).status_code == 400
+    r = post(good)
+    assert r.status_code == 200 and r.json() == {"hours": [[hour, 1]]}
+    # the same hour again (a retry, or a newer version) replaces
+    assert post(good).status_code == 200
+    newer = Publication("af-a", "member", ["atlas"], [HourRows(hour, 2, [(*row[:4], 7.0, "s")])])
+    assert post(newer).json() == {"hours": [[hour, 2]]}
+    with create_engine(f"sqlite:///{tmp_path}/server.sqlite").connect() as conn:
+        rows = conn.execute(text("SELECT facility, amount FROM usage")).all()
+        day = conn.execute(text("SELECT amount FROM usage_day")).all()
+    assert rows == [("af-a", 7.0)] and day == [(7.0,)]
