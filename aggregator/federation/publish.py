@@ -70,6 +70,20 @@ def due_hours(conn: Connection, upstream: str, now: float, limit: int) -> list[D
     return [Due(f, h, v) for f, h, v in rows]
 
 
+def due_count(conn: Connection, upstream: str, now: float) -> tuple[int, int | None]:
+    """How many closed hours are due for `upstream`, and the oldest of them."""
+    n, oldest = conn.execute(
+        text(
+            "SELECT COUNT(*), MIN(c.hour) FROM ledger_change c "
+            "LEFT JOIN federation_sent s ON s.upstream = :u AND s.facility = c.facility "
+            "AND s.hour = c.hour WHERE (s.version IS NULL OR s.version < c.version) "
+            "AND c.hour + :hour <= :now"
+        ),
+        {"u": upstream, "now": now, "hour": HOUR},
+    ).one()
+    return int(n), oldest
+
+
 def _vo_filter(upstream: Upstream) -> tuple[str, dict[str, Any], list[Any]]:
     if not upstream.vos:
         return "", {}, []

@@ -229,6 +229,23 @@ CATALOG: dict[str, MetricSpec] = {
             "tsdb_outbox table (MIN of created)",
         ),
         MetricSpec(
+            "afmon_federation_source_last_hour_timestamp_seconds",
+            "gauge",
+            "seconds",
+            "Upstream side: the start of the newest ledger hour a publishing facility "
+            "delivered (UNIX time; docs/federation.md)",
+            ("facility",),
+            "federation_source table",
+        ),
+        MetricSpec(
+            "afmon_federation_source_received_timestamp_seconds",
+            "gauge",
+            "seconds",
+            "Upstream side: when a publishing facility's last publication arrived (UNIX time)",
+            ("facility",),
+            "federation_source table",
+        ),
+        MetricSpec(
             "afmon_sessions_active",
             "gauge",
             "sessions",

@@ -215,6 +215,9 @@ _SESSIONS_SQL = (
 # The time-series outbox (aggregator/store/tsdb.py): one aggregate pass over a table that is
 # near empty while the store keeps up. Rows carry no facility: the backlog is the server's.
 _OUTBOX_SQL = "SELECT COUNT(*), COALESCE(SUM(samples), 0), MIN(created) FROM tsdb_outbox"
+_SOURCES_SQL = (
+    "SELECT facility, last_hour, received_at FROM federation_source ORDER BY facility"
+)
 
 
 _GPU_SQL = (
@@ -306,7 +309,15 @@ def read_families(engine: Engine, usage_totals: bool = True, since: float = 0.0)
                 family.rows.append(((a, b), float(value)))
         gpus = _gpu_families(conn.execute(text(_GPU_SQL), recent))
         outbox = _outbox_families(*conn.execute(text(_OUTBOX_SQL)).one())
-    return [*usage.values(), *node, seen, spool, sessions, *gpus, *outbox]
+        sources = [
+            Family(spec("afmon_federation_source_last_hour_timestamp_seconds"), []),
+            Family(spec("afmon_federation_source_received_timestamp_seconds"), []),
+        ]
+        for facility, last_hour, received in conn.execute(text(_SOURCES_SQL)):
+            if last_hour is not None:
+                sources[0].rows.append(((facility,), float(last_hour)))
+            sources[1].rows.append(((facility,), float(received)))
+    return [*usage.values(), *node, seen, spool, sessions, *gpus, *outbox, *sources]
 
 
 class LedgerCollector(Collector):

@@ -178,6 +178,15 @@ def tsdb_outbox_age_seconds(conn: Connection, now: float) -> list[Observation]:
     return [] if oldest is None else [Observation.of(now - float(oldest))]
 
 
+def federation_staleness_seconds(conn: Connection, now: float) -> list[Observation]:
+    """Upstream side of federated accounting: seconds since the end of the newest ledger hour
+    each publishing facility delivered (an hour closes, then it is published)."""
+    rows = conn.execute(
+        text("SELECT facility, last_hour FROM federation_source WHERE last_hour IS NOT NULL")
+    )
+    return [Observation.of(now - (h + 3600), facility=f) for f, h in sorted(rows)]
+
+
 SIGNALS: dict[str, Callable[[Connection, float], list[Observation]]] = {
     "time_to_session_p95_seconds": _latency("time_to_session"),
     "time_to_first_worker_p95_seconds": _latency("time_to_first_worker"),
@@ -188,6 +197,7 @@ SIGNALS: dict[str, Callable[[Connection, float], list[Observation]]] = {
     "agent_spool_growth_batches": agent_spool_growth_batches,
     "unmapped_usage_ratio": unmapped_usage_ratio,
     "tsdb_outbox_age_seconds": tsdb_outbox_age_seconds,
+    "federation_staleness_seconds": federation_staleness_seconds,
 }
 # Computed from the server's own instruments, not the database (see CounterWindow).
 PROCESS_SIGNALS = ("ingest_rejected_batches", "ingest_write_failures")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,10 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, create_engine, text
 
 from afmon.aggregator.federation.messages import HourRows, Publication
-from afmon.aggregator.federation.publish import resend
 from afmon.aggregator.query.base import Principal
 from afmon.aggregator.query.reads import Query
 from afmon.collectors import wire
@@ -156,17 +158,43 @@ def test_two_facilities_publish_exactly_to_one_upstream(
         upstream.start()
         _wait_equal(up, engines, "after the outage")
 
-        # a full re-send of af-b replaces, never adds
-        with httpx.Client() as client:
-            sent_before = _count(engines["af-b"], "federation_sent")
-            assert resend(engines["af-b"], upstream.url) == sent_before > 0
-            deadline = time.monotonic() + 60
-            while _count(engines["af-b"], "federation_sent") < sent_before:
-                assert time.monotonic() < deadline, "the re-send never finished"
-                time.sleep(0.5)
-            assert client.get(f"{upstream.url}/healthz").status_code == 200
+        # a full re-send of af-b (`afmon federation resend`) replaces, never adds
+        sent_before = _count(engines["af-b"], "federation_sent")
+        cli = [sys.executable, "-m", "afmon.aggregator.cli", "federation",
+               "--database-url", pg_url]  # fmt: skip
+        env = servers["af-b"].env
+        status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True)
+        assert f"publishing to {upstream.url} (every VO, member level): 0 hours due" in (
+            status.stdout
+        ), status.stdout + status.stderr
+        again = subprocess.run(
+            [*cli, "resend", "--upstream", upstream.url], env=env, capture_output=True, text=True
+        )
+        assert again.returncode == 0, again.stderr
+        assert f"forgot {sent_before} acknowledged hours" in again.stdout
+        deadline = time.monotonic() + 60
+        while _count(engines["af-b"], "federation_sent") < sent_before:
+            assert time.monotonic() < deadline, "the re-send never finished"
+            time.sleep(0.5)
         _wait_equal(up, engines, "after the re-send")
         _day_rollup_agrees(up, engines)
+        # the upstream's /metrics: each facility's freshness (its newest hour, the last one
+        # simulated), which the AfmonFederationStale rule reads
+        scraped = {
+            (sample.name, sample.labels["facility"]): sample.value
+            for family in text_string_to_metric_families(
+                httpx.get(f"{upstream.url}/metrics", timeout=10).text
+            )
+            for sample in family.samples
+            if sample.name.startswith("afmon_federation_source_")
+        }
+        newest = math.floor(end / HOUR) * HOUR
+        for facility in ("af-a", "af-b"):
+            assert (
+                scraped[("afmon_federation_source_last_hour_timestamp_seconds", facility)] == newest
+            )
+            received = scraped[("afmon_federation_source_received_timestamp_seconds", facility)]
+            assert 0 <= time.time() - received < 600
 
         # the sums over the facilities, as the upstream's query layer reads them
         query = Query(up)

@@ -37,6 +37,7 @@ def test_packaged_rules_cover_the_issue() -> None:
         "AfmonIngestWriteFailing",
         "AfmonUnmappedUsage",
         "AfmonTsdbOutboxBehind",
+        "AfmonFederationStale",
     }
     assert rules["AfmonTimeToSessionSLO"].threshold == 10  # the seed's O(seconds) target
     assert rules["AfmonGpuIdleButHeld"].for_seconds == 1800

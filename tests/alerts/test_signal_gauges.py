@@ -34,6 +34,7 @@ END = 1_790_006_400.0
 AGES = {
     "agent_silence_seconds": "afmon_agent_last_seen_timestamp_seconds",
     "tsdb_outbox_age_seconds": "afmon_tsdb_outbox_oldest_timestamp_seconds",
+    "federation_staleness_seconds": "afmon_federation_source_last_hour_timestamp_seconds",
 }
 
 
