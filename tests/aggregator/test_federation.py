@@ -266,3 +266,89 @@ def test_the_upstream_refuses_what_is_not_the_credentials_own(
         rows = conn.execute(text("SELECT facility, amount FROM usage")).all()
         day = conn.execute(text("SELECT amount FROM usage_day")).all()
     assert rows == [("af-a", 7.0)] and day == [(7.0,)]
+
+
+def test_per_vo_upstreams_and_group_level_publishing(tmp_path: Path) -> None:
+    """ATLAS goes to one upstream summed per group (no member identity leaves), CMS to another
+    per member; a change of a published hour replaces it upstream."""
+    from fastapi.testclient import TestClient
+
+    from afmon.aggregator.core.settings import ServerSettings
+    from afmon.aggregator.core.upstreams import Upstream
+    from afmon.aggregator.federation.publish import Publisher
+    from afmon.aggregator.store.db import create_schema, make_engine
+    from afmon.aggregator.web.app import create_app
+
+    facility = make_engine(f"sqlite:///{tmp_path}/af.sqlite")
+    create_schema(facility)
+    hour = 1_790_006_400
+    alice, bob = "https://atlas-auth.cern.ch/|alice", "https://atlas-auth.cern.ch/|bob"
+    carol = "https://cms-auth.cern.ch/|carol"
+    rows = [
+        ("atlas", "/atlas/higgs", alice, 100.0),
+        ("atlas", "/atlas/higgs", bob, 20.5),
+        ("cms", "/cms/top", carol, 7.0),
+    ]
+    with facility.begin() as conn:
+        for vo, grp, mid, amount in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO usage (facility, vo, grp, member_id, resource, hour, amount, "
+                    "unit) VALUES ('af', :vo, :grp, :mid, 'cpu_seconds', :h, :a, 's')"
+                ),
+                {"vo": vo, "grp": grp, "mid": mid, "h": hour, "a": amount},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups) "
+                    "VALUES (:mid, :iss, :sub, :vo, :grp, :name, '[]')"
+                ),
+                {
+                    "mid": mid,
+                    "iss": mid.split("|")[0],
+                    "sub": mid.split("|")[1],
+                    "vo": vo,
+                    "grp": grp,
+                    "name": mid.split("|")[1].title(),
+                },  # fmt: skip
+            )
+        conn.execute(text("INSERT INTO ledger_change VALUES ('af', :h, 1)"), {"h": hour})
+
+    def upstream(name: str) -> tuple[TestClient, Engine]:
+        url = f"sqlite:///{tmp_path}/{name}.sqlite"
+        settings = ServerSettings(
+            database_url=url, federation_peers={"af": "fed-token-0123456789"},
+            alert_interval_seconds=0, local_mode=True,
+        )  # fmt: skip
+        app = create_app(settings, with_dashboard=False, extensions=[])
+        return TestClient(app), make_engine(url)
+
+    atlas_client, atlas_db = upstream("atlas-hub")
+    cms_client, cms_db = upstream("cms-hub")
+    token = "fed-token-0123456789"
+    atlas_hub = Upstream(url="http://atlas-hub", token=token, vos=["atlas"], level="group")
+    to_atlas = Publisher(facility, atlas_hub, atlas_client)
+    to_cms = Publisher(
+        facility, Upstream(url="http://cms-hub", token=token, vos=["cms"]), cms_client
+    )
+    now = hour + 2 * HOUR
+    assert to_atlas.publish(now) == 1 and to_cms.publish(now) == 1
+    assert to_atlas.publish(now) == 0  # nothing due any more
+    group = "afmon:group|/atlas/higgs"
+    assert _usage(atlas_db, "af") == {("atlas", "/atlas/higgs", group, "cpu_seconds", hour): 120.5}
+    with atlas_db.connect() as conn:
+        ids = {r[0] for r in conn.execute(text("SELECT id FROM member"))}
+    assert ids == {group}  # neither alice nor bob left the facility
+    assert _usage(cms_db, "af") == {("cms", "/cms/top", carol, "cpu_seconds", hour): 7.0}
+    # a late change of the published hour: due again, replaced upstream
+    with facility.begin() as conn:
+        conn.execute(text("UPDATE usage SET amount = amount + 4.5 WHERE member_id = :m"),
+                     {"m": bob})  # fmt: skip
+        conn.execute(text("UPDATE ledger_change SET version = version + 1"))
+    assert to_atlas.publish(now) == 1 and to_cms.publish(now) == 1
+    assert _usage(atlas_db, "af")[("atlas", "/atlas/higgs", group, "cpu_seconds", hour)] == 125.0
+    assert _usage(cms_db, "af")[("cms", "/cms/top", carol, "cpu_seconds", hour)] == 7.0
+    for c in (atlas_client, cms_client):
+        c.close()
+    for e in (facility, atlas_db, cms_db):
+        e.dispose()
