@@ -1,8 +1,9 @@
 """Federated accounting with real processes (docs/federation.md): two facility afmons, one on
 SQLite and one on PostgreSQL, fed by the simulator with overlapping members, publish to one
 upstream afmon. The upstream's ledger equals the facilities' ledgers row by row (so every sum
-per member, group, VO and facility agrees): after an upstream outage with a facility
-restarted meanwhile, after late data that changes a closed hour, and after a full re-send.
+per member, group, VO and facility agrees, and the weekly report's rows too): after an
+upstream outage with a facility killed meanwhile and the upstream killed again while the
+facilities catch up, after late data that changes a closed hour, and after a full re-send.
 A VO manager upstream sees the VO across facilities and nothing else; a member themself."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +108,10 @@ def _event_batch(facility: str, user: str, start: float, end: float) -> wire.Bat
 def test_two_facilities_publish_exactly_to_one_upstream(
     server_factory: Callable[..., ServerProcess], tmp_path: Path, pg_url: str
 ) -> None:
-    end = math.floor(time.time() / HOUR) * HOUR - 1.0  # the simulated hours are all closed
+    # the last two hours of last ISO week: closed hours of a complete week (for its report)
+    today = math.floor(time.time() / 86400) * 86400
+    monday = today - datetime.fromtimestamp(today, UTC).weekday() * 86400
+    end = monday - 1.0
     start = end - 2 * HOUR
     sims = {
         "af-a": FacilitySimulator(facility="af-a", nodes=2, members_per_vo=2, seed=5),
@@ -153,8 +158,15 @@ def test_two_facilities_publish_exactly_to_one_upstream(
         Poster(a.url, a.token).post(_event_batch("af-a", "atlas001", start + 600, start + 1500))
         changed = _usage(engines["af-a"], "af-a")
         assert changed != before  # the late session moved a published hour
-        a.stop()
+        late = _late_sample(engines["af-a"], start + HOUR + 1)
+        Poster(a.url, a.token).post(late)
+        assert _usage(engines["af-a"], "af-a") != changed  # CPU moved across the hour
+        _kill(a)
         a.start()
+        # the upstream comes back and is killed (SIGKILL) again while the facilities catch up
+        upstream.start()
+        time.sleep(0.3)
+        _kill(upstream)
         upstream.start()
         _wait_equal(up, engines, "after the outage")
 
@@ -196,6 +208,28 @@ def test_two_facilities_publish_exactly_to_one_upstream(
             received = scraped[("afmon_federation_source_received_timestamp_seconds", facility)]
             assert 0 <= time.time() - received < 600
 
+        # the weekly report upstream holds each facility's rows as the facility's own report
+        week = datetime.fromtimestamp(start, UTC).strftime("%G-W%V")
+        theirs = _weekly(urls["af-a"].replace("af-a", "upstream"), week, tmp_path / "up")
+        for facility, url in urls.items():
+            own = _weekly(url, week, tmp_path / facility)
+            mine = {r["facility"]: r["usage"] for r in own["levels"]["facility"]}
+            got = {r["facility"]: r["usage"] for r in theirs["levels"]["facility"]}
+            assert got[facility] == mine[facility], facility
+            members = {(r["facility"], r["member"]): r["usage"] for r in own["levels"]["member"]}
+            upstream_members = {
+                (r["facility"], r["member"]): r["usage"] for r in theirs["levels"]["member"]
+                if r["facility"] == facility
+            }  # fmt: skip
+            assert upstream_members == members, facility
+            # the APEL inputs of interactive usage (from the ledger hours) travel too
+            interactive = [
+                [r for r in m["interactive"] if r["facility"] == facility]
+                for m in theirs["apel"]["months"]
+            ]
+            assert interactive == [m["interactive"] for m in own["apel"]["months"]], facility
+            assert any(interactive), facility
+
         # the sums over the facilities, as the upstream's query layer reads them
         query = Query(up)
         admin = Principal("facility_admin")
@@ -220,6 +254,51 @@ def test_two_facilities_publish_exactly_to_one_upstream(
         up.dispose()
         for e in engines.values():
             e.dispose()
+
+
+def _weekly(database_url: str, week: str, out: Path) -> dict[str, Any]:
+    """`afmon report weekly` (JSON) of one database."""
+    out.mkdir(exist_ok=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "afmon.aggregator.cli", "report", "weekly", "--week", week,
+         "--format", "json", "--out", str(out), "--database-url", database_url],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    [path] = out.glob("*.json")
+    return json.loads(path.read_text())
+
+
+def _late_sample(engine: Engine, boundary: float) -> wire.Batch:
+    """A CPU sample that arrives late, one second before an hour `boundary` that two stored
+    samples of a member's series straddle, with the later sample's value: the CPU time of
+    the whole interval moves into the earlier (already published) hour."""
+    with engine.connect() as conn:
+        _sid, labels, _before, _after, v1 = conn.execute(
+            text(
+                "SELECT s.id, s.labels, a.time, b.time, b.value FROM series s "
+                "JOIN sample a ON a.series_id = s.id JOIN sample b ON b.series_id = s.id "
+                "WHERE s.metric = 'user_cpu_seconds' AND s.local_user = 'atlas001' "
+                "AND a.time < :t - 1 AND b.time >= :t AND b.value > a.value "
+                "AND NOT EXISTS (SELECT 1 FROM sample c WHERE c.series_id = s.id "
+                "AND c.time > a.time AND c.time < b.time) ORDER BY s.id LIMIT 1"
+            ),
+            {"t": boundary},
+        ).one()
+    cpu = wire.Series("user_cpu_seconds", "seconds", "counter", json.loads(labels),
+                      [boundary - 1.0], [v1])  # fmt: skip
+    return wire.Batch(
+        version=wire.WIRE_VERSION, agent_id="late-sample-agent", facility="af-a",
+        node=cpu.labels["node"], seq=1, sent_at=time.time(), series=[cpu],
+    )  # fmt: skip
+
+
+def _kill(server: ServerProcess) -> None:
+    """SIGKILL: no shutdown, whatever it was doing (a transaction, a publication) is cut."""
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait()
+    server.proc = None
 
 
 def _count(engine: Engine, table: str) -> int:
