@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from afmon.collectors.probes.data_formats import DEFAULT_PATTERNS, FormatClassifier
+
 
 def _default_spool_dir() -> Path:
     if os.geteuid() == 0:
@@ -60,6 +62,14 @@ class AgentSettings(BaseSettings):
     xrootd_servers: dict[str, Literal["local", "cache", "remote"]] = {}
     xrootd_default_role: Literal["local", "cache", "remote"] = "remote"
     xrootd_max_open_files: int = Field(100_000, gt=0)
+    # (format, regular expression) pairs, first match wins: data_formats.py, docs/data.md
+    xrootd_format_patterns: list[tuple[str, str]] = list(DEFAULT_PATTERNS)
+
+    @field_validator("xrootd_format_patterns")
+    @classmethod
+    def _known_formats(cls, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        FormatClassifier(value)  # ValueError for an unknown format or a bad expression
+        return value
 
     @field_validator("xrootd_servers", "dask_gateway_users", "exclude_users", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.federation.publish import federation_loop
 from afmon.aggregator.ingest.limits import LimitExceeded
 from afmon.aggregator.metrics.exporter import render_exposition
+from afmon.aggregator.query.comparison import facility_comparison
 from afmon.aggregator.query.reads import QueryError
 from afmon.aggregator.report.api import build_report_router
 from afmon.aggregator.report.schedule import scheduled_reports
@@ -50,6 +51,7 @@ from afmon.aggregator.web.services import (
     build_services,
     reader_principal,
 )
+from afmon.aggregator.web.usage_api import make_router as make_usage_router
 from afmon.collectors import wire
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,7 @@ def create_app(
     app.include_router(build_report_router(reader_principal))
     app.include_router(make_producers_router())  # Telegraf and OTLP (docs/scale.md)
     app.include_router(make_federation_router())  # facility afmons' ledgers (federation.md)
+    app.include_router(make_usage_router())  # failures, access methods, formats (data.md)
 
     @app.post(
         "/api/v1/ingest",
@@ -307,6 +310,21 @@ def create_app(
         except QueryError as exc:
             raise HTTPException(400, str(exc)) from exc
         # JSON has no NaN: an efficiency without wall time is null
+        return df.astype(object).where(df.notna(), None).to_dict(orient="records")
+
+    @app.get(
+        "/api/v1/facilities",
+        summary="The facilities the caller sees, side by side (docs/federation.md)",
+        responses=openapi.FACILITIES_RESPONSES,
+        openapi_extra=openapi.READER_EXTRA,
+    )
+    def facilities(
+        s: ServicesDep,
+        p: PrincipalDep,
+        start: Annotated[float, Query(ge=0, le=openapi.EPOCH_MAX, allow_inf_nan=False)],
+        end: Annotated[float, Query(ge=0, le=openapi.EPOCH_MAX, allow_inf_nan=False)],
+    ) -> list[dict[str, Any]]:
+        df = facility_comparison(s.query, p, start, end, s.settings.latency_slo_seconds)
         return df.astype(object).where(df.notna(), None).to_dict(orient="records")
 
     openapi.install(app)  # the document; 405 (not the dashboard's page) for a method a path lacks

@@ -63,10 +63,12 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
                                        users=settings.dask_gateway_users,
                                        poll_seconds=settings.dask_gateway_poll_seconds))
     if settings.xrootd_enabled:
+        from afmon.collectors.probes.data_formats import FormatClassifier
         from afmon.collectors.probes.xrootd import Monitor, XRootDProbe
 
         monitor = Monitor(settings.xrootd_servers, default_role=settings.xrootd_default_role,
-                          max_files=settings.xrootd_max_open_files)
+                          max_files=settings.xrootd_max_open_files,
+                          formats=FormatClassifier(settings.xrootd_format_patterns))
         probes.append(XRootDProbe(settings.node, monitor, listen_host=settings.xrootd_listen_host,
                                   summary_port=settings.xrootd_summary_port,
                                   detail_port=settings.xrootd_detail_port,

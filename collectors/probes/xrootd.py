@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from afmon.collectors import wire
 from afmon.collectors.probes.base import READY, ProbeOutput, sample
+from afmon.collectors.probes.data_formats import FormatClassifier
 from afmon.collectors.probes.xrootd_packets import (
     MAP_CODES,
     DiscRec,
@@ -152,6 +153,7 @@ class OpenFile:
     identity: str = UNKNOWN
     auth: str = "none"
     pgwrite: bool = False  # written by xrdcp: its byte counts carry pgwrite CRCs
+    format: str = ""  # input data format of its path ("" when the monitor classifies none)
 
 
 @dataclass
@@ -181,7 +183,13 @@ class Totals:
     values: dict[str, float] = field(default_factory=Counter)
 
 
-UserKey = tuple[str, str, str, str]  # (user, source, identity, auth)
+# (user, source, identity, auth), and the format when the monitor classifies paths
+UserKey = tuple[str, ...]
+
+
+def user_key(f: OpenFile, source: str) -> UserKey:
+    base = (f.user, source, f.identity, f.auth)
+    return (*base, f.format) if f.format else base
 
 
 class Monitor:
@@ -195,6 +203,7 @@ class Monitor:
         max_users: int = 100_000,
         login_grace: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        formats: FormatClassifier | None = None,
     ) -> None:
         for key, role in {**(roles or {}), "(default)": default_role}.items():
             if role not in ROLES:
@@ -203,6 +212,7 @@ class Monitor:
         self.default_role = default_role
         self.max_servers, self.max_files, self.max_users = max_servers, max_files, max_users
         self.login_grace = login_grace
+        self.formats = formats  # classifies opened files' paths (data_formats.py); None: off
         self.started = clock()
         self.changes = 0  # bumped by every applied packet: the probe saves state when it moved
         self.evicted: Counter[str] = Counter()
@@ -331,8 +341,10 @@ class Monitor:
                 else:
                     f = OpenFile(ident.local, 0, 0, ident.identity, ident.auth)
                     f.pgwrite = rec.write and ident.app == "xrdcp"
+                if self.formats is not None:  # the path is classified here, never sent
+                    f.format = self.formats(rec.lfn)
                 st.files.put(rec.file_id, f)
-                self._add_user((f.user, source, f.identity, f.auth), now, opened=1)
+                self._add_user(user_key(f, source), now, opened=1)
                 self._add_server(st.label, source, now, opened=1)
             elif isinstance(rec, XferRec):
                 f = st.files.get(rec.file_id)
@@ -354,7 +366,7 @@ class Monitor:
                 if rec.final:
                     st.files.pop(rec.file_id, None)
                 if d_read or d_write:
-                    key = (f.user, source, f.identity, f.auth)
+                    key = user_key(f, source)
                     self._add_user(key, now, read=d_read, written=d_write)
                     self._add_server(st.label, source, now, read=d_read, written=d_write)
             elif isinstance(rec, DiscRec):
@@ -453,7 +465,7 @@ class Monitor:
     def series(self, node: str, now: float) -> list[wire.Series]:
         self.reconcile(now)
         out: list[wire.Series] = []
-        for (user, source, identity, auth), t in self.users.items():
+        for (user, source, identity, auth, *fmt), t in self.users.items():
             labels = {
                 "user": user,
                 "source": source,
@@ -461,6 +473,8 @@ class Monitor:
                 "auth": auth,
                 "node": node,
             }
+            if fmt:
+                labels["format"] = fmt[0]
             for metric, key in (
                 ("user_data_read_bytes", "read"),
                 ("user_data_written_bytes", "written"),
@@ -575,10 +589,8 @@ class Monitor:
             for label, prev in state["summaries"]:
                 self.summaries.put(label, dict(prev))
             self.users.clear()
-            for (user, source, identity, auth), created, values in state["users"]:
-                self.users.put(
-                    (user, source, identity, auth), Totals(created, source, Counter(values))
-                )
+            for key, created, values in state["users"]:
+                self.users.put(tuple(key), Totals(created, key[1], Counter(values)))
             self.servers.clear()
             for label, created, source, values in state["servers"]:
                 self.servers.put(label, Totals(created, source, Counter(values)))
