@@ -31,6 +31,7 @@ from afmon.dashboard.pages import (
     interactive,
     member,
     reports,
+    usage_patterns,
     vo,
 )
 from afmon.dashboard.pages import data as data_page
@@ -53,6 +54,7 @@ PAGES[interactive.PATH] = interactive
 NAV_IDS[interactive.PATH] = "nav-interactive"
 PAGES[data_page.PATH] = data_page
 NAV_IDS[data_page.PATH] = "nav-data"
+PAGES[usage_patterns.PATH], NAV_IDS[usage_patterns.PATH] = usage_patterns, "nav-usage"
 
 
 def create_dash(
