@@ -26,6 +26,7 @@ from afmon.dashboard.pages import (
     alerts,
     batch,
     common,
+    facilities,
     facility,
     gpus,
     interactive,
@@ -55,6 +56,8 @@ NAV_IDS[interactive.PATH] = "nav-interactive"
 PAGES[data_page.PATH] = data_page
 NAV_IDS[data_page.PATH] = "nav-data"
 PAGES[usage_patterns.PATH], NAV_IDS[usage_patterns.PATH] = usage_patterns, "nav-usage"
+PAGES[facilities.PATH] = facilities
+NAV_IDS[facilities.PATH] = "nav-facilities"
 
 
 def create_dash(

@@ -448,6 +448,32 @@ BATCH_BY_SCHEMA = {
     "description": "Comma-separated columns to total by: one or more of account, qos, "
     "partition, optionally with facility, vo, group, member (refused with 400 otherwise)",
 }
+_RATIO = {"type": ["number", "null"], "minimum": 0}
+FACILITIES_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _rows(
+        "One row per facility the caller sees: active members, CPU hours, sessions, the p95 "
+        "of time-to-session and time-to-first-worker (seconds) with the share of waits within "
+        "their SLO, the shares of data read by source, batch CPU efficiency and GPU busy "
+        "share (null without a denominator)",
+        {
+            "facility": {"type": "string"},
+            "active_members": {"type": "integer"},
+            "cpu_hours": {"type": "number"},
+            "sessions": {"type": "number"},
+            "time_to_session_p95_seconds": _RATIO,
+            "time_to_session_within_slo_ratio": _RATIO,
+            "time_to_first_worker_p95_seconds": _RATIO,
+            "time_to_first_worker_within_slo_ratio": _RATIO,
+            "data_read_local_share": _RATIO,
+            "data_read_cache_share": _RATIO,
+            "data_read_remote_share": _RATIO,
+            "batch_cpu_efficiency": _RATIO,
+            "gpu_busy_ratio": _RATIO,
+        },
+        ["facility", "active_members", "cpu_hours", "sessions"],
+    ),
+    **reader_errors(),
+}
 BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: _rows(
         'One row per `by` key: its columns ("" where jobs had none), the batch resources in '
