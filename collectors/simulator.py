@@ -290,7 +290,10 @@ class FacilitySimulator:
             user=sess.member.local,
             start=sess.start,
             end=sess.end if ended else None,
-            attrs={"profile": f"{sess.cores} cores, {sess.memory_gib} GiB"},
+            attrs={
+                "profile": f"{sess.cores} cores, {sess.memory_gib} GiB",
+                **({"kind": "terminal"} if self._rich and self._rich.is_terminal(sess) else {}),
+            },
         )
 
 

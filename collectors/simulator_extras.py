@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,15 @@ MIG_SLICES = ((1, 4), (2, 3))
 SOURCES = ("local", "cache", "remote")
 XROOTD_SERVER = "xcache:1094"  # the cache that the `cache` reads come from, on the last node
 XROOTD_OVERHEAD_BYTES = 65_536.0  # per open: protocol bytes no user's record accounts for
+# How batch jobs end (state, exit code, weight): most succeed; the rest fail with an exit code,
+# by the time limit, or are cancelled (docs/data.md, "Failure rates")
+JOB_ENDS = (("COMPLETED", 0, 80), ("FAILED", 1, 8), ("FAILED", 137, 3), ("TIMEOUT", 0, 4),
+            ("CANCELLED", 0, 5))  # fmt: skip
+DASK_ERRED = 0.1  # of the computations
+TERMINAL_SHARE = 5  # one session in this many is a terminal (ssh) session, by its id
+# The input data format a member's XRootD reads are labelled with, by VO (the probe classifies
+# the paths at the node; collectors/probes/data_formats.py)
+FORMATS_OF_VO = {"atlas": ("physlite", "daod", "ntuple"), "cms": ("nanoaod", "miniaod", "aod")}
 
 Sample = Callable[..., None]  # (node, user | None, metric, t, value, created=None, **labels)
 
@@ -114,7 +124,8 @@ class RichFacility:
         """The wait before the session, and for some sessions a Dask cluster."""
         rng, local = self.rng, sess.member.local
         profile = f"{sess.cores} cores, {sess.memory_gib} GiB"
-        if rng.random() < 0.05:  # a failed try first
+        if rng.random() < 0.05:  # a failed try first: an error, or the hub's start timeout
+            outcome = rng.choice(("failed", "timeout"))
             self._later(
                 sess.node,
                 wire.Event(
@@ -123,7 +134,7 @@ class RichFacility:
                     user=local,
                     start=t - 400,
                     end=t - 100,
-                    attrs={"profile": profile, "outcome": "failed"},
+                    attrs={"profile": profile, "outcome": outcome},
                 ),
                 ("spawn_failures", 1.0),
             )
@@ -215,7 +226,10 @@ class RichFacility:
                         user=local,
                         start=reached,
                         end=done,
-                        attrs={"profile": profile, "outcome": "ok"},
+                        attrs={
+                            "profile": profile,
+                            "outcome": "erred" if rng.random() < DASK_ERRED else "ok",
+                        },
                     ),
                 )
         for i, joined in enumerate(workers):
@@ -242,6 +256,7 @@ class RichFacility:
         cores = rng.choice((1, 2, 4, 8))
         cpu = wall * cores * rng.choice((0.5, 0.75, 1.0))
         node = rng.choice(self.sim.nodes)
+        state, code, _ = rng.choices(JOB_ENDS, weights=[w for *_, w in JOB_ENDS])[0]
         start = t + wait
         hs = self.sim.hepscore
         self._later(
@@ -260,8 +275,8 @@ class RichFacility:
                     "wall_seconds": wall,
                     "gpus": 0,
                     "node": node,
-                    "state": "COMPLETED",
-                    "exit_code": 0,
+                    "state": state,
+                    "exit_code": code,
                 },
             ),
             ("batch_jobs", 1.0),
@@ -410,6 +425,7 @@ class RichFacility:
                         server.values["link_in"] += 1_024.0  # the request
                         server.values["unattributed_in"] += 1_024.0
                         server.values["unattributed_out"] += XROOTD_OVERHEAD_BYTES
+            fmt = self.format_of(local)
             for source, value in use.read.items():
                 sample(
                     node,
@@ -419,7 +435,19 @@ class RichFacility:
                     value,
                     created=use.created,
                     source=source,
+                    format=fmt,
                 )
+
+    def format_of(self, local: str) -> str:
+        """The format of a member's reads: one of their VO's, fixed per member."""
+        vo = next((m.vo for m in self.sim.members if m.local == local), "")
+        choices = FORMATS_OF_VO.get(vo, ("ntuple",))
+        return choices[zlib.crc32(local.encode()) % len(choices)]
+
+    @staticmethod
+    def is_terminal(sess: SimSession) -> bool:
+        """Whether a session is a terminal (ssh) session rather than a notebook."""
+        return zlib.crc32(sess.id.encode()) % TERMINAL_SHARE == 0
 
     def _server_at(self, t: float) -> _Server:
         if self._server is None:
