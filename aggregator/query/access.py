@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from afmon.aggregator.query.base import Principal, QueryError, scope_sql
+from afmon.aggregator.query.base import Principal, QueryBase, QueryError, scope_sql
+from afmon.aggregator.query.failures import engine_of
 from afmon.aggregator.store.db import read_connection
 
 PERIODS = ("week", "month")
@@ -49,7 +50,7 @@ def _session_days(start: float, end: float) -> list[float]:
 
 
 def active_by_method(
-    engine: Engine, p: Principal, start: float, end: float, period: str = "week"
+    source: Engine | QueryBase, p: Principal, start: float, end: float, period: str = "week"
 ) -> pd.DataFrame:
     """One row per (period, method) with active members in [start, end): members."""
     if period not in PERIODS:
@@ -57,7 +58,7 @@ def active_by_method(
     used: dict[tuple[str, str], set[str]] = defaultdict(set)  # (period, member) -> methods
     cond, params = scope_sql(p)
     e_cond, e_params = scope_sql(p, member="e.member_id", vo="m.vo", facility="e.facility")
-    with read_connection(engine) as conn:
+    with read_connection(engine_of(source)) as conn:
         ledger = conn.execute(
             text(
                 "SELECT member_id, resource, (hour / 86400) * 86400 AS day FROM usage "

@@ -22,7 +22,13 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from afmon.aggregator.query.base import GROUP_COLUMNS, Principal, QueryError, scope_sql
+from afmon.aggregator.query.base import (
+    GROUP_COLUMNS,
+    Principal,
+    QueryBase,
+    QueryError,
+    scope_sql,
+)
 from afmon.aggregator.store.db import read_connection
 
 ACTIVITIES = {
@@ -37,6 +43,11 @@ RATE_COLUMNS = ["activity", "starts", "failed", "timed_out", "cancelled", "failu
 BATCH_COLUMNS = ["state", "exit_code", "outcome", "jobs"]
 # what `by` may name: the member table's and the event's columns (`GROUP_COLUMNS`' keys)
 _BY_SQL = {"facility": "e.facility", "vo": "m.vo", "group": "m.grp", "member": "e.member_id"}
+
+
+def engine_of(source: Engine | QueryBase) -> Engine:
+    """The engine of a query object (the dashboard holds one) or the engine itself."""
+    return source if isinstance(source, Engine) else source._engine
 
 
 def outcome(kind: str, attrs: dict[str, Any]) -> str | None:
@@ -63,13 +74,15 @@ def _by(by: str) -> str:
     return _BY_SQL[by]
 
 
-def _starts(engine: Engine, p: Principal, start: float, end: float, by: str) -> pd.DataFrame:
+def _starts(
+    source: Engine | QueryBase, p: Principal, start: float, end: float, by: str
+) -> pd.DataFrame:
     """Every start of the three kinds that began in [start, end): key, kind, outcome, state,
     exit_code (the last two for batch jobs only)."""
     column = _by(by)
     cond, params = scope_sql(p, member="e.member_id", vo="m.vo", facility="e.facility")
     rows: list[tuple[Any, ...]] = []
-    with read_connection(engine) as conn:
+    with read_connection(engine_of(source)) as conn:
         result = conn.execute(
             text(
                 f"SELECT {column}, e.kind, e.attrs FROM event e "
@@ -92,11 +105,11 @@ def _starts(engine: Engine, p: Principal, start: float, end: float, by: str) -> 
 
 
 def failure_rates(
-    engine: Engine, p: Principal, start: float, end: float, by: str = "member"
+    source: Engine | QueryBase, p: Principal, start: float, end: float, by: str = "member"
 ) -> pd.DataFrame:
     """One row per (`by` key, activity) with starts in [start, end): starts, failed (timed out
     included), timed_out, cancelled, failure_rate = failed / starts; sorted by key, activity."""
-    df = _starts(engine, p, start, end, by)
+    df = _starts(source, p, start, end, by)
     if df.empty:
         return pd.DataFrame(columns=[by, *RATE_COLUMNS])
     counts = pd.crosstab([df[by], df["activity"]], df["outcome"])
@@ -111,11 +124,11 @@ def failure_rates(
 
 
 def batch_failures(
-    engine: Engine, p: Principal, start: float, end: float, by: str = "member"
+    source: Engine | QueryBase, p: Principal, start: float, end: float, by: str = "member"
 ) -> pd.DataFrame:
     """Batch jobs that began in [start, end) and did not succeed, per (`by` key, state, exit
     code): outcome (failed, timed_out, cancelled) and jobs; most jobs first."""
-    df = _starts(engine, p, start, end, by)
+    df = _starts(source, p, start, end, by)
     df = df[(df["activity"] == "batch") & (df["outcome"] != "ok")]
     if df.empty:
         return pd.DataFrame(columns=[by, *BATCH_COLUMNS])

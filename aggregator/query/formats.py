@@ -16,7 +16,8 @@ from sqlalchemy import Engine, text
 
 from afmon.aggregator.identity.accounts import IdentityMap
 from afmon.aggregator.ledger.base import counter_increases
-from afmon.aggregator.query.base import GROUP_COLUMNS, Principal, QueryError
+from afmon.aggregator.query.base import GROUP_COLUMNS, Principal, QueryBase, QueryError
+from afmon.aggregator.query.failures import engine_of
 from afmon.aggregator.store.db import read_connection
 from afmon.collectors.probes.data_formats import FORMATS
 
@@ -34,7 +35,7 @@ def _visible(p: Principal, facility: str, vo: str, member: str) -> bool:
 
 
 def read_by_format(
-    engine: Engine, p: Principal, start: float, end: float, by: str = "member"
+    source: Engine | QueryBase, p: Principal, start: float, end: float, by: str = "member"
 ) -> pd.DataFrame:
     """One row per (`by` key, format) with data read in [start, end): read_bytes (every
     source) and files (opened); sorted by key, then most bytes first."""
@@ -46,7 +47,7 @@ def read_by_format(
         "AND s.labels LIKE '%\"format\"%' AND "
     )
     params = {"start": start, "end": end, "m0": "user_data_read_bytes", "m1": "user_files_opened"}
-    with read_connection(engine) as conn:
+    with read_connection(engine_of(source)) as conn:
         rows = conn.execute(
             text(  # each series' samples in the window, after its last one before
                 f"{sel}x.time >= :start AND x.time < :end UNION ALL {sel}x.time = (SELECT "
@@ -54,7 +55,7 @@ def read_by_format(
             ),
             params,
         ).all()
-    identity = IdentityMap(engine)
+    identity = IdentityMap(engine_of(source))
     series: dict[int, list[tuple[float, float]]] = defaultdict(list)
     heads: dict[int, tuple[str, str, dict[str, str], str | None]] = {}
     for sid, facility, metric, labels, local, t, v in rows:
