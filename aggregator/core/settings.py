@@ -203,6 +203,17 @@ class ServerSettings(BaseSettings):
         description="Upstream side: the facilities that may publish here and their "
         'credentials, as JSON: {"af-a": "<token>"}; docs/federation.md.',
     )
+    public_card: bool = Field(
+        False,
+        description="Serve the public facility card at /public and /public.json, without "
+        "sign-in: aggregates only (docs/public-card.md).",
+    )
+    public_card_min_members: int = Field(
+        5,
+        ge=1,
+        description="The public card folds a VO or group with fewer active members than this "
+        "into `other` (and leaves the fold out when it has fewer too).",
+    )
     federation_interval_seconds: float = Field(
         60.0, gt=0, description="How often changed ledger hours are published upstream."
     )

@@ -43,6 +43,7 @@ from afmon.aggregator.web.producers import (
     refused_answer,
 )
 from afmon.aggregator.web.producers import make_router as make_producers_router
+from afmon.aggregator.web.public import make_router as make_public_router
 from afmon.aggregator.web.security import SecurityHeaders
 from afmon.aggregator.web.services import (
     PrincipalDep,
@@ -146,6 +147,7 @@ def create_app(
     app.include_router(build_report_router(reader_principal))
     app.include_router(make_producers_router())  # Telegraf and OTLP (docs/scale.md)
     app.include_router(make_federation_router())  # facility afmons' ledgers (federation.md)
+    app.include_router(make_public_router())  # the public facility card (public-card.md)
     app.include_router(make_usage_router())  # failures, access methods, formats (data.md)
 
     @app.post(

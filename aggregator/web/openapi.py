@@ -448,6 +448,13 @@ BATCH_BY_SCHEMA = {
     "description": "Comma-separated columns to total by: one or more of account, qos, "
     "partition, optionally with facility, vo, group, member (refused with 400 otherwise)",
 }
+PUBLIC_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The card: schema afmon-public-card/1 (docs/public-card-schema.json)",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    404: error("The public card is off (AFMON_PUBLIC_CARD)"),
+}
 _RATIO = {"type": ["number", "null"], "minimum": 0}
 FACILITIES_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: _rows(
