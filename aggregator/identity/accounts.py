@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     SecretStr,
     ValidationError,
     field_validator,
@@ -72,6 +73,7 @@ class MemberEntry(BaseModel):
     display_name: str
     groups: list[str] = []
     group: str | None = None
+    institution: str | None = Field(None, min_length=1, max_length=128)
     accounts: list[AccountEntry] = []
 
 
@@ -172,6 +174,7 @@ def load_identity_file(engine: Engine, path: Path) -> int:
                 grp=grp,
                 display_name=m.display_name,
                 groups=json.dumps(m.groups),
+                institution=m.institution or "",
             )
         )
         for a in m.accounts:

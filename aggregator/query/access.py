@@ -9,6 +9,8 @@ and, for members with none of those:
     data_only  data read or written via XRootD (ledger data_*)
     other      any other usage (CPU, memory, GPUs seen by the host probe)
 `all` counts every active member once. Weeks are ISO weeks (Monday 00:00 UTC), months UTC.
+With by="institution" the counts are per home institution too (the identity file's optional
+`institution`, docs/identity.md; "" where it names none).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ LEDGER_METHODS = {
 }
 DAY = 86400
 COLUMNS = ["period", "method", "members"]
+BY = ("institution",)
 
 
 def period_of(t: float, period: str) -> str:
@@ -50,11 +53,19 @@ def _session_days(start: float, end: float) -> list[float]:
 
 
 def active_by_method(
-    source: Engine | QueryBase, p: Principal, start: float, end: float, period: str = "week"
+    source: Engine | QueryBase,
+    p: Principal,
+    start: float,
+    end: float,
+    period: str = "week",
+    by: str | None = None,
 ) -> pd.DataFrame:
-    """One row per (period, method) with active members in [start, end): members."""
+    """One row per (period, method), or per (period, institution, method) with
+    by="institution", with active members in [start, end): members (0 where none)."""
     if period not in PERIODS:
         raise QueryError(f"period is one of {', '.join(PERIODS)}")
+    if by is not None and by not in BY:
+        raise QueryError(f"count active members by {', '.join(BY)}, or by nothing")
     used: dict[tuple[str, str], set[str]] = defaultdict(set)  # (period, member) -> methods
     cond, params = scope_sql(p)
     e_cond, e_params = scope_sql(p, member="e.member_id", vo="m.vo", facility="e.facility")
@@ -75,6 +86,7 @@ def active_by_method(
             ),
             {"start": start, "end": end, **e_params},
         ).all()
+        home = dict(conn.execute(text("SELECT id, institution FROM member")).all()) if by else {}
     for member, resource, day in ledger:
         key = (period_of(float(day), period), member)
         if resource in LEDGER_METHODS:
@@ -90,12 +102,15 @@ def active_by_method(
         for day in _session_days(lo, hi):
             used[(period_of(day, period), member)].add(method)
     counts: dict[tuple[str, str], int] = defaultdict(int)
-    for (when, _member), methods in used.items():
-        counts[(when, "all")] += 1
+    for (when, member), methods in used.items():
+        key = (when, home.get(member, "")) if by else when
+        counts[(key, "all")] += 1
         main = methods & {"notebook", "terminal", "dask", "batch"}
         for method in main:
-            counts[(when, method)] += 1
+            counts[(key, method)] += 1
         if not main:
-            counts[(when, "data_only" if "data" in methods else "other")] += 1
-    rows = [(w, m, counts[(w, m)]) for w in sorted({w for w, _ in counts}) for m in METHODS]
-    return pd.DataFrame(rows, columns=COLUMNS)
+            counts[(key, "data_only" if "data" in methods else "other")] += 1
+    keys = sorted({k for k, _ in counts})
+    rows = [(*(k if by else (k,)), m, counts[(k, m)]) for k in keys for m in METHODS]
+    columns = ["period", "institution", "method", "members"] if by else COLUMNS
+    return pd.DataFrame(rows, columns=columns)

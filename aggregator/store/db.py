@@ -67,6 +67,10 @@ def create_schema(engine: Engine) -> None:
             blob = LargeBinary().compile(dialect=conn.dialect)
             exists = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""
             conn.exec_driver_sql(f"ALTER TABLE tsdb_outbox ADD COLUMN{exists} points {blob}")
+        if "institution" not in {c["name"] for c in inspect(conn).get_columns("member")}:  # 0009
+            conn.exec_driver_sql(
+                "ALTER TABLE member ADD COLUMN institution VARCHAR NOT NULL DEFAULT ''"
+            )
 
 
 def insert_rows(

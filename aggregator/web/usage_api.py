@@ -22,7 +22,6 @@ By = Annotated[
         json_schema_extra={"enum": list(_KEYS)},
     ),
 ]
-_KEY = {"type": "string", "description": "The `by` key: named like `by`"}
 
 
 def _rows(description: str, properties: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
@@ -50,7 +49,7 @@ BATCH_FAILURE_RESPONSES = _rows(
      "outcome": {"enum": ["failed", "timed_out", "cancelled"]}, "jobs": _COUNT},
 )  # fmt: skip
 ACCESS_RESPONSES = _rows(
-    "Active members per period (week or month) and access method",
+    "Active members per period (week or month), institution (with by=institution) and method",
     {"period": {"type": "string"}, "method": {"enum": list(access.METHODS)},
      "members": _COUNT},
 )  # fmt: skip
@@ -103,9 +102,16 @@ def make_router() -> APIRouter:
                 json_schema_extra={"enum": list(access.PERIODS)},
             ),
         ] = "week",  # fmt: skip
+        by: Annotated[
+            str | None,
+            Query(
+                description='institution: also per home institution ("" where unknown)',
+                json_schema_extra={"enum": list(access.BY)},
+            ),
+        ] = None,  # fmt: skip
     ) -> list[dict[str, Any]]:
         try:
-            return _records(access.active_by_method(s.engine, p, start, end, period))
+            return _records(access.active_by_method(s.engine, p, start, end, period, by))
         except QueryError as exc:
             raise HTTPException(400, str(exc)) from exc
 

@@ -56,6 +56,8 @@ def layout() -> html.Div:
             html.Div(id="use-batch-failures", className="card"),
             html.H3("Active members by access method"),
             html.Div(id="use-access", className="card"),
+            html.H3("Active members by home institution"),
+            html.Div(id="use-institutions", className="card"),
             html.H3("Data read by input format"),
             html.Div(id="use-formats", className="card"),
             html.Div(
@@ -105,17 +107,22 @@ def batch_failure_table(df: pd.DataFrame, names: Mapping[str, str]) -> TableData
     return table
 
 
+UNKNOWN_INSTITUTION = "(unknown)"  # members whose identity entry names none
+
+
 def access_table(df: pd.DataFrame) -> TableData:
-    """`access.active_by_method` -> one row per period, one column per method."""
+    """`access.active_by_method` -> one row per period (and institution, when `df` has them),
+    one column per method."""
+    keys = ["period", "institution"] if "institution" in df.columns else ["period"]
+    head = [Column("Week"), *([Column("Institution")] if len(keys) > 1 else [])]
     table = TableData(
-        [Column("Week"), *(Column(label, True) for label in METHODS.values())],
+        [*head, *(Column(label, True) for label in METHODS.values())],
         empty_message="No member was active in this range.",
     )
-    for period, g in df.groupby("period", sort=True):
+    for key, g in df.groupby(keys, sort=True):
         counts = dict(zip(g["method"], g["members"], strict=True))
-        table.rows.append(
-            [str(period), *(fmt_number(counts.get(m, 0), count=True) for m in METHODS)]
-        )
+        cells = [str(k) or UNKNOWN_INSTITUTION for k in key]
+        table.rows.append([*cells, *(fmt_number(counts.get(m, 0), count=True) for m in METHODS)])
     return table
 
 
@@ -154,6 +161,7 @@ def register(app: Dash, ctx: Context) -> None:
         Output("use-failures", "children"),
         Output("use-batch-failures", "children"),
         Output("use-access", "children"),
+        Output("use-institutions", "children"),
         Output("use-formats", "children"),
         Output("use-format-bytes", "figure"),
         Input("principal-picker", "value"),
@@ -163,7 +171,7 @@ def register(app: Dash, ctx: Context) -> None:
         p = ctx.principal(principal_key)
         if p is None:
             empty = figures.empty_figure("Read via XRootD [GB]", PICK_MESSAGE)
-            return notice(PICK_MESSAGE), [], [], [], [], empty
+            return notice(PICK_MESSAGE), [], [], [], [], [], empty
         return _render(ctx, p, range_key)
 
 
@@ -175,6 +183,7 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
     rates = failures.failure_rates(q, p, w.start, w.end, by=by)
     batch = failures.batch_failures(q, p, w.start, w.end, by="member")
     methods = access.active_by_method(q, p, w.start, w.end, period="week")
+    homes = access.active_by_method(q, p, w.start, w.end, period="week", by="institution")
     read = formats.read_by_format(q, p, w.start, w.end, by="member")
     intro = html.Div(
         [
@@ -190,6 +199,7 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         render_table(failure_table(rates, by, names), "use-failures-table"),
         render_table(batch_failure_table(batch, names), "use-batch-failures-table"),
         render_table(access_table(methods), "use-access-table"),
+        render_table(access_table(homes), "use-institutions-table"),
         render_table(format_table(read, names), "use-formats-table"),
         format_figure(read),
     )

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from afmon.aggregator.core.settings import ServerSettings
+from afmon.aggregator.identity.accounts import IdentityError, parse_identity_file
 from afmon.aggregator.query import access, failures, formats
 from afmon.aggregator.query.base import LOCAL_ADMIN, Principal
 from afmon.aggregator.web.app import create_app
@@ -28,6 +29,7 @@ DAVE = """
 vo = "atlas"
 subject = "dave"
 display_name = "Dave"
+institution = "Uni Example"
 accounts = [{ facility = "af", local = "dave" }]
 """
 GB = 1e9
@@ -98,7 +100,10 @@ def api(database_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, Issuer]
     iss = Issuer("atlas", AUD)
     with IssuerServer(free_port(), [iss]):
         identity = tmp_path / "identity.toml"
-        identity.write_text((IDENTITY + DAVE).replace("https://atlas.example.org/", iss.url))
+        text = (IDENTITY + DAVE).replace(
+            'display_name = "Alice"', 'display_name = "Alice"\ninstitution = "CERN"'
+        )
+        identity.write_text(text.replace("https://atlas.example.org/", iss.url))
         settings = ServerSettings(
             database_url=database_url,
             facility_tokens={"af": TOKEN},
@@ -216,3 +221,28 @@ def test_active_members_by_access_method(api: tuple[TestClient, Issuer]) -> None
     mine = {x["method"]: x["members"] for x in r.json()}
     assert mine == {"all": 1, "notebook": 0, "terminal": 1, "dask": 1, "batch": 1,
                     "data_only": 0, "other": 0}  # fmt: skip
+
+
+def test_active_members_per_institution(api: tuple[TestClient, Issuer]) -> None:
+    client, _iss = api
+    engine = client.app.state.services.engine
+    df = access.active_by_method(engine, LOCAL_ADMIN, *WINDOW, period="week", by="institution")
+    got = {(r.institution, r.method): r.members for r in df.itertuples() if r.members}
+    assert got == {
+        ("", "all"): 1, ("", "terminal"): 1, ("", "dask"): 1, ("", "batch"): 1,  # carol
+        ("CERN", "all"): 1, ("CERN", "notebook"): 1, ("CERN", "batch"): 1,  # alice
+        ("Uni Example", "all"): 1, ("Uni Example", "data_only"): 1,  # dave
+    }  # fmt: skip
+    r = client.get(
+        "/api/v1/access-methods",
+        params={"start": WINDOW[0], "end": WINDOW[1], "by": "vo"},
+        headers={"Authorization": "Bearer x"},
+    )
+    assert r.status_code == 401  # no valid token: refused before anything else
+
+
+def test_an_empty_institution_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "identity.toml"
+    path.write_text(IDENTITY + DAVE.replace('"Uni Example"', '""'))
+    with pytest.raises(IdentityError, match="institution"):
+        parse_identity_file(path)

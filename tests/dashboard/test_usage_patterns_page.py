@@ -16,6 +16,7 @@ from afmon.collectors import wire
 from tests.dashboard.conftest import (
     BOB_ID,
     FACILITY,
+    IDENTITY_TOML,
     NODE,
     LiveApp,
     app_settings,
@@ -69,7 +70,10 @@ def _reads(h: float) -> list[wire.Series]:
 
 @pytest.fixture(scope="module")
 def usage_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
-    settings = app_settings(tmp_path_factory.mktemp("afmon-usage-page"))
+    identity = IDENTITY_TOML.replace(
+        'display_name = "Alice Archer"', 'display_name = "Alice Archer"\ninstitution = "CERN"'
+    )
+    settings = app_settings(tmp_path_factory.mktemp("afmon-usage-page"), identity)
     with serve(settings, "uvicorn-usage-page") as url:
         now = time.time()
         h = (now - 7200) // 3600 * 3600
@@ -98,6 +102,11 @@ def test_usage_patterns_as_facility_admin(usage_app: LiveApp, browser: Any) -> N
     # all, notebook, terminal, Dask, batch, data access only, other
     week = period_of(usage_app.now, "week")
     assert table_rows(d, "#use-access-table") == [[week, "3", "1", "1", "1", "1", "1", "0"]]
+    # per home institution: alice's identity entry names hers, the others' none
+    assert table_rows(d, "#use-institutions-table") == [
+        [week, "(unknown)", "2", "0", "1", "1", "0", "1", "0"],
+        [week, "CERN", "1", "1", "0", "0", "1", "0", "0"],
+    ]
     assert table_rows(d, "#use-formats-table") == [
         ["Carol Chen", "PHYSLITE", "2.00", "3"],
         ["Carol Chen", "ntuple", "0.50", "1"],
