@@ -16,6 +16,7 @@ import pandas as pd
 from dash import dcc, html
 
 from afmon.aggregator.core import latency
+from afmon.aggregator.query.operations import NODE_STALE_SECONDS
 from afmon.aggregator.query.reads import DATA_RESOURCES, LOCAL_ADMIN, Principal, Query
 from afmon.dashboard.figures import GIB, Column, TableData, Tile, fmt_number, fmt_plain, fmt_utc
 from afmon.dashboard.pages.common import Window
@@ -29,10 +30,70 @@ NO_VO_USAGE = "No VO used anything in this range."
 
 
 @dataclass
-class LiveView:
+class LiveNow:
+    """Use in the last full hour against what the live nodes offer; one read
+    (`live_now`) for every tile and page that shows it (the facility page, the GPUs page)."""
+
     hour_start: float
     use: dict[str, float]  # cores, memory_bytes, gpus, read_bytes_per_s (hour averages)
-    capacity: dict[str, float]  # cores, memory_bytes, gpus, nodes
+    capacity: dict[str, float]  # cores, memory_bytes, gpus, nodes: live nodes only
+    stale: dict[str, float]  # the same of the nodes whose agent is silent (NODE_STALE_SECONDS)
+
+    @property
+    def hour(self) -> str:
+        return f"{fmt_utc(self.hour_start)[11:16]}-{fmt_utc(self.hour_start + HOUR)[11:16]} UTC"
+
+    def gauge(self, key: str, prefix: str = "fac-live") -> html.Div:
+        """The tile of `key` (cpu, memory, gpus): mean use over the hour of the live capacity,
+        saying what silent nodes hold and that it is left out."""
+        heading, used, cap, stale, unit = {
+            "cpu": ("CPU in use", self.use["cores"], self.capacity["cores"],
+                    self.stale["cores"], "cores"),
+            "memory": ("Memory in use", self.use["memory_bytes"] / GIB,
+                       self.capacity["memory_bytes"] / GIB, self.stale["memory_bytes"] / GIB,
+                       "GiB"),
+            "gpus": ("GPUs held", self.use["gpus"], self.capacity["gpus"], self.stale["gpus"],
+                     "GPUs"),
+        }[key]  # fmt: skip
+        what = "GPU" if key == "gpus" else "capacity"
+        note = self._stale_note(stale, unit, key == "gpus")
+        return _gauge(key, heading, used, cap, unit, self.hour, prefix, note, what)
+
+    def _stale_note(self, amount: float, unit: str, count: bool = False) -> str:
+        n = int(self.stale["nodes"])
+        if not n and not amount:
+            return ""
+        nodes = f"{n:,} silent node{'s' if n != 1 else ''}" if n else "silent nodes"
+        return (
+            f"{nodes} ({fmt_number(amount, unit, count=count)}) left out: no report for over "
+            f"{NODE_STALE_SECONDS / 60:.0f} min"
+        )
+
+
+def live_now(q: Query, p: Principal, now: float) -> LiveNow:
+    """Use in the last full UTC hour (the ledger) and the capacity of the nodes heard from
+    within NODE_STALE_SECONDS, with what the silent ones hold."""
+    hour = float(int(now // HOUR) * HOUR - HOUR)
+    totals = q.usage_totals(
+        p, hour, hour + HOUR, by=(), resources=(*LIVE_RESOURCES, *READ_RESOURCES)
+    )
+    amount = dict(zip(totals["resource"], totals["amount"].astype(float), strict=True))
+    use = {
+        "cores": amount.get("cpu_seconds", 0.0) / HOUR,
+        "memory_bytes": amount.get("memory_byte_seconds", 0.0) / HOUR,
+        "gpus": amount.get("gpu_allocated_seconds", 0.0) / HOUR,
+        "read_bytes_per_s": sum(amount.get(r, 0.0) for r in READ_RESOURCES) / HOUR,
+    }
+    cap = q.capacity(p, now)
+    keys = {"cores": "cpu_cores", "gpus": "gpus", "memory_bytes": "memory_bytes", "nodes": "nodes"}
+    capacity = {k: float(cap[c].sum()) for k, c in keys.items()}
+    stale = {k: float(cap[f"stale_{c}"].sum()) for k, c in keys.items()}
+    return LiveNow(hour, use, capacity, stale)
+
+
+@dataclass
+class LiveView:
+    now: LiveNow
     open_events: dict[str, int]
     slos: list[Tile]
     alerts: int | None  # None: the principal is not shown alerts
@@ -41,24 +102,17 @@ class LiveView:
 
     def tiles(self) -> list[Any]:
         """The tiles as Dash components (gauges for use against capacity)."""
-        hour = f"{fmt_utc(self.hour_start)[11:16]}-{fmt_utc(self.hour_start + HOUR)[11:16]} UTC"
+        live = self.now
         out = [
-            _gauge("cpu", "CPU in use", self.use["cores"], self.capacity["cores"], "cores", hour),
-            _gauge(
-                "memory",
-                "Memory in use",
-                self.use["memory_bytes"] / GIB,
-                self.capacity["memory_bytes"] / GIB,
-                "GiB",
-                hour,
-            ),
-            _gauge("gpus", "GPUs held", self.use["gpus"], self.capacity["gpus"], "GPUs", hour),
+            live.gauge("cpu"),
+            live.gauge("memory"),
+            live.gauge("gpus"),
             _tile(
                 "data",
                 "Data read",
                 [
-                    ("Mean rate", fmt_number(self.use["read_bytes_per_s"] / 1e6, "MB/s")),
-                    ("Over", hour),
+                    ("Mean rate", fmt_number(live.use["read_bytes_per_s"] / 1e6, "MB/s")),
+                    ("Over", live.hour),
                 ],
             ),
             _tile(
@@ -98,23 +152,35 @@ def _tile(key: str, heading: str, lines: list[tuple[str, str]], tone: str = "") 
     )
 
 
-def _gauge(key: str, heading: str, used: float, capacity: float, unit: str, hour: str) -> Any:
+def _gauge(
+    key: str,
+    heading: str,
+    used: float,
+    capacity: float,
+    unit: str,
+    hour: str,
+    prefix: str = "fac-live",
+    stale: str = "",
+    what: str = "capacity",
+) -> Any:
     if capacity > 0:
         ratio = used / capacity
-        text = f"{fmt_number(used)} of {fmt_number(capacity, unit)} ({100 * ratio:.1f} %)"
+        whole = what == "GPU"  # GPUs are counted whole: "of 8 GPUs"
+        text = (
+            f"{fmt_number(used)} of {fmt_number(capacity, unit, count=whole)} ({100 * ratio:.1f} %)"
+        )
         bar = html.Div(
             html.Div(style={"width": f"{min(100.0, 100 * ratio):.1f}%"}), className="gauge"
         )
     else:
-        text, bar = f"{fmt_number(used, unit)} (no capacity reported)", html.Div()
+        live = " live" if stale else ""
+        text, bar = f"{fmt_number(used, unit)} (no{live} {what} reported)", html.Div()
+    hints = [html.Div(f"mean over {hour}", className="hint")]
+    if stale:
+        hints.append(html.Div(stale, className="hint stale", id=f"{prefix}-{key}-stale"))
     return html.Div(
-        [
-            html.H4(heading),
-            html.Div(text, className="num", id=f"fac-live-{key}"),
-            bar,
-            html.Div(f"mean over {hour}", className="hint"),
-        ],
-        className="tile",
+        [html.H4(heading), html.Div(text, className="num", id=f"{prefix}-{key}"), bar, *hints],
+        className="tile warn" if stale else "tile",
         **{"data-key": key},
     )
 
@@ -157,7 +223,7 @@ def top_vos_table(
             Column("" if member else "VO"),
             Column("CPU time [core-hours]", True),
             Column("Share of all CPU time [%]", True),
-            Column("Session time [hours]", True),
+            Column("Session time of ended sessions [hours]", True),
         ],
         empty_message="You used nothing in this range." if member else NO_VO_USAGE,
     )
@@ -189,24 +255,6 @@ def top_heading(p: Principal) -> str:
 
 
 def live_view(q: Query, p: Principal, w: Window, now: float, slos: Mapping[str, float]) -> LiveView:
-    hour = float(int(now // HOUR) * HOUR - HOUR)
-    totals = q.usage_totals(
-        p, hour, hour + HOUR, by=(), resources=(*LIVE_RESOURCES, *READ_RESOURCES)
-    )
-    amount = dict(zip(totals["resource"], totals["amount"].astype(float), strict=True))
-    use = {
-        "cores": amount.get("cpu_seconds", 0.0) / HOUR,
-        "memory_bytes": amount.get("memory_byte_seconds", 0.0) / HOUR,
-        "gpus": amount.get("gpu_allocated_seconds", 0.0) / HOUR,
-        "read_bytes_per_s": sum(amount.get(r, 0.0) for r in READ_RESOURCES) / HOUR,
-    }
-    cap = q.capacity(p)
-    capacity = {
-        "cores": float(cap["cpu_cores"].sum()),
-        "gpus": float(cap["gpus"].sum()),
-        "memory_bytes": float(cap["memory_bytes"].sum()),
-        "nodes": float(cap["nodes"].sum()),
-    }
     alerts = None if p.role == "member" else len(q.alerts(p))
     vos = q.usage_totals(
         p, w.start, w.end, by=("vo",), resources=("cpu_seconds", "session_seconds")
@@ -216,9 +264,7 @@ def live_view(q: Query, p: Principal, w: Window, now: float, slos: Mapping[str, 
         every = q.usage_totals(LOCAL_ADMIN, w.start, w.end, by=(), resources=("cpu_seconds",))
         everyone = float(every["amount"].sum())
     return LiveView(
-        hour,
-        use,
-        capacity,
+        live_now(q, p, now),
         q.open_events(p, ("session", "dask_cluster")),
         slo_tiles(q, p, w, slos),
         alerts,

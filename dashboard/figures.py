@@ -47,6 +47,13 @@ _UNIT_OVERRIDES = {
     "batch_gpu_seconds": "GPU-hours",
 }
 
+# The ledger holds a session's time and count once it has ended (aggregator/ledger/events.py):
+# its titles say so, and a page adds the running sessions' time so far as such (`running`).
+_TITLE_OVERRIDES = {
+    "session_seconds": "Session time of ended sessions",
+    "sessions": "Sessions started and ended",
+}
+
 # Short names for axis titles (the catalog's titles are for tiles and menus).
 _AXIS_NAMES = {
     "cpu_hs23_seconds": "CPU time x HEPscore23",
@@ -92,7 +99,11 @@ def display_unit(resource: str) -> DisplayUnit:
     r = RESOURCES[resource]
     factor, unit = _BY_UNIT.get(r.unit, (1.0, r.unit))
     return DisplayUnit(
-        resource, r.title, factor, _UNIT_OVERRIDES.get(resource, unit), count=r.unit == "1"
+        resource,
+        _TITLE_OVERRIDES.get(resource, r.title),
+        factor,
+        _UNIT_OVERRIDES.get(resource, unit),
+        count=r.unit == "1",
     )
 
 
@@ -273,8 +284,11 @@ class TableData:
     empty_message: str = "Nothing to show."
 
 
-def nodes_table(df: pd.DataFrame) -> TableData:
-    """`Query.nodes` -> cores, memory in GiB, HEPscore23 per core, busy %, last update (UTC)."""
+def nodes_table(df: pd.DataFrame, now: float | None = None) -> TableData:
+    """`Query.nodes` -> cores, memory in GiB, HEPscore23 per core, busy %, last update (UTC)
+    and, with `now` (and `stale` in `df`), whether the node is live: a stale node's last CPU
+    busy is not shown as if it were current, and its status says how long it has been silent."""
+    status = now is not None and "stale" in df.columns
     table = TableData(
         [
             Column("Facility"),
@@ -284,21 +298,27 @@ def nodes_table(df: pd.DataFrame) -> TableData:
             Column("HEPscore23 per core", True),
             Column("CPU busy [%]", True),
             Column("Last update (UTC)"),
+            *([Column("Status")] if status else []),
         ],
         empty_message="No node has reported yet.",
     )
     for r in df.itertuples(index=False):
-        table.rows.append(
-            [
-                str(r.facility),
-                str(r.node),
-                _num(r.cpu_cores, "{:,.0f}"),
-                _num(r.memory_bytes, "{:,.1f}", 1 / GIB),
-                _num(r.hepscore23_per_core, "{:,.2f}"),
-                _num(r.cpu_busy_ratio, "{:,.1f}", 100.0),
-                fmt_utc(r.updated),
-            ]
-        )
+        stale = status and bool(r.stale)
+        busy = _num(r.cpu_busy_ratio, "{:,.1f}", 100.0)
+        row = [
+            str(r.facility),
+            str(r.node),
+            _num(r.cpu_cores, "{:,.0f}"),
+            _num(r.memory_bytes, "{:,.1f}", 1 / GIB),
+            _num(r.hepscore23_per_core, "{:,.2f}"),
+            f"({busy} when last heard)" if stale else busy,
+            fmt_utc(r.updated),
+        ]
+        if status:
+            heard = r.last_seen is not None and not pd.isna(r.last_seen)
+            silent = f"silent {(now - float(r.last_seen)) / 60:,.0f} min" if heard else "silent"
+            row.append(f"{silent}: not in live capacity" if stale else "live")
+        table.rows.append(row)
     return table
 
 
@@ -366,13 +386,26 @@ def totals_tiles(
     resources: Sequence[str] = TILE_RESOURCES,
     names: Mapping[str, str] | None = None,
     limit: int | None = None,
+    running: pd.DataFrame | None = None,
 ) -> list[Tile]:
     """`Query.usage_totals(by=(by,))` -> one tile per key, largest CPU user first (the
-    `limit` largest only, when given)."""
-    if df.empty:
+    `limit` largest only, when given). `running` (`Query.running_sessions` by the same key)
+    adds each key's sessions still running and their time so far, which the ledger does not
+    hold yet; a key with only running sessions gets a tile too."""
+    run: dict[str, tuple[int, float]] = {}
+    if running is not None and not running.empty:
+        run = {
+            str(k): (int(n), float(t)) for k, n, t in running[[by, "sessions", "seconds"]].values
+        }
+    if df.empty and not run:
         return []
-    wide = df.pivot_table(index=by, columns="resource", values="amount", aggfunc="sum")
-    wide = wide.reindex(columns=list(resources)).fillna(0.0)
+    wide = (
+        df.pivot_table(index=by, columns="resource", values="amount", aggfunc="sum")
+        if not df.empty
+        else pd.DataFrame()
+    )
+    wide.index = wide.index.astype(str)
+    wide = wide.reindex(index=wide.index.union(list(run)), columns=list(resources)).fillna(0.0)
     wide = wide.sort_values(by=list(resources[:1]), ascending=False, kind="stable")
     tiles = []
     for key, row in wide.head(limit).iterrows():
@@ -380,6 +413,10 @@ def totals_tiles(
         for r in resources:
             du = display_unit(r)
             lines.append((du.title, du.format(row[r])))
+        if run:
+            n, seconds = run.get(str(key), (0, 0.0))
+            text = fmt_number(n, "sessions", count=True)
+            lines.append(("Running now", f"{text}, {fmt_number(seconds / HOUR, 'hours')} so far"))
         tiles.append(Tile(str(key), str((names or {}).get(key, key)), lines))
     return tiles
 

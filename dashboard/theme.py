@@ -113,6 +113,8 @@ table.data td.num, table.data th.num { text-align: right; font-variant-numeric: 
 .tile.ok { border-left-color: #009E73; }
 .tile.bad { border-left-color: #D55E00; }
 .tile.muted { border-left-color: #9aa5b1; }
+.tile.warn { border-left-color: #E69F00; }
+.hint.stale, td.stale { color: #8a5a00; font-weight: 600; }
 .tile a { color: #0072B2; font-weight: 600; }
 .gauge { height: 8px; background: #e4e7eb; border-radius: 4px; margin: 4px 0 2px; }
 .gauge div { height: 8px; background: #0072B2; border-radius: 4px; }

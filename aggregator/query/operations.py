@@ -35,9 +35,18 @@ SERVER_METRICS = {  # XRootD server series -> data_servers column
 # by the series' `direction` label (collectors/probes/xrootd.py, docs/data.md).
 UNATTRIBUTED = "xrootd_unattributed_bytes"
 SERVER_COLUMNS = (*SERVER_METRICS.values(), "unattributed_out_bytes", "unattributed_in_bytes")
+# AfmonAgentSilent's threshold (alerts/rules/afmon.yaml): a node whose agent has delivered
+# nothing for longer is stale, its last report no longer what it holds now
+NODE_STALE_SECONDS = 600.0
+_AGENT_SEEN = "SELECT facility, node, MAX(last_seen) AS seen FROM agent GROUP BY facility, node"
 _SESSIONS_IN_RANGE = (
     'e.kind = \'session\' AND e.start < :end AND (e."end" IS NULL OR e."end" >= :start)'
 )
+
+
+def stale_node(last_seen: float | None, now: float) -> bool:
+    """Whether a node last heard from at `last_seen` is stale at `now` (never heard: stale)."""
+    return last_seen is None or pd.isna(last_seen) or now - float(last_seen) > NODE_STALE_SECONDS
 
 
 def _latency_keys(by: tuple[str, ...], step: str | None) -> list[str]:
@@ -153,8 +162,11 @@ class LatencyWaits:
 
 
 class OperationsQueries(QueryBase):
-    def nodes(self, p: Principal) -> pd.DataFrame:
-        """Node capacity and agent liveness; facility admins only (empty for others)."""
+    def nodes(self, p: Principal, now: float | None = None) -> pd.DataFrame:
+        """Node capacity and agent liveness; facility admins only (empty for others).
+        last_seen: when the node's agent last delivered a batch (server clock; the node's own
+        `updated` where no agent row is left); with `now`, `stale` says whether that is more
+        than NODE_STALE_SECONDS ago (`stale_nodes`)."""
         cols = [
             "facility",
             "node",
@@ -163,13 +175,21 @@ class OperationsQueries(QueryBase):
             "hepscore23_per_core",
             "cpu_busy_ratio",
             "updated",
+            "last_seen",
         ]
         if p.role != "facility_admin":
-            return pd.DataFrame(columns=cols)
-        cond, params = ("facility = :f", {"f": p.facility}) if p.facility else ("1 = 1", {})
-        return self._frame(
-            f"SELECT {', '.join(cols)} FROM node WHERE {cond} ORDER BY facility, node", params
+            return pd.DataFrame(columns=[*cols, *(["stale"] if now is not None else [])])
+        cond, params = ("n.facility = :f", {"f": p.facility}) if p.facility else ("1 = 1", {})
+        df = self._frame(
+            f"SELECT {', '.join('n.' + c for c in cols[:-1])}, COALESCE(a.seen, n.updated) "
+            f"AS last_seen FROM node n LEFT JOIN ({_AGENT_SEEN}) a "
+            f"ON a.facility = n.facility AND a.node = n.node WHERE {cond} "
+            "ORDER BY n.facility, n.node",
+            params,
         )
+        if now is not None:
+            df["stale"] = [stale_node(seen, now) for seen in df["last_seen"]]
+        return df
 
     def agents(self, p: Principal) -> pd.DataFrame:
         cols = ["agent_id", "facility", "node", "last_seen", "last_seq", "batches", "samples"]
@@ -463,26 +483,64 @@ class OperationsQueries(QueryBase):
             {**params, **names},
         )
 
-    def capacity(self, p: Principal) -> pd.DataFrame:
+    def capacity(self, p: Principal, now: float | None = None) -> pd.DataFrame:
         """What the facilities (the principal's one, for a bound admin) offer, as their agents
-        last reported it: facility, nodes, cpu_cores, memory_bytes, gpus. Capacity is no one's
-        personal data, so every principal sees it."""
+        last reported it: facility, nodes, cpu_cores, memory_bytes, gpus, and what the stale
+        nodes hold (stale_nodes, stale_cpu_cores, stale_memory_bytes, stale_gpus). With
+        `now`, a node whose agent has been silent for more than NODE_STALE_SECONDS (the
+        AfmonAgentSilent rule's threshold) is stale: counted in the stale_* columns, not in
+        the live ones; without, no node is. Capacity is no one's personal data, so every
+        principal sees it."""
+        live = ["nodes", "cpu_cores", "memory_bytes", "gpus"]
+        cols = ["facility", *live, *(f"stale_{c}" for c in live)]
         cond, params = ("facility = :f", {"f": p.facility}) if p.facility else ("1 = 1", {})
         nodes = self._frame(
-            "SELECT facility, COUNT(*) AS nodes, SUM(cpu_cores) AS cpu_cores, "
-            f"SUM(memory_bytes) AS memory_bytes FROM node WHERE {cond} GROUP BY facility",
+            f"SELECT facility, node, cpu_cores, memory_bytes, updated FROM node WHERE {cond}",
             params,
         )
         gpus = self._frame(
-            "SELECT facility, COUNT(*) AS gpus FROM series "
-            f"WHERE metric = 'gpu_info' AND {cond} GROUP BY facility",
+            "SELECT facility, node, COUNT(*) AS gpus FROM series "
+            f"WHERE metric = 'gpu_info' AND {cond} GROUP BY facility, node",
             params,
         )
-        out = nodes.merge(gpus, on="facility", how="outer")
-        out = out.astype({"cpu_cores": float, "memory_bytes": float}).fillna(
-            {"nodes": 0, "gpus": 0, "cpu_cores": 0.0, "memory_bytes": 0.0}
+        seen = self._frame(f"SELECT * FROM ({_AGENT_SEEN}) a WHERE {cond}", params)
+        per_node = nodes.assign(nodes=1).merge(gpus, on=["facility", "node"], how="outer")
+        per_node = per_node.merge(seen, on=["facility", "node"], how="left")
+        if per_node.empty:
+            return pd.DataFrame(columns=cols)
+        per_node = per_node.astype({"cpu_cores": float, "memory_bytes": float}).fillna(
+            {"nodes": 0, "cpu_cores": 0.0, "memory_bytes": 0.0, "gpus": 0}
         )
-        return out.sort_values("facility", ignore_index=True)
+        heard = per_node["seen"].fillna(per_node["updated"])  # the node's own, without an agent
+        stale = [now is not None and stale_node(s, now) for s in heard]
+        for c in live:
+            per_node[f"stale_{c}"] = per_node[c].where(stale, 0)
+            per_node[c] = per_node[c].where([not x for x in stale], 0)
+        out = per_node.groupby("facility", as_index=False)[cols[1:]].sum()
+        ints = [c for c in cols if c.endswith(("nodes", "gpus"))]
+        return out.astype(dict.fromkeys(ints, "int64")).sort_values("facility", ignore_index=True)
+
+    def running_sessions(
+        self, p: Principal, start: float, end: float, now: float, by: str = "member"
+    ) -> pd.DataFrame:
+        """Sessions still running (no end yet) that began before `end`, per `by` (member or
+        vo): sessions, seconds (their time so far inside [start, min(now, end))). The ledger
+        holds a session's time and count only once it has ended: these are the rest."""
+        if by not in ("member", "vo"):
+            raise QueryError("running sessions are grouped by member or vo")
+        key = "e.member_id" if by == "member" else "m.vo"
+        cond, params = scope_sql(p, member="e.member_id", vo="m.vo", facility="e.facility")
+        df = self._frame(
+            f"SELECT {key} AS {by}, e.start FROM event e JOIN member m ON m.id = e.member_id "
+            f"WHERE e.kind = 'session' AND e.\"end\" IS NULL AND e.start < :end AND {cond}",
+            {"end": end, **params},
+        )
+        stop = min(now, end)
+        df["seconds"] = [max(0.0, stop - max(float(t), start)) for t in df.pop("start")]
+        out = df.groupby(by, as_index=False).agg(
+            sessions=("seconds", "size"), seconds=("seconds", "sum")
+        )
+        return out.astype({"sessions": "int64", "seconds": float})
 
     def open_events(self, p: Principal, kinds: tuple[str, ...]) -> dict[str, int]:
         """How many events of each kind are open (started, no end yet): running sessions,

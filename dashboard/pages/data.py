@@ -36,6 +36,14 @@ COLOURS = {"local": "#0072B2", "cache": "#009E73", "remote": "#E69F00"}
 MB, GB = 1e6, 1e9
 RATE_AXIS = "Read rate [MB/s]"
 EMPTY = "No data access recorded in this range yet."
+NO_SERVER = (
+    "No XRootD server sent its own counters (summary stream) in this range. The reads above "
+    "are what is attributed to members: the servers' per-user records and the nodes' POSIX IO."
+)
+FILES_NOTE = (
+    "Files opened: what the servers' per-user records reported (n/a: none for that member; "
+    "POSIX IO counts no opens). The servers' own counters below count every open."
+)
 UNVERIFIED = "data_unverified_bytes"  # XRootD bytes under an asserted identity (docs/data.md)
 
 
@@ -65,6 +73,20 @@ def tiles(df: pd.DataFrame, unverified: float = 0.0, heading: str = "Data moved"
     if unverified:
         lines.append(("Identity unverified", fmt_number(unverified / GB, "GB")))
     return [Tile("all", heading, lines)]
+
+
+def servers_tile(df: pd.DataFrame) -> Tile:
+    """`data_servers` -> what the XRootD servers' own counters say, beside the attributed
+    bytes: they count every byte and open, attributed to a member or not."""
+    if df.empty:
+        return Tile("servers", "XRootD servers' own counters", [("", "none reported")], "muted")
+    lines = [
+        ("Servers reporting", f"{len(df):,}"),
+        ("Read", fmt_number(float(df["read_bytes"].sum()) / GB, "GB")),
+        ("Files opened", fmt_number(float(df["files_opened"].sum()), count=True)),
+        ("Not attributed, out", fmt_number(float(df["unattributed_out_bytes"].sum()) / GB, "GB")),
+    ]
+    return Tile("servers", "XRootD servers' own counters", lines)
 
 
 def rate_figure(
@@ -104,8 +126,10 @@ def rate_figure(
 
 def members_table(df: pd.DataFrame, counts: pd.DataFrame, members: pd.DataFrame) -> TableData:
     """Per member (by VO, then name): VO, bytes read per source and written (GB), files
-    opened, cache share, and the bytes moved under a user name no authentication vouched
-    for (`counts`: usage_totals by member of data_files_opened and data_unverified_bytes)."""
+    opened (n/a where no open count was reported for the member: POSIX IO counts none, and an
+    XRootD server only through its per-user monitoring), cache share, and the bytes moved
+    under a user name no authentication vouched for (`counts`: usage_totals by member of
+    data_files_opened and data_unverified_bytes)."""
     table = TableData(
         [
             Column("Member"),
@@ -138,7 +162,7 @@ def members_table(df: pd.DataFrame, counts: pd.DataFrame, members: pd.DataFrame)
                 str(vo),
                 *[fmt_number(read[s] / GB) for s in SOURCES],
                 fmt_number(written / GB),
-                fmt_number(files.get(member, 0.0), count=True),
+                fmt_number(files[member], count=True) if member in files else "n/a",
                 _share_text(cache_share(read)),
                 fmt_number(unverified.get(member, 0.0) / GB),
             ]
@@ -166,7 +190,7 @@ def servers_table(df: pd.DataFrame, seconds: float) -> TableData:
             Column("Unattributed out [GB]", True),
             Column("Restarts", True),
         ],
-        empty_message="No XRootD server reported in this range.",
+        empty_message=NO_SERVER,
     )
     for r in df.itertuples(index=False):
         table.rows.append(
@@ -243,17 +267,25 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         p, w.start, w.end, by=("member",), resources=("data_files_opened", UNVERIFIED)
     )
     elapsed = min(w.end, ctx.clock()) - w.start
+    server_tiles: list[Tile] = []
     if p.role == "facility_admin":
-        servers = render_table(
-            servers_table(q.data_servers(p, w.start, w.end), elapsed), "data-servers-table"
-        )
+        by_server = q.data_servers(p, w.start, w.end)
+        server_tiles.append(servers_tile(by_server))
+        servers = render_table(servers_table(by_server, elapsed), "data-servers-table")
     else:
         servers = notice(
             "Server totals mix every member's data: facility admins only.", "data-servers-note"
         )
     intro = html.Div(
-        f"Bytes read and written by source ({role_caption(p)}). Local = POSIX IO on the "
-        "nodes plus XRootD servers configured as local storage; rates are averages per step.",
+        f"Bytes read and written by source, attributed to members ({role_caption(p)}): "
+        "XRootD servers' per-user records and the nodes' POSIX IO. Local = POSIX IO plus "
+        "XRootD servers configured as local storage; rates are averages per step."
+        + (
+            " The servers' own counters (every byte and open, attributed or not) are in "
+            "their own tile and the table at the bottom."
+            if p.role == "facility_admin"
+            else ""
+        ),
         id="data-viewer",
     )
     mine = p.role == "member"  # their own bytes: never shown as their VO's
@@ -264,10 +296,17 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         "Your read rate by source" if mine else "Read rate by source",
         "Your read rate" if mine else "Read rate by member",
         {"display": "none"} if mine else {},
-        render_tiles(tiles(totals, unverified, "Your data moved" if mine else "Data moved"), EMPTY),
+        render_tiles(
+            tiles(totals, unverified, "Your data moved" if mine else "Data moved by members")
+            + server_tiles,
+            EMPTY,
+        ),
         rate_figure(over["member"], "source", w.start, w.end, w.step),
         rate_figure(over["member"], "member", w.start, w.end, w.step, names, assign(shown)),
         rate_figure(over["vo"], "vo", w.start, w.end, w.step, colours=ctx.vo_colours()),
-        render_table(members_table(totals, counts, members), "data-members-table"),
+        [
+            render_table(members_table(totals, counts, members), "data-members-table"),
+            html.Div(FILES_NOTE, className="hint", id="data-files-note"),
+        ],
         servers,
     )

@@ -163,8 +163,11 @@ def register(app: Dash, ctx: Context) -> None:
         totals = ctx.query.usage_totals(
             p, w.start, w.end, by=("vo",), resources=figures.TILE_RESOURCES
         )
-        mine = {} if totals.empty or p.role != "member" else dict.fromkeys(totals["vo"], "You")
-        tiles = figures.totals_tiles(totals, "vo", names=mine)
+        now = ctx.clock()
+        running = ctx.query.running_sessions(p, w.start, w.end, now, by="vo")
+        keys = [*(totals["vo"] if not totals.empty else []), *running["vo"]]
+        mine = {} if p.role != "member" else dict.fromkeys(map(str, keys), "You")
+        tiles = figures.totals_tiles(totals, "vo", names=mine, running=running)
         heading = {
             "member": "Your totals in this range",
             "vo_manager": f"Totals of {p.vo} in this range",
@@ -193,7 +196,9 @@ def register(app: Dash, ctx: Context) -> None:
             ),
         ]
         if p.role == "facility_admin":
-            nodes = render_table(figures.nodes_table(ctx.query.nodes(p)), "fac-nodes-table")
+            nodes = render_table(
+                figures.nodes_table(ctx.query.nodes(p, now), now), "fac-nodes-table"
+            )
         else:
             nodes = html.Div(
                 "Node details are visible to facility admins only.",

@@ -14,6 +14,7 @@ from dash import Dash, Input, Output, dcc, html
 from afmon.aggregator.query.reads import Principal
 from afmon.collectors.wire import GPU_MODELS
 from afmon.dashboard import figures
+from afmon.dashboard.facility_live import live_now
 from afmon.dashboard.figures import Column, TableData, fmt_number, fmt_utc
 from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_table, role_caption
 from afmon.dashboard.theme import PLOT_LAYOUT
@@ -30,6 +31,7 @@ def layout() -> html.Div:
         [
             html.H2(TITLE, id="gpu-heading"),
             html.Div(id="gpu-intro", className="card"),
+            html.Div(id="gpu-live", className="tiles"),
             html.Div(dcc.Graph(id="gpu-held-active", **graph), className="card"),
             html.H3("Allocated and active GPU hours"),
             html.Div(id="gpu-members", className="card"),
@@ -174,6 +176,7 @@ def heatmap(df: pd.DataFrame) -> go.Figure:
 def register(app: Dash, ctx: Context) -> None:
     @app.callback(
         Output("gpu-intro", "children"),
+        Output("gpu-live", "children"),
         Output("gpu-held-active", "figure"),
         Output("gpu-members", "children"),
         Output("gpu-vos", "children"),
@@ -188,7 +191,7 @@ def register(app: Dash, ctx: Context) -> None:
         p = ctx.principal(principal_key)
         if p is None:
             empty = figures.empty_figure("GPU hours", PICK_MESSAGE)
-            return (notice(PICK_MESSAGE), empty, [], [], [], [], empty, [])
+            return (notice(PICK_MESSAGE), [], empty, [], [], [], [], empty, [])
         return _render(ctx, p, range_key)
 
 
@@ -216,9 +219,11 @@ def _render(ctx: Context, p: Principal, range_key: str | None) -> tuple[Any, ...
         heat = figures.empty_figure("GPU", ADMIN_ONLY)
         mig = notice(ADMIN_ONLY, "gpu-mig-notice")
     intro = html.Div(f"GPU time held and busy, seen as {role_caption(p)}.", id="gpu-viewer")
+    # the facility page's GPU tile, from the same read: the two never disagree
+    live = live_now(q, p, ctx.clock()).gauge("gpus", "gpu-live")
     title = "Your GPU hours" if mine else "GPU hours per member"
     return (
-        intro, held_active_figure(member_hours, title),
+        intro, live, held_active_figure(member_hours, title),
         render_table(members, "gpu-members-table"), vos,
         render_table(model, "gpu-models-table"), render_table(idle, "gpu-idle-table"),
         heat, mig,

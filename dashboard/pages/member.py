@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from dash import Dash, Input, Output, dcc, html
 
 from afmon.aggregator.query.reads import OTHERS
@@ -83,7 +84,11 @@ def register(app: Dash, ctx: Context) -> None:
         )
         mine = p.role == "member"
         tile_names = {p.member_id: "Your usage"} if mine and p.member_id else names
-        tiles = figures.totals_tiles(totals, "member", names=tile_names, limit=TOP_MEMBERS)
+        now = ctx.clock()
+        running = ctx.query.running_sessions(p, w.start, w.end, now, by="member")
+        tiles = figures.totals_tiles(
+            totals, "member", names=tile_names, limit=TOP_MEMBERS, running=running
+        )
         more = totals["member"].nunique() - TOP_MEMBERS if not totals.empty else 0
         tops = []
         for _g, r in GRAPHS:
@@ -121,8 +126,10 @@ def register(app: Dash, ctx: Context) -> None:
                 "as one; the VO page lists every member."
             )
         shown = ctx.query.sessions(p, w.start, w.end, newest=MAX_SESSIONS)
-        sessions = figures.sessions_table(shown, ctx.clock(), names)
+        sessions = figures.sessions_table(shown, now, names)
         found = ctx.query.session_count(p, w.start, w.end) if len(shown) == MAX_SESSIONS else 0
+        started = totals[totals["resource"] == "sessions"]["amount"].sum() if len(totals) else 0
+        summary = sessions_summary(max(found, len(shown)), int(started), running)
         if found > MAX_SESSIONS:
             sessions.rows.append(
                 [
@@ -136,5 +143,20 @@ def register(app: Dash, ctx: Context) -> None:
             html.Div(intro, id="mem-viewer"),
             render_tiles(tiles, figures.EMPTY_USAGE),
             *figs,
-            render_table(sessions, "mem-sessions-table"),
+            [summary, render_table(sessions, "mem-sessions-table")],
         )
+
+
+def sessions_summary(listed: int, started: int, running: pd.DataFrame) -> html.Div:
+    """How the sessions in the table relate to the totals: those that started in the range
+    and ended (what the ledger counts), those still running (their time so far in the tiles'
+    "Running now"), and those that began before the range (their time inside it counted)."""
+    live = int(running["sessions"].sum()) if not running.empty else 0
+    before = max(0, listed - started - live)
+    word = "session" if listed == 1 else "sessions"
+    return html.Div(
+        f"{listed:,} {word} in this range: {started:,} started in it and ended (the totals "
+        f"above), {live:,} still running, {before:,} started before it.",
+        className="hint",
+        id="mem-sessions-summary",
+    )

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,13 +149,16 @@ def app_settings(
 
 
 @contextmanager
-def serve(settings: ServerSettings, name: str = "uvicorn-dashboard-test") -> Iterator[str]:
-    """`create_app(settings)` under uvicorn in a thread on a free port; yields its URL and
-    stops it (also when the body fails)."""
+def serve(
+    settings: ServerSettings,
+    name: str = "uvicorn-dashboard-test",
+    clock: Callable[[], float] = time.time,
+) -> Iterator[str]:
+    """`create_app(settings, clock=clock)` under uvicorn in a thread on a free port; yields its
+    URL and stops it (also when the body fails)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
+    app = create_app(settings, clock=clock)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     try:

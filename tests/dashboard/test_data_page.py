@@ -172,7 +172,7 @@ def test_data_page_as_facility_admin(data_app: LiveApp, browser: Any) -> None:
 
     assert _rows(d, "data-members-table") == [
         ["Alice Archer", "atlas", "1.00", "2.00", "0", "0.25", "4", "66.7 %", "0"],
-        ["Carol Chen", "atlas", "0.50", "0", "0", "0", "0", "0.0 %", "0"],
+        ["Carol Chen", "atlas", "0.50", "0", "0", "0", "n/a", "0.0 %", "0"],
         ["Bob Brown", "cms", "0", "0", "3.00", "0", "2", "0.0 %", "3.00"],
     ]
     servers = _rows(d, "data-servers-table")

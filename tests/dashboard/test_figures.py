@@ -82,7 +82,12 @@ def test_usage_figure_stacks_vos_in_core_hours_over_the_whole_window() -> None:
 def test_usage_figure_converts_memory_and_names_members() -> None:
     df = _usage([(T0 + H, "iss|a", 3.6e12), (T0 + H, "iss|b", 7.2e12)], by="member", unit="B·s")
     fig = figures.usage_figure(
-        df, "memory_byte_seconds", "member", T0, T0 + 24 * H, "hour",
+        df,
+        "memory_byte_seconds",
+        "member",
+        T0,
+        T0 + 24 * H,
+        "hour",
         names={"iss|a": "Alice", "iss|b": "Bob"},
     )
     assert fig.layout.yaxis.title.text == "Memory x time [GB-hours]"
@@ -120,8 +125,13 @@ def test_nodes_table() -> None:
     )
     table = figures.nodes_table(df)
     assert [c.name for c in table.columns] == [
-        "Facility", "Node", "CPU cores", "Memory [GiB]", "HEPscore23 per core",
-        "CPU busy [%]", "Last update (UTC)",
+        "Facility",
+        "Node",
+        "CPU cores",
+        "Memory [GiB]",
+        "HEPscore23 per core",
+        "CPU busy [%]",
+        "Last update (UTC)",
     ]
     assert table.rows[0] == ["af", "n1", "64", "256.0", "12.50", "42.3", "2026-01-01 00:01:01 UTC"]
     assert table.rows[1][2:6] == ["n/a"] * 4
@@ -131,16 +141,27 @@ def test_nodes_table() -> None:
 def test_sessions_table_running_and_ended() -> None:
     df = pd.DataFrame(
         {
-            "facility": ["af", "af"], "id": ["s1", "s2"], "member_id": ["m|a", "m|b"],
-            "display_name": ["Alice", "Bob"], "local_user": ["alice", "bob"],
-            "node": ["n1", "n1"], "start": [T0, T0 + H], "end": [T0 + 1800.0, None],
+            "facility": ["af", "af"],
+            "id": ["s1", "s2"],
+            "member_id": ["m|a", "m|b"],
+            "display_name": ["Alice", "Bob"],
+            "local_user": ["alice", "bob"],
+            "node": ["n1", "n1"],
+            "start": [T0, T0 + H],
+            "end": [T0 + 1800.0, None],
         }
     )
     table = figures.sessions_table(df, now=T0 + 2.5 * H)
     assert table.columns[-1].name == "Duration [hours]"
     bob, alice = table.rows  # newest first
-    assert alice == ["Alice", "af", "n1", "2026-01-01 00:00:00 UTC", "2026-01-01 00:30:00 UTC",
-                     "0.50"]
+    assert alice == [
+        "Alice",
+        "af",
+        "n1",
+        "2026-01-01 00:00:00 UTC",
+        "2026-01-01 00:30:00 UTC",
+        "0.50",
+    ]
     assert bob[4] == "still running"
     assert bob[5] == "1.50 (so far)"
 
@@ -159,11 +180,28 @@ def test_totals_tiles_per_vo() -> None:
     cms, atlas = (dict(t.lines) for t in tiles)
     assert cms["CPU time"] == "5.00 core-hours"
     assert cms["Resident memory x time"] == "1.00 GB-hours"
-    assert cms["Interactive sessions started"] == "0 sessions"
+    assert cms["Sessions started and ended"] == "0 sessions"
     assert atlas["CPU time"] == "2.50 core-hours"
     assert atlas["CPU time normalised by HEPscore23"] == "0 HS23-hours"
-    assert atlas["Interactive sessions started"] == "2 sessions"
+    assert atlas["Sessions started and ended"] == "2 sessions"
+    assert "Running now" not in cms  # no running sessions given
     assert figures.totals_tiles(df.iloc[0:0], "vo") == []
+
+
+def test_totals_tiles_with_running_sessions() -> None:
+    """Running sessions are shown as such, beside the ledger's ended ones; a key with only
+    running sessions gets a tile of its own."""
+    df = pd.DataFrame(
+        {"vo": ["atlas"], "resource": ["cpu_seconds"], "amount": [3600.0], "unit": ["s"]}
+    )
+    running = pd.DataFrame(
+        {"vo": ["atlas", "lhcb"], "sessions": [1, 2], "seconds": [1800.0, 9000.0]}
+    )
+    tiles = {t.key: dict(t.lines) for t in figures.totals_tiles(df, "vo", running=running)}
+    assert tiles["atlas"]["Running now"] == "1 session, 0.50 hours so far"
+    assert tiles["atlas"]["Sessions started and ended"] == "0 sessions"
+    assert tiles["lhcb"]["Running now"] == "2 sessions, 2.50 hours so far"
+    assert tiles["lhcb"]["CPU time"] == "0 core-hours"
 
 
 def test_member_names() -> None:

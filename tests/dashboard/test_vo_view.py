@@ -245,10 +245,10 @@ def test_csv_through_the_callback_endpoint(query: Query) -> None:
 def test_live_view(query: Query) -> None:
     slos = {"time_to_session": 10.0, "time_to_first_worker": 60.0}
     view = live_view(query, LOCAL_ADMIN, DAY, NOW, slos)  # last full hour: 09:00-10:00
-    assert view.hour_start == T0 + 9 * 3600
-    assert view.use["cores"] == pytest.approx(8.0)  # 28800 core-seconds in one hour
-    assert view.use["memory_bytes"] == pytest.approx(8 * 2.0**30)
-    assert view.capacity == {
+    assert view.now.hour_start == T0 + 9 * 3600
+    assert view.now.use["cores"] == pytest.approx(8.0)  # 28800 core-seconds in one hour
+    assert view.now.use["memory_bytes"] == pytest.approx(8 * 2.0**30)
+    assert view.now.capacity == {
         "cores": 96.0,
         "gpus": 0.0,
         "memory_bytes": 384 * 2.0**30,
@@ -265,7 +265,7 @@ def test_live_view(query: Query) -> None:
     assert view.top_vos.rows == [["atlas", "5.00", "55.6", "0.50"], ["cms", "4.00", "44.4", "0"]]
     bob = Principal("member", member_id=BOB, vo="cms", name="Bob")
     mine = live_view(query, bob, DAY, NOW, slos)
-    assert mine.use["cores"] == pytest.approx(4.0) and mine.alerts is None
+    assert mine.now.use["cores"] == pytest.approx(4.0) and mine.alerts is None
     assert mine.open_events == {"session": 1, "dask_cluster": 0}
     # bob's own figures, labelled as his, with his share of everyone's CPU time (4 of 9 h)
     assert mine.top_vos.rows == [["You", "4.00", "44.4", "0"]]
