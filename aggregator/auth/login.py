@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import secrets
 from dataclasses import asdict
 from typing import Any
@@ -19,7 +20,7 @@ from urllib.parse import urlencode
 
 import httpx
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from afmon.aggregator.auth.tokens import AuthError, TokenVerifier
@@ -29,8 +30,33 @@ SESSION_COOKIE = "afmon_session"
 LOGIN_COOKIE = "afmon_login"
 LOGIN_MAX_AGE = 600  # seconds a user may take at the issuer's login page
 
-# The document's answers (the error shape is a component of `afmon.aggregator.web.openapi`)
-_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+# The document's answers (the error shape is a component of `afmon.aggregator.web.openapi`);
+# a browser (Accept: text/html) gets the same refusal as a page with a way back
+_ERROR = {
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}},
+        "text/html": {"schema": {"type": "string"}},
+    }
+}
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>afmon: sign-in refused</title>
+<style>body {{ font-family: system-ui, sans-serif; max-width: 40rem; margin: 4rem auto;
+color: #1f2933; }} .card {{ border: 1px solid #d9e2ec; border-left: 5px solid #D55E00;
+padding: 1rem 1.5rem; border-radius: 4px; }} a {{ color: #0072B2; font-weight: 600; }}</style>
+</head><body><div class="card" id="signin-refused"><h1>Sign-in refused</h1>
+<p id="signin-reason">{detail}</p>
+<p><a href="/" id="signin-back">Back to the dashboard</a> &middot;
+<a href="/auth/login{again}" id="signin-again">Try again</a></p></div></body></html>
+"""
+
+
+def refused(request: Request, status: int, detail: str, issuer: str | None = None) -> Response:
+    """A sign-in refusal: a page with a link back for a browser, else the API's JSON error."""
+    if "text/html" not in request.headers.get("accept", ""):
+        raise HTTPException(status, detail)
+    again = f"?{urlencode({'issuer': issuer})}" if issuer else ""
+    page = _PAGE.format(detail=html.escape(detail), again=html.escape(again))
+    return HTMLResponse(page, status_code=status)
 
 
 def _redirect(description: str) -> dict[str, Any]:
@@ -132,10 +158,10 @@ def make_router(
             json_schema_extra={"enum": issuers + ([""] if len(issuers) == 1 else [])},
         ),
         login_hint: str | None = None,
-    ) -> RedirectResponse:
+    ) -> Response:
         issuer = issuer or (issuers[0] if len(issuers) == 1 else None)
         if issuer not in issuers:
-            raise HTTPException(400, f"pick an issuer: one of {', '.join(issuers)}")
+            return refused(request, 400, f"pick an issuer: one of {', '.join(issuers)}")
         state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         code_verifier, challenge = _pkce()
         params = {
@@ -174,14 +200,14 @@ def make_router(
             502: {"description": "The issuer handed out no token", **_ERROR},
         },
     )
-    def callback(
-        request: Request, code: str = "", state: str = "", error: str = ""
-    ) -> RedirectResponse:
-        if error:
-            raise HTTPException(401, f"the issuer refused the sign-in: {error}")
+    def callback(request: Request, code: str = "", state: str = "", error: str = "") -> Response:
         pending = sessions.load_login(request.cookies.get(LOGIN_COOKIE))
+        issuer = pending["issuer"] if pending else None
+        if error:
+            return refused(request, 401, f"the issuer refused the sign-in: {error}", issuer)
         if pending is None or not secrets.compare_digest(pending["state"], state):
-            raise HTTPException(400, "sign-in state missing or wrong; start again at /auth/login")
+            detail = "sign-in state missing or wrong; start again at /auth/login"
+            return refused(request, 400, detail)
         token_endpoint = endpoints(pending["issuer"])["token_endpoint"]
         own_id, own_secret = client_of(pending["issuer"])
         try:
@@ -199,12 +225,13 @@ def make_router(
             r.raise_for_status()
             access_token = r.json()["access_token"]
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            raise HTTPException(502, f"the issuer did not hand out a token: {exc}") from None
+            detail = f"the issuer did not hand out a token: {exc}"
+            return refused(request, 502, detail, pending["issuer"])
         try:
             claims = verifier.verify(access_token)
             principal = verifier.principal(access_token)
         except AuthError as exc:
-            raise HTTPException(401, f"token refused: {exc}") from None
+            return refused(request, 401, f"token refused: {exc}", pending["issuer"])
         response = RedirectResponse("/", status_code=302)
         expires = float(claims["exp"])
         response.set_cookie(

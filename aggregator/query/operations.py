@@ -520,6 +520,17 @@ class OperationsQueries(QueryBase):
         ints = [c for c in cols if c.endswith(("nodes", "gpus"))]
         return out.astype(dict.fromkeys(ints, "int64")).sort_values("facility", ignore_index=True)
 
+    def last_usage_hour(self, p: Principal, before: float) -> float | None:
+        """The start of the latest ledger hour before `before` that holds usage the principal
+        may see, or None when there is none (the Reports page opens on that hour's week)."""
+        cond, params = scope_sql(p)
+        with read_connection(self._engine) as conn:
+            hour = conn.execute(
+                text(f"SELECT MAX(hour) FROM usage WHERE hour < :before AND {cond}"),
+                {"before": int(before), **params},
+            ).scalar_one()
+        return None if hour is None else float(hour)
+
     def running_sessions(
         self, p: Principal, start: float, end: float, now: float, by: str = "member"
     ) -> pd.DataFrame:

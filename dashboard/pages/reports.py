@@ -33,6 +33,18 @@ def week_options(now: float, n: int = WEEKS_SHOWN) -> list[dict[str, str]]:
     ]
 
 
+def default_week(options: list[dict[str, str]], last_hour: float | None) -> tuple[str, str]:
+    """The week the page opens on: the latest of `options` that holds usage (`last_hour`,
+    `Query.last_usage_hour`), else the newest; and a hint when that is not the newest."""
+    newest = options[0]["value"]
+    week = None if last_hour is None else str(Week.containing(last_hour))
+    if week is None or week not in {o["value"] for o in options}:
+        return newest, f"No usage is recorded in the last {len(options)} weeks."
+    if week == newest:
+        return newest, ""
+    return week, f"Opened on {week}, the latest week with usage: the weeks after it are empty."
+
+
 def report_links(week: str) -> list[tuple[str, str]]:
     """(label, href) of every file of the week's report."""
 
@@ -61,6 +73,7 @@ def layout() -> html.Div:
                 [
                     html.Label("ISO week (UTC, Monday to Sunday)", htmlFor="rep-week"),
                     dcc.Dropdown(id="rep-week", clearable=False),
+                    html.Div(id="rep-week-hint", className="hint"),
                 ],
                 className="card",
             ),
@@ -79,11 +92,17 @@ def register(app: Dash, ctx: Context) -> None:
     @app.callback(
         Output("rep-week", "options"),
         Output("rep-week", "value"),
+        Output("rep-week-hint", "children"),
         Input("principal-picker", "value"),
     )
-    def _weeks(_principal_key: str | None) -> tuple[list[dict[str, str]], str]:
-        options = week_options(ctx.clock())
-        return options, options[0]["value"]
+    def _weeks(principal_key: str | None) -> tuple[list[dict[str, str]], str, str]:
+        now = ctx.clock()
+        options = week_options(now)
+        p = ctx.principal(principal_key)
+        if p is None:
+            return options, options[0]["value"], ""
+        last = ctx.query.last_usage_hour(p, Week.last_complete(now).end)
+        return options, *default_week(options, last)
 
     @app.callback(
         Output("rep-links", "children"),

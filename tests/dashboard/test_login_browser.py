@@ -31,10 +31,15 @@ def test_signed_in_member_sees_only_self_on_every_page(signed_server, browser: A
     d = browser
     d.get(f"{server.url}/")
     WebDriverWait(d, TIMEOUT).until(
-        EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#signin-banner"),
-                                         "You are not signed in."))
-    assert d.find_element(By.CSS_SELECTOR, "a.signin-link").get_attribute("href").startswith(
-        f"{server.url}/auth/login?issuer=")
+        EC.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "#signin-banner"), "You are not signed in."
+        )
+    )
+    assert (
+        d.find_element(By.CSS_SELECTOR, "a.signin-link")
+        .get_attribute("href")
+        .startswith(f"{server.url}/auth/login?issuer=")
+    )
     _sign_in(d, server, issuer, "bob")
     assert "Signed in as bob" in d.find_element(By.ID, "session-banner").text
     for path in PAGES:
@@ -65,6 +70,30 @@ def test_signed_in_member_sees_only_self_on_every_page(signed_server, browser: A
     )
     d.get(f"{server.url}/auth/logout")
     WebDriverWait(d, TIMEOUT).until(
-        EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#signin-banner"),
-                                         "You are not signed in."))
+        EC.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "#signin-banner"), "You are not signed in."
+        )
+    )
     d.delete_all_cookies()
+
+
+@pytest.mark.browser
+def test_a_refused_sign_in_is_a_page_with_a_way_back(signed_server, browser: Any) -> None:
+    """The issuer refuses mallory (no such user): the browser gets a page saying why, with
+    links back to the dashboard and to try again, not the API's JSON."""
+    server, issuer = signed_server
+    d = browser
+    d.delete_all_cookies()
+    d.get(f"{server.url}/auth/login?issuer={issuer.url}&login_hint=mallory")
+    WebDriverWait(d, TIMEOUT).until(
+        EC.text_to_be_present_in_element((By.ID, "signin-refused"), "Sign-in refused")
+    )
+    reason = d.find_element(By.ID, "signin-reason").text
+    assert reason == "the issuer refused the sign-in: access_denied"
+    again = d.find_element(By.ID, "signin-again").get_attribute("href")
+    assert again.startswith(f"{server.url}/auth/login?issuer=")
+    d.find_element(By.ID, "signin-back").click()
+    WebDriverWait(d, TIMEOUT).until(
+        EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#signin-banner"), "not signed in")
+    )
+    assert [e for e in console_errors(d) if "/auth/callback" not in e["message"]] == []
