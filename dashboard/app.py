@@ -159,6 +159,7 @@ def _controls(ctx: Context) -> html.Div:
             html.Span(id="window-text", className="window"),
         ],
         className="controls",
+        id="range-controls",
     )
 
 
@@ -259,6 +260,12 @@ def _register_shell(app: Dash, ctx: Context) -> None:
         else:
             content = page.layout()
         return (content, *classes)
+
+    @app.callback(Output("range-controls", "style"), Input("url", "pathname"))
+    def _range_shown(pathname: str | None) -> dict[str, str]:
+        """Hidden on pages that show no range (a page with USES_RANGE = False)."""
+        page = PAGES.get((pathname or "/").rstrip("/") or "/")
+        return {} if getattr(page, "USES_RANGE", True) else {"display": "none"}
 
     @app.callback(Output("window-text", "children"), Input("range", "value"))
     def _window(range_key: str | None) -> str:

@@ -13,6 +13,7 @@ from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice, render_t
 
 PATH = "/alerts"
 TITLE = "Alerts"
+USES_RANGE = False  # the time range picker is hidden here: nothing on the page follows it
 RECENT_RESOLVED = 20
 
 

@@ -19,6 +19,7 @@ from afmon.dashboard.pages.common import PICK_MESSAGE, Context, notice
 
 PATH = "/reports"
 TITLE = "Reports"
+USES_RANGE = False  # the time range picker is hidden here: nothing on the page follows it
 WEEKS_SHOWN = 12
 API = "/api/v1/reports/weekly"
 

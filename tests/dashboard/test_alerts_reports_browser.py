@@ -119,3 +119,26 @@ def test_reports_page_links_every_file_of_the_week(alerting_app: str, browser: A
     pick_principal(d, f"member:{ALICE_ID}")
     wait_text(d, "#rep-links", "built for the facility admin")
     assert console_errors(d) == []
+
+
+def test_the_range_picker_is_shown_only_where_a_page_follows_it(
+    alerting_app: str, browser: Any
+) -> None:
+    d = browser
+    open_fresh(d, alerting_app, "/")
+    wait_text(d, "#fac-tiles", "core-hours")
+    controls = d.find_element(By.ID, "range-controls")
+    assert controls.is_displayed()
+    for nav, ready in (("nav-alerts", "#alerts-firing"), ("nav-reports", "#rep-links")):
+        d.find_element(By.ID, nav).click()
+        WebDriverWait(d, TIMEOUT).until(lambda d, css=ready: d.find_elements(By.CSS_SELECTOR, css))
+        WebDriverWait(d, TIMEOUT).until(
+            lambda d: not d.find_element(By.ID, "range-controls").is_displayed(),
+            f"the range picker is still shown after {nav}",
+        )
+    d.find_element(By.ID, "nav-data").click()
+    WebDriverWait(d, TIMEOUT).until(
+        lambda d: d.find_element(By.ID, "range-controls").is_displayed(),
+        "the range picker did not come back on the Data page",
+    )
+    assert console_errors(d) == []
