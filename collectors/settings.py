@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from afmon.collectors.probes.data_formats import DEFAULT_PATTERNS, FormatClassifier
+from afmon.collectors.probes.services import ServiceCheck
 
 
 def _default_spool_dir() -> Path:
@@ -64,6 +65,8 @@ class AgentSettings(BaseSettings):
     xrootd_max_open_files: int = Field(100_000, gt=0)
     # (format, regular expression) pairs, first match wins: data_formats.py, docs/data.md
     xrootd_format_patterns: list[tuple[str, str]] = list(DEFAULT_PATTERNS)
+    service_checks: list[ServiceCheck] = Field(default_factory=list)
+    service_check_timeout_seconds: float = Field(5.0, gt=0)
 
     @field_validator("xrootd_format_patterns")
     @classmethod

@@ -382,3 +382,17 @@ class FederationSource(SQLModel, table=True):
     last_hour: int | None = Field(None, description="the newest hour received")
     received_at: float = Field(description="when the last publication arrived (UNIX time)")
     hours: int = Field(0, sa_type=BigInteger, description="hour publications received")
+
+
+class PlannedDowntime(SQLModel, table=True):
+    """A downtime an admin declared (`afmon downtime add`): availability figures tell it
+    apart from unplanned down time (docs/availability.md)."""
+
+    __tablename__ = "planned_downtime"
+    id: int | None = Field(default=None, primary_key=True)
+    facility: str = Field(index=True)
+    service: str
+    start: float
+    end: float
+    reason: str = ""
+    created: float

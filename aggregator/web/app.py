@@ -33,6 +33,7 @@ from afmon.aggregator.store.db import read_connection
 from afmon.aggregator.store.retention import prune_samples
 from afmon.aggregator.store.tsdb import outbox_loop
 from afmon.aggregator.web import openapi
+from afmon.aggregator.web.availability_api import make_router as make_availability_router
 from afmon.aggregator.web.extensions import Job, WebExtension, installed_extensions
 from afmon.aggregator.web.federation import make_router as make_federation_router
 from afmon.aggregator.web.health import readiness, write_failure_reason
@@ -148,6 +149,7 @@ def create_app(
     app.include_router(make_producers_router())  # Telegraf and OTLP (docs/scale.md)
     app.include_router(make_federation_router())  # facility afmons' ledgers (federation.md)
     app.include_router(make_public_router())  # the public facility card (public-card.md)
+    app.include_router(make_availability_router())  # service checks (availability.md)
     app.include_router(make_usage_router())  # failures, access methods, formats (data.md)
 
     @app.post(

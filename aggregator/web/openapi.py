@@ -448,6 +448,44 @@ BATCH_BY_SCHEMA = {
     "description": "Comma-separated columns to total by: one or more of account, qos, "
     "partition, optionally with facility, vo, group, member (refused with 400 otherwise)",
 }
+_SECONDS = {"type": "number", "minimum": 0}
+AVAILABILITY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Per (facility, service[, day]): up, down, planned down and unknown "
+        "seconds, availability (up over up + down) and unplanned availability (null without "
+        "data); and each down interval with its planned part",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "services": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "facility": {"type": "string"},
+                                    "service": {"type": "string"},
+                                    "start": {"type": "number"},
+                                    "end": {"type": "number"},
+                                    "up_seconds": _SECONDS,
+                                    "down_seconds": _SECONDS,
+                                    "planned_down_seconds": _SECONDS,
+                                    "unknown_seconds": {"type": "number"},
+                                    "availability": {"type": ["number", "null"]},
+                                    "unplanned_availability": {"type": ["number", "null"]},
+                                },
+                            },
+                        },
+                        "downtimes": {"type": "array", "items": {"type": "object"}},
+                    },
+                    "required": ["services", "downtimes"],
+                }
+            }
+        },
+    },  # fmt: skip
+    **reader_errors(),
+}
 PUBLIC_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The card: schema afmon-public-card/1 (docs/public-card-schema.json)",

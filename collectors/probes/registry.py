@@ -73,4 +73,9 @@ def build_probes(settings: AgentSettings, state_dir: Path | None) -> list[Probe]
                                   summary_port=settings.xrootd_summary_port,
                                   detail_port=settings.xrootd_detail_port,
                                   state_path=state_dir and state_dir / "xrootd-probe.json"))
+    if settings.service_checks:
+        from afmon.collectors.probes.services import ServiceProbe
+
+        probes.append(ServiceProbe(settings.node, settings.service_checks,
+                                   timeout=settings.service_check_timeout_seconds))
     return probes

@@ -22,7 +22,7 @@ def _afmon(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-HEAD = "0009"  # the newest migration
+HEAD = "0010"  # the newest migration
 
 
 def _drift(url: str) -> list:
