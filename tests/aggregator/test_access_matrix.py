@@ -206,6 +206,11 @@ def _read_routes(client: TestClient) -> list[str]:
     ]
     urls += ["/api/v1/alerts?status=all"]
     urls += [f"/api/v1/batch?start=0&end={NOW + 3600}&by={by}" for by in ("account", "member,qos")]
+    span = f"start=0&end={NOW + 3600}"
+    urls += [f"/api/v1/facilities?{span}", f"/api/v1/availability?{span}&per=day"]
+    urls += [f"/api/v1/failures?{span}&by={by}" for by in ("member", "vo")]
+    urls += [f"/api/v1/failures/batch?{span}", f"/api/v1/data-formats?{span}&by=member"]
+    urls += [f"/api/v1/access-methods?{span}&period={period}" for period in ("week", "month")]
     # every GET route of the API is in the list (a new one must be added here)
     documented = {
         p for p, ops in client.get("/openapi.json").json()["paths"].items()
