@@ -70,15 +70,14 @@ def resource_problem(s: wire.Series, i: int) -> wire.Refusal | None:
     rule = ACCOUNTED_METRICS.get(s.metric)
     if rule is None or "user" not in s.labels:
         return None
-    where = f"$.series[{i}].labels"
     try:
         resource = rule.resource_for(s.labels)
     except KeyError as exc:
-        return wire.Refusal("series", i, where, "missing_label",
+        return wire.Refusal("series", i, f"$.series[{i}].labels", "missing_label",
                             f"{s.metric} needs the label {exc.args[0]!r}")  # fmt: skip
     if resource not in RESOURCES:
         return wire.Refusal(
-            "series", i, where, "unknown_resource",
+            "series", i, f"$.series[{i}].labels", "unknown_resource",
             f"labels {s.labels} of {s.metric} name no ledger resource ({resource!r})",
         )  # fmt: skip
     return None

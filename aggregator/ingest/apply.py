@@ -311,11 +311,55 @@ class Ingestor:
         firsts: list[tuple[float, int, float]] = []  # a late sample before the first one
         stale = written = 0
         gap = self._settings.gauge_max_gap_seconds
+        default_factor = self._settings.default_hepscore23_per_core
+        amounts = inc.amounts
+        spans: dict[str, tuple[MemberRef, float, float]] = {}  # user -> its last resolved span
         for i, (s, sid) in enumerate(zip(batch.series, ids, strict=True)):
             times, values = s.times, s.values
             last_t, last_v, first_t = state[sid]
-            n = fresh_count(times, last_t)
             placed = late.get(i)
+            if placed is None and len(times) == 1:
+                # the common record, one sample and nothing late: the same pieces as below,
+                # each to its own (hour, member) key, so added straight to the increments
+                t = times[0]
+                if last_t is not None and t <= last_t:
+                    continue
+                written += 1
+                if self._all_in_database or kept_when_raw_only(s):
+                    fresh.append((sid, times, values))
+                if self._outbox is not None:
+                    points.append((series_head(batch, s), times, values))
+                new_state.append((t, values[0], t, sid))
+                rule = ACCOUNTED_METRICS.get(s.metric)
+                user = s.labels.get("user")
+                if rule is None or user is None:
+                    continue
+                if rule.how == "counter":
+                    pieces: Iterable[tuple[float, float]] | None = counter_increases(
+                        times, values, last_t, last_v, s.created
+                    )
+                else:
+                    pieces = gauge_integral(times, values, last_t, last_v, gap)
+                resource = rule.resource_for(s.labels)  # checked in `_admit`
+                normalised = rule.normalised
+                factor = hepscore.get(s.labels.get("node", batch.node), default_factor)
+                unverified = rule.unverified if s.labels.get("identity") == "asserted" else None
+                span = spans.get(user)
+                for pt, amount in pieces:
+                    if span is None or not span[1] <= pt < span[2]:
+                        span = spans[user] = self._identity.resolve_span(facility, user, pt)
+                    ref = span[0]
+                    members[ref.id] = ref
+                    h = int(pt // HOUR) * HOUR
+                    amounts[(facility, ref.vo, ref.grp, ref.id, resource, h)] += amount
+                    if normalised is not None:
+                        amounts[(facility, ref.vo, ref.grp, ref.id, normalised, h)] += (
+                            amount * factor
+                        )
+                    if unverified is not None:
+                        amounts[(facility, ref.vo, ref.grp, ref.id, unverified, h)] += amount
+                continue
+            n = fresh_count(times, last_t)
             if placed is not None:
                 stale += placed.repeats
                 if placed.times:
@@ -345,7 +389,7 @@ class Ingestor:
                 continue
             resource = rule.resource_for(s.labels)  # checked in `_admit`
             node = s.labels.get("node", batch.node)
-            pieces: Iterable[tuple[float, float]] | None = None
+            pieces = None
             if n == 0:
                 pieces = ()
             elif rule.how == "counter":
@@ -366,7 +410,7 @@ class Ingestor:
                     members[ref.id] = ref
                     rid = ref.id
                 per_hour[(int(t // HOUR) * HOUR, rid)] += amount
-            factor = hepscore.get(node, self._settings.default_hepscore23_per_core)
+            factor = hepscore.get(node, default_factor)
             unverified = rule.unverified if s.labels.get("identity") == "asserted" else None
             for (h, rid), amount in per_hour.items():
                 inc.add(facility, members[rid], resource, h, amount)
@@ -500,7 +544,7 @@ class Ingestor:
                 f"{self._for_update}",
                 tuple(chunk),
             )
-            state.update((r[0], (r[1], r[2], r[3])) for r in rows)
+            state.update((r[0], (r[1], r[2], r[3])) for r in rows.fetchall())
         return state
 
     def _write_state(

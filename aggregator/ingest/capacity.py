@@ -20,6 +20,7 @@ from afmon.collectors import wire
 TIME_SLACK_SECONDS = 1.0
 CPU_COUNTERS = frozenset({"user_cpu_seconds"})
 MEMORY_GAUGES = frozenset({"user_memory_rss_bytes"})
+_WHERE = "$.series[{i}].values[{k}]"  # formatted only for a refusal
 
 
 def capacity_refusals(
@@ -41,20 +42,22 @@ def capacity_refusals(
             continue
         node = s.labels.get("node", batch.node)
         cores, memory = nodes.get(node, (None, None))
-        where = f"$.series[{i}].values"
         if s.metric in CPU_COUNTERS and cores:
             prev_t, prev_v = last.get(sid, (None, None))
             for k, inc, dt in _increases(s, prev_t, prev_v):
                 if inc > cores * (dt + TIME_SLACK_SECONDS) * factor:
-                    out.append(wire.Refusal("series", i, f"{where}[{k}]", "beyond_capacity",
+                    out.append(wire.Refusal("series", i, _WHERE.format(i=i, k=k), "beyond_capacity",
                         f"{s.metric} of user {s.labels['user']} grew by {inc:g} s in "
                         f"{dt:g} s: more than node {node}'s {cores:g} cores allow "
                         f"(AFMON_CAPACITY_SLACK {slack:g})"))  # fmt: skip
                     break
         elif s.metric in MEMORY_GAUGES and memory:
-            k, peak = max(enumerate(s.values), key=lambda kv: kv[1], default=(0, 0.0))
+            if len(s.values) == 1:  # the common record: no `max` to call
+                k, peak = 0, s.values[0]
+            else:
+                k, peak = max(enumerate(s.values), key=lambda kv: kv[1], default=(0, 0.0))
             if peak > memory * factor:
-                out.append(wire.Refusal("series", i, f"{where}[{k}]", "beyond_capacity",
+                out.append(wire.Refusal("series", i, _WHERE.format(i=i, k=k), "beyond_capacity",
                     f"{s.metric} of user {s.labels['user']} is {peak:g} bytes, more than "
                     f"node {node}'s {memory:g} bytes of memory "
                     f"(AFMON_CAPACITY_SLACK {slack:g})"))  # fmt: skip

@@ -86,10 +86,10 @@ def ensure_unmapped(conn: Connection, p: str, members: dict[str, MemberRef]) -> 
         issuer, _, subject = ref.id.partition("|")
         if issuer == UNMAPPED_ISSUER:
             rows.append((ref.id, issuer, subject, ref.vo, ref.grp,
-                         f"unmapped accounts at {subject}", "[]"))  # fmt: skip
+                         f"unmapped accounts at {subject}", "[]", ""))  # fmt: skip
     if rows:
-        conn.exec_driver_sql(
-            "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups) "
-            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+        conn.exec_driver_sql(  # institution: '' (unknown), a NOT NULL column without default
+            "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups, institution) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
             rows,
         )

@@ -28,17 +28,21 @@ def node_capacity(
     ids: list[int | None],
     state: dict[int, SeriesState],
 ) -> tuple[Capacity, Capacity]:
-    """Every node of the batch's facility with its known capacity as the batch leaves it, and
-    what the batch reported: its node_* series' newest samples, only when newer than the
+    """The nodes the batch names (`named_nodes`) with their known capacity as it leaves them,
+    and what the batch reported: its node_* series' newest samples, only when newer than the
     stored (a late batch leaves a node as it is). `ids[i]` is record i's series id (None:
     refused), `state` the series' stored (last_time, last_value, first_time)."""
     nodes: Capacity = {}
     reported: Capacity = {}
-    for r in conn.exec_driver_sql(
-        f"SELECT node, cpu_cores, memory_bytes, hepscore23_per_core FROM node WHERE facility = {p}",
-        (batch.facility,),
-    ):
-        nodes[r[0]] = {c: v for c, v in zip(NODE_COLUMNS, r[1:], strict=True) if v is not None}
+    wanted = sorted(named_nodes(batch))
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        for r in conn.exec_driver_sql(
+            "SELECT node, cpu_cores, memory_bytes, hepscore23_per_core FROM node "
+            f"WHERE facility = {p} AND node IN ({', '.join([p] * len(chunk))})",
+            (batch.facility, *chunk),
+        ).fetchall():
+            nodes[r[0]] = {c: v for c, v in zip(NODE_COLUMNS, r[1:], strict=True) if v is not None}
     for s, sid in zip(batch.series, ids, strict=True):
         column = NODE_METRICS.get(s.metric)
         if not column or not s.values or sid is None:
@@ -49,6 +53,16 @@ def node_capacity(
             nodes.setdefault(name, {})[column] = s.values[-1]
             reported.setdefault(name, {})[column] = s.values[-1]
     return nodes, reported
+
+
+def named_nodes(batch: wire.Batch) -> set[str]:
+    """The nodes whose capacity the ingest of `batch` reads: its own, its series' (`node`
+    label) and its events' (`attrs.node`, as events.py looks them up). Only these are read,
+    not every node of the facility: a batch's cost must not grow with the fleet."""
+    out = {batch.node}
+    out.update([s.labels.get("node", batch.node) for s in batch.series])
+    out.update([str(e.attrs.get("node") or batch.node) for e in batch.events])
+    return out
 
 
 def write_node_capacity(
