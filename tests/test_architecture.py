@@ -31,7 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     f"{A}.identity": {f"{A}.store"},
     f"{A}.ledger": {f"{A}.core", f"{A}.identity", WIRE},
     f"{A}.ingest": {f"{A}.core", f"{A}.store", f"{A}.identity", f"{A}.ledger", WIRE},
-    f"{A}.query": {f"{A}.core", f"{A}.store", f"{A}.ledger"},
+    # the query layer resolves accounts to members over time as the ingest does (formats)
+    f"{A}.query": {f"{A}.core", f"{A}.store", f"{A}.ledger", f"{A}.identity"},
     # the exported alert signals are computed by the evaluator's own queries (query.signals)
     f"{A}.metrics": {f"{A}.core", f"{A}.store", f"{A}.query"},
     f"{A}.auth": {f"{A}.core", f"{A}.store", f"{A}.identity", f"{A}.query"},

@@ -19,7 +19,6 @@ from afmon.aggregator.ledger.base import counter_increases
 from afmon.aggregator.query.base import GROUP_COLUMNS, Principal, QueryBase, QueryError
 from afmon.aggregator.query.failures import engine_of
 from afmon.aggregator.store.db import read_connection
-from afmon.collectors.probes.data_formats import FORMATS
 
 METRICS = {"user_data_read_bytes": "read_bytes", "user_files_opened": "files"}
 COLUMNS = ["format", "read_bytes", "files"]
@@ -67,7 +66,7 @@ def read_by_format(
     for sid, points in series.items():
         facility, metric, labels, local = heads[sid]
         fmt = labels.get("format", "")
-        if fmt not in FORMATS:
+        if not fmt:  # the probe's classes (collectors/probes/data_formats.py), as sent
             continue
         user = local or labels.get("user", "")
         before = [v for t, v in points if t < start]

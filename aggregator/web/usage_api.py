@@ -54,8 +54,9 @@ ACCESS_RESPONSES = _rows(
      "members": _COUNT},
 )  # fmt: skip
 FORMAT_RESPONSES = _rows(
-    "Bytes read and files opened via XRootD per (`by` key, input data format)",
-    {"format": {"enum": list(formats.FORMATS)}, "read_bytes": {"type": "number", "minimum": 0},
+    "Bytes read and files opened via XRootD per (`by` key, input data format: the agent's "
+    "classes, physlite, daod, aod, miniaod, nanoaod, ntuple or other by default)",
+    {"format": {"type": "string"}, "read_bytes": {"type": "number", "minimum": 0},
      "files": {"type": "number", "minimum": 0}},
 )  # fmt: skip
 
