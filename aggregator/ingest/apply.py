@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 
 # Raw series that afmon reads back from the `sample` table (query/operations.py: data_servers,
-# gpu_utilisation; signals.py: agent_spool_growth_batches; availability.py: service_up): kept
-# there even when raw samples otherwise live only in the time-series store
+# gpu_utilisation; signals.py: agent_spool_growth_batches, gpu_held; availability.py:
+# service_up): kept there even when raw samples otherwise live only in the time-series store
 # (AFMON_TSDB_RAW_ONLY). Node-level series, a small share of the samples.
 READ_BACK_METRICS = frozenset(
     {
@@ -62,6 +62,7 @@ READ_BACK_METRICS = frozenset(
         "xrootd_server_restarts",
         "xrootd_unattributed_bytes",
         "gpu_utilization_ratio",
+        "gpu_held",
         "agent_spool_batches",
         "service_up",
     }

@@ -134,6 +134,8 @@ SIGNAL_GAUGES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "1 while a process holds the GPU and it is under 5 % busy, else 0"),
     ("gpu_hoarders", "members", ("facility",),
      "Members holding two GPUs or more while GPU requests wait (0 when none wait)"),
+    ("gpu_hold_seconds_max", "seconds", ("facility",),
+     "The longest a GPU has been held without a break until now (0 when none is held)"),
     ("agent_spool_growth_batches", "batches", _NODE,
      "Growth of the agent's spool over the last 15 min"),
     ("unmapped_usage_ratio", "ratio", ("facility",),

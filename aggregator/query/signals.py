@@ -178,6 +178,34 @@ def tsdb_outbox_age_seconds(conn: Connection, now: float) -> list[Observation]:
     return [] if oldest is None else [Observation.of(now - float(oldest))]
 
 
+def gpu_hold_seconds_max(conn: Connection, now: float) -> list[Observation]:
+    """Per facility whose GPUs report: the longest a GPU has been held without a break until
+    now (its `gpu_held` samples at 1 since the last 0, or since its first kept sample); 0
+    when none is held. The time bound of interactive GPUs is the rule's threshold."""
+    longest: dict[str, float] = {}
+    held = conn.execute(
+        text(
+            "SELECT s.id, s.facility, s.first_time FROM series s WHERE s.metric = 'gpu_held' "
+            "AND s.last_value >= 1 AND s.last_time >= :fresh"
+        ),
+        {"fresh": now - GPU_FRESH_SECONDS},
+    ).all()
+    for f, _n, _labels, _v in _latest(conn, "gpu_held", now):
+        longest.setdefault(f, 0.0)
+    for sid, facility, first in held:
+        since = conn.execute(
+            text(
+                "SELECT MIN(time) FROM sample WHERE series_id = :s AND time > COALESCE("
+                "(SELECT MAX(time) FROM sample WHERE series_id = :s AND value < 1), -1)"
+            ),
+            {"s": sid},
+        ).scalar_one()
+        start = since if since is not None else first
+        if start is not None:
+            longest[facility] = max(longest.get(facility, 0.0), now - float(start))
+    return [Observation.of(v, facility=f) for f, v in sorted(longest.items())]
+
+
 def federation_staleness_seconds(conn: Connection, now: float) -> list[Observation]:
     """Upstream side of federated accounting: seconds since the end of the newest ledger hour
     each publishing facility delivered (an hour closes, then it is published)."""
@@ -193,6 +221,7 @@ SIGNALS: dict[str, Callable[[Connection, float], list[Observation]]] = {
     "time_to_scale_up_p95_seconds": _latency("time_to_scale_up"),
     "gpu_idle_held": gpu_idle_held,
     "gpu_hoarders": gpu_hoarders,
+    "gpu_hold_seconds_max": gpu_hold_seconds_max,
     "agent_silence_seconds": agent_silence_seconds,
     "agent_spool_growth_batches": agent_spool_growth_batches,
     "unmapped_usage_ratio": unmapped_usage_ratio,

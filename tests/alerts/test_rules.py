@@ -38,6 +38,7 @@ def test_packaged_rules_cover_the_issue() -> None:
         "AfmonUnmappedUsage",
         "AfmonTsdbOutboxBehind",
         "AfmonFederationStale",
+        "AfmonGpuHeldTooLong",
     }
     assert rules["AfmonTimeToSessionSLO"].threshold == 10  # the seed's O(seconds) target
     assert rules["AfmonGpuIdleButHeld"].for_seconds == 1800
