@@ -203,6 +203,11 @@ class ServerSettings(BaseSettings):
         description="Upstream side: the facilities that may publish here and their "
         'credentials, as JSON: {"af-a": "<token>"}; docs/federation.md.',
     )
+    gpu_profile_pattern: str = Field(
+        r"(?i)gpu|a100|h100|h200|mig",
+        description="Regular expression naming the JupyterHub profiles that give a GPU: their "
+        "time-to-session is the wait for a GPU session (docs/gpu.md, Access breadth).",
+    )
     public_card: bool = Field(
         False,
         description="Serve the public facility card at /public and /public.json, without "

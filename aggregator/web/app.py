@@ -36,6 +36,7 @@ from afmon.aggregator.web import openapi
 from afmon.aggregator.web.availability_api import make_router as make_availability_router
 from afmon.aggregator.web.extensions import Job, WebExtension, installed_extensions
 from afmon.aggregator.web.federation import make_router as make_federation_router
+from afmon.aggregator.web.gpu_api import make_router as make_gpu_router
 from afmon.aggregator.web.health import readiness, write_failure_reason
 from afmon.aggregator.web.leader import leader_only
 from afmon.aggregator.web.producers import (
@@ -150,6 +151,7 @@ def create_app(
     app.include_router(make_federation_router())  # facility afmons' ledgers (federation.md)
     app.include_router(make_public_router())  # the public facility card (public-card.md)
     app.include_router(make_availability_router())  # service checks (availability.md)
+    app.include_router(make_gpu_router())  # GPU access breadth (gpu.md)
     app.include_router(make_usage_router())  # failures, access methods, formats (data.md)
 
     @app.post(

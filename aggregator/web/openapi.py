@@ -486,6 +486,22 @@ AVAILABILITY_RESPONSES: dict[int | str, dict[str, Any]] = {
     },  # fmt: skip
     **reader_errors(),
 }
+_COUNT = {"type": "integer", "minimum": 0}
+GPU_BREADTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _rows(
+        "One row per facility the caller sees with GPUs or GPU use (docs/gpu.md, Access "
+        "breadth); null without a denominator",
+        {
+            "facility": {"type": "string"}, "gpus": _COUNT, "gpu_hours": _SECONDS,
+            "members_served": _COUNT, "member_gpu_days": _COUNT,
+            "members_per_gpu_day": {"type": ["number", "null"]},
+            "members_several_gpus": _COUNT, "gpu_session_waits": _COUNT,
+            "gpu_session_wait_p95_seconds": {"type": ["number", "null"]},
+        },
+        ["facility", "gpus", "gpu_hours", "members_served"],
+    ),
+    **reader_errors(),
+}  # fmt: skip
 PUBLIC_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The card: schema afmon-public-card/1 (docs/public-card-schema.json)",

@@ -208,6 +208,7 @@ def _read_routes(client: TestClient) -> list[str]:
     urls += [f"/api/v1/batch?start=0&end={NOW + 3600}&by={by}" for by in ("account", "member,qos")]
     span = f"start=0&end={NOW + 3600}"
     urls += [f"/api/v1/facilities?{span}", f"/api/v1/availability?{span}&per=day"]
+    urls += [f"/api/v1/gpu-breadth?{span}"]
     urls += [f"/api/v1/failures?{span}&by={by}" for by in ("member", "vo")]
     urls += [f"/api/v1/failures/batch?{span}", f"/api/v1/data-formats?{span}&by=member"]
     urls += [f"/api/v1/access-methods?{span}&period={period}" for period in ("week", "month")]
