@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
+from afmon.aggregator.query.gpu_breadth import gpu_breadth
 from afmon.aggregator.query.reads import Principal
 from afmon.collectors.wire import GPU_MODELS
 from afmon.dashboard import figures
@@ -44,6 +45,8 @@ def layout() -> html.Div:
             html.Div(dcc.Graph(id="gpu-heatmap", **graph), className="card"),
             html.H3("MIG layout"),
             html.Div(id="gpu-mig", className="card"),
+            html.H3("Access breadth"),
+            html.Div(id="gpu-breadth", className="card"),
         ],
         id="gpus-page",
     )
@@ -173,7 +176,46 @@ def heatmap(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def breadth_table(df: pd.DataFrame) -> TableData:
+    """`gpu_breadth` rows -> how widely each facility's GPUs were shared (docs/gpu.md)."""
+    columns = [
+        Column("Facility"), Column("GPUs", True), Column("GPU hours", True),
+        Column("Members served", True), Column("Members per GPU-day", True),
+        Column("Several GPUs at once", True), Column("GPU session starts", True),
+        Column("GPU session wait p95", True),
+    ]  # fmt: skip
+    rows = [
+        [
+            r.facility,
+            fmt_number(r.gpus, count=True),
+            fmt_number(r.gpu_hours),
+            fmt_number(r.members_served, count=True),
+            fmt_number(r.members_per_gpu_day),
+            fmt_number(r.members_several_gpus, count=True),
+            fmt_number(r.gpu_session_waits, count=True),
+            "n/a"
+            if pd.isna(r.gpu_session_wait_p95_seconds)
+            else f"{r.gpu_session_wait_p95_seconds:,.1f} s",
+        ]  # fmt: skip
+        for r in df.itertuples(index=False)
+    ]
+    return TableData(columns, rows, "No GPU was held in this range.")
+
+
 def register(app: Dash, ctx: Context) -> None:
+    @app.callback(
+        Output("gpu-breadth", "children"),
+        Input("principal-picker", "value"),
+        Input("range", "value"),
+    )
+    def _breadth(principal_key: str | None, range_key: str | None) -> Any:
+        p = ctx.principal(principal_key)
+        if p is None:
+            return notice(PICK_MESSAGE)
+        w = ctx.window(range_key)
+        df = gpu_breadth(ctx.query, p, w.start, w.end, ctx.settings.gpu_profile_pattern)
+        return render_table(breadth_table(df), "gpu-breadth-table")
+
     @app.callback(
         Output("gpu-intro", "children"),
         Output("gpu-live", "children"),

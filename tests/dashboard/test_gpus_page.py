@@ -79,6 +79,11 @@ def test_gpus_page_as_facility_admin(gpu_app: LiveApp, browser: Any) -> None:
         "return gd.data[0].type + ':' + gd.data[0].y.length;"
     )
     assert rows == "heatmap:4"  # four whole GPUs; the MIG instances have no GPM here
+    # access breadth: the five GPUs, every member with GPU time served (docs/gpu.md)
+    wait_text(d, "#gpu-breadth-table", FACILITY)
+    [breadth] = table_rows(d, "#gpu-breadth-table")
+    assert breadth[:2] == [FACILITY, "5"]
+    assert breadth[3] == str(len(members))
     severe = console_errors(d)
     assert severe == [], severe
 
