@@ -2,12 +2,12 @@
 publishes so that users can choose between facilities, as one versioned JSON document.
 
 Aggregates only. Per facility, over the last complete ISO week and the last complete month:
-capacity, interactive SLO attainment (time-to-session, time-to-first-worker), active members
-in all and by access method, CPU and GPU hours, the data-source and input-format mix, GPU
-energy per GPU-hour, and usage per VO and per accounting group. A VO or group with fewer than
-`min_members` active members is folded into "other"; when the fold itself has fewer, it is
-left out (its usage still counts in the facility's totals). No member, account or node name
-is in it.
+capacity, service availability (planned downtime told apart), interactive SLO attainment
+(time-to-session, time-to-first-worker), active members in all and by access method, CPU and
+GPU hours, the data-source and input-format mix, GPU energy per GPU-hour, and usage per VO and
+per accounting group. A VO or group with fewer than `min_members` active members is folded
+into "other"; when the fold itself has fewer, it is left out (its usage still counts in the
+facility's totals). No member, account or node name is in it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from afmon.aggregator.query.access import METHODS, active_by_method
+from afmon.aggregator.query.availability import availability
 from afmon.aggregator.query.base import Principal
 from afmon.aggregator.query.comparison import SOURCES, facility_comparison
 from afmon.aggregator.query.formats import read_by_format
@@ -88,7 +89,13 @@ def _format_shares(query: Query, p: Principal, start: float, end: float) -> dict
 
 
 def _window(
-    query: Query, facility: str, start: float, end: float, slo: dict[str, float], k: int
+    query: Query,
+    facility: str,
+    start: float,
+    end: float,
+    slo: dict[str, float],
+    k: int,
+    max_gap: float,
 ) -> dict[str, Any]:
     p = Principal("facility_admin", facility=facility)
     row = facility_comparison(query, p, start, end, slo)
@@ -113,7 +120,15 @@ def _window(
             "p95_seconds": _num(r.get("p95_seconds")),
             "within_slo_ratio": _num(r.get("within_slo_ratio")),
         }
+    services, _downtimes = availability(query, p, start, end, max_gap, end)
     return {
+        "availability": {
+            r.service: {
+                "availability": _num(r.availability),
+                "unplanned_availability": _num(r.unplanned_availability),
+            }
+            for r in services.itertuples(index=False)
+        },  # fmt: skip
         "active_members": by_method.pop("all"),
         "active_members_by_access_method": by_method,
         "cpu_hours": _num(t.get("cpu_seconds", 0.0) / 3600),
@@ -132,7 +147,7 @@ def _window(
 
 
 def public_card(
-    query: Query, now: float, slo: dict[str, float], min_members: int
+    query: Query, now: float, slo: dict[str, float], min_members: int, max_gap: float = 600.0
 ) -> dict[str, Any]:
     """The card of every facility this server accounts (or receives), as of `now`."""
     spans = windows(now)
@@ -156,7 +171,7 @@ def public_card(
                         "period": label,
                         "start": start,
                         "end": end,
-                        **_window(query, facility, start, end, slo, min_members),
+                        **_window(query, facility, start, end, slo, min_members, max_gap),
                     }
                     for name, (label, start, end) in spans.items()
                 },  # fmt: skip

@@ -27,6 +27,7 @@ async def _card(request: Request) -> dict[str, Any]:
         s.clock(),
         s.settings.latency_slo_seconds,
         s.settings.public_card_min_members,
+        s.settings.gauge_max_gap_seconds,
     )
 
 
@@ -74,6 +75,10 @@ def render(card: dict[str, Any]) -> str:
                              "Within SLO (worker)"], rows))  # fmt: skip
         w = f["week"]
         parts.append(f"<h3>Last week ({html.escape(w['period'])})</h3>")
+        if w["availability"]:
+            rows = [[svc, _pct(a["availability"]), _pct(a["unplanned_availability"])]
+                    for svc, a in w["availability"].items()]  # fmt: skip
+            parts.append(_table(["Service", "Availability", "Unplanned availability"], rows))
         parts.append(
             _table(
                 ["Access method", "Active members"],

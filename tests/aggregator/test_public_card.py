@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from afmon.aggregator.core.settings import ServerSettings
 from afmon.aggregator.web.app import create_app
+from afmon.collectors import wire
 from afmon.collectors.simulator import FacilitySimulator, Poster, backfill
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "public-card-schema.json").read_text())
@@ -56,6 +57,14 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, 
     for facility, sim in sims.items():
         poster = Poster("http://testserver", facility[-1] * 32, client)
         backfill(sim, poster, DATA_END - 3 * 3600, DATA_END, report=None)
+    # af-a's hub checked every 10 min for an hour, down once (docs/availability.md)
+    ticks = [DATA_END - 3600 + 600 * i for i in range(7)]
+    hub = wire.Series("service_up", "1", "gauge", {"service": "jupyterhub", "node": "n1"},
+                      ticks, [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # fmt: skip
+    Poster("http://testserver", "a" * 32, client).post(wire.Batch(
+        version=wire.WIRE_VERSION, agent_id="checker", facility="af-a", node="n1", seq=1,
+        sent_at=DATA_END, series=[hub],
+    ))  # fmt: skip
     yield client, {"sims": sims, "engine": client.app.state.services.engine}
     client.close()
 
@@ -99,6 +108,13 @@ def test_the_card_is_valid_exact_and_anonymous(fed: tuple[TestClient, dict[str, 
             assert all(v["members"] >= K for v in fold)
             assert sum(v["cpu_hours"] for v in fold) <= week["cpu_hours"] * (1 + 1e-9)
         assert f["month"]["cpu_hours"] == 0  # August: nothing simulated
+        if f["facility"] == "af-a":  # 6 checks up, 1 down, each speaking for 10 min
+            assert week["availability"] == {
+                "jupyterhub": {"availability": round(6 / 7, 6), "unplanned_availability":
+                               round(6 / 7, 6)},
+            }  # fmt: skip
+        else:
+            assert week["availability"] == {}
     # no member identity, local account, display name or node name anywhere
     blob = json.dumps(card)
     for sim in ctx["sims"].values():
