@@ -22,8 +22,8 @@ Hour = Annotated[int, msgspec.Meta(ge=0, multiple_of=3600)]
 UsageRow = tuple[Text, Text, Text, Name, Amount, Text]
 # (vo, grp, member_id, kind, profile, le, count, sum_seconds)
 LatencyRow = tuple[Text, Text, Text, Name, str, float, Annotated[int, msgspec.Meta(ge=0)], Amount]
-# (id, issuer, subject, vo, grp, display_name, groups as JSON)
-MemberRow = tuple[Text, Text, Text, Text, Text, str, str]
+# (id, issuer, subject, vo, grp, display_name, groups as JSON, institution)
+MemberRow = tuple[Text, Text, Text, Text, Text, str, str, str]
 
 
 class HourRows(msgspec.Struct, forbid_unknown_fields=True):

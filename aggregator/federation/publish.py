@@ -126,7 +126,8 @@ def build_publication(
     if upstream.level == "member" and member_ids:
         rows = conn.execute(
             text(
-                "SELECT id, issuer, subject, vo, grp, display_name, groups FROM member "
+                "SELECT id, issuer, subject, vo, grp, display_name, groups, institution "
+                "FROM member "
                 "WHERE id IN :ids ORDER BY id"
             ).bindparams(bindparam("ids", expanding=True)),
             {"ids": sorted(member_ids)},
@@ -134,7 +135,7 @@ def build_publication(
         members = [tuple(r) for r in rows]  # type: ignore[misc]
     else:
         members = [
-            (mid, GROUP_ISSUER, grp, vo, grp, f"group {grp}", "[]")
+            (mid, GROUP_ISSUER, grp, vo, grp, f"group {grp}", "[]", "")
             for mid, (vo, grp) in sorted(member_ids.items())
         ]
     return Publication(

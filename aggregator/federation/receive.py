@@ -21,6 +21,8 @@ from afmon.aggregator.federation.messages import Publication
 from afmon.aggregator.store.rollup import DAY
 from afmon.aggregator.store.schema import RESOURCES
 
+MEMBER_FIELDS = ("id", "iss", "sub", "vo", "grp", "name", "groups", "inst")  # a MemberRow
+
 
 class PublicationError(ValueError):
     """A publication refused as a whole: `status` is the HTTP answer (400 or 403)."""
@@ -77,13 +79,11 @@ def store(conn: Connection, pub: Publication, now: float) -> list[tuple[int, int
     if pub.members:
         conn.execute(
             text(
-                "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups) "
-                "VALUES (:id, :iss, :sub, :vo, :grp, :name, :groups) ON CONFLICT DO NOTHING"
+                "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups, "
+                "institution) VALUES (:id, :iss, :sub, :vo, :grp, :name, :groups, :inst) "
+                "ON CONFLICT DO NOTHING"
             ),
-            [
-                dict(zip(("id", "iss", "sub", "vo", "grp", "name", "groups"), m, strict=True))
-                for m in pub.members
-            ],  # fmt: skip
+            [dict(zip(MEMBER_FIELDS, m, strict=True)) for m in pub.members],
         )
     days: set[int] = set()
     for h in pub.hours:

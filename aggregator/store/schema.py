@@ -87,7 +87,11 @@ class Member(SQLModel, table=True):
     grp: str = Field(description="Accounting group, e.g. /atlas/higgs")
     display_name: str
     groups: str = Field("[]", description="JSON list of the member's groups")
-    institution: str = Field("", description="Home institution from the identity file; '' unknown")
+    institution: str = Field(
+        "",
+        sa_column_kwargs={"server_default": ""},
+        description="Home institution from the identity file; '' unknown",
+    )
 
 
 class Account(SQLModel, table=True):

@@ -379,8 +379,8 @@ def test_per_vo_upstreams_and_group_level_publishing(tmp_path: Path) -> None:
             )
             conn.execute(
                 text(
-                    "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups) "
-                    "VALUES (:mid, :iss, :sub, :vo, :grp, :name, '[]')"
+                    "INSERT INTO member (id, issuer, subject, vo, grp, display_name, groups, "
+                    "institution) VALUES (:mid, :iss, :sub, :vo, :grp, :name, '[]', 'KIT')"
                 ),
                 {
                     "mid": mid,
@@ -419,6 +419,8 @@ def test_per_vo_upstreams_and_group_level_publishing(tmp_path: Path) -> None:
         ids = {r[0] for r in conn.execute(text("SELECT id FROM member"))}
     assert ids == {group}  # neither alice nor bob left the facility
     assert _usage(cms_db, "af") == {("cms", "/cms/top", carol, "cpu_seconds", hour): 7.0}
+    with cms_db.connect() as conn:  # a member-level publication carries the institution
+        assert conn.execute(text("SELECT institution FROM member")).all() == [("KIT",)]
     # a late change of the published hour: due again, replaced upstream
     with facility.begin() as conn:
         conn.execute(text("UPDATE usage SET amount = amount + 4.5 WHERE member_id = :m"),
