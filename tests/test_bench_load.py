@@ -78,3 +78,17 @@ def test_the_check_catches_a_lost_or_doubled_batch() -> None:
     fewer = load.truth(agents, "afmon", 3)
     assert not load.check(sent, fewer, day)  # what the ledger would hold had it lost it
     assert not load.check(fewer, sent, day)  # ... or had it counted one twice
+
+
+def test_ingest_cpu_smoke() -> None:
+    """bench/ingest_cpu.py (the per-batch CPU by stage, in one process) runs and prints its
+    stages; every batch applied whole (it exits non-zero otherwise)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest_cpu.py"), "--agents", "2", "--batches",
+         "3", "--users", "3", "--profile"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "4 batches of 21 series" in proc.stdout
+    for stage in ("decode", "judge", "apply", "total CPU", "wall", "tottime"):
+        assert stage in proc.stdout, proc.stdout
