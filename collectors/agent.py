@@ -68,6 +68,14 @@ _FLAGS: list[tuple[str, str, str, str]] = [
      "role of servers not listed: local, cache or remote [remote]"),
     ("--xrootd-max-open-files", "xrootd_max_open_files", "N",
      "open files remembered per server; older ones are dropped [100000]"),
+    ("--xrootd-format-patterns", "xrootd_format_patterns", "JSON",
+     'input data formats from file paths, e.g. [["physlite", "DAOD_PHYSLITE\\."]] '
+     "[ATLAS and CMS names]"),
+    ("--service-checks", "service_checks", "JSON",
+     'services to check each interval, e.g. [{"service": "hub", "url": "http://hub/hub/health"},'
+     ' {"service": "xrootd", "tcp": "xrd:1094"}] [[]]'),
+    ("--service-check-timeout", "service_check_timeout_seconds", "SECONDS",
+     "seconds before a service check counts as down [5]"),
     ("--jupyterhub-url", "jupyterhub_url", "URL",
      "JupyterHub to measure time-to-session on, e.g. http://hub:8000 [off]"),
     ("--jupyterhub-token", "jupyterhub_token", "TOKEN",
