@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from afmon.aggregator import __version__
+from tests.aggregator.test_migrations import HEAD  # the newest migration
 from tests.conftest import PG_ADMIN_URL, free_port
 
-HEAD = "0007"  # the newest migration (tests/aggregator/test_migrations.py)
 PG = make_url(PG_ADMIN_URL)
 
 
