@@ -155,7 +155,9 @@ def test_member_page_lists_the_newest_sessions_and_counts_the_rest(engine: Engin
     )
     summary, table = out["mem-sessions"]["children"]
     assert summary["props"]["children"].startswith(f"{n} sessions in this range: ")
-    rows = table["props"]["children"][1]["props"]["children"]
+    grid, link = table["props"]["children"]  # the table and its "Download CSV" link
+    assert link["props"]["download"] == "mem-sessions-table.csv"
+    rows = grid["props"]["children"][1]["props"]["children"]
     cells = [[td["props"]["children"] for td in r["props"]["children"]] for r in rows]
     assert len(cells) == MAX_SESSIONS + 1
     assert "2026-01-01 01:42:00 UTC" in cells[0]  # the newest (i = 102) first
