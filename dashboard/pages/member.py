@@ -11,9 +11,11 @@ from typing import Any
 import pandas as pd
 from dash import Dash, Input, Output, dcc, html
 
+from afmon.aggregator.query import events_list
 from afmon.aggregator.query.reads import OTHERS
 from afmon.dashboard import figures
 from afmon.dashboard.colours import PALETTE, assign
+from afmon.dashboard.jobs_table import jobs_table
 from afmon.dashboard.pages.common import (
     PICK_MESSAGE,
     Context,
@@ -50,12 +52,34 @@ def layout() -> html.Div:
             ],
             html.H3("Sessions"),
             html.Div(id="mem-sessions", className="card"),
+            html.H3("Batch jobs"),
+            html.Div(id="mem-jobs", className="card"),
         ],
         id="member-page",
     )
 
 
 def register(app: Dash, ctx: Context) -> None:
+    @app.callback(
+        Output("mem-jobs", "children"),
+        Input("principal-picker", "value"),
+        Input("range", "value"),
+    )
+    def _jobs(principal_key: str | None, range_key: str | None) -> Any:
+        """The newest batch jobs started in the range (at most `MAX_JOBS`), with efficiency."""
+        p = ctx.principal(principal_key)
+        if p is None:
+            return notice(PICK_MESSAGE)
+        w = ctx.window(range_key)
+        jobs = events_list.batch_jobs(ctx.query, p, w.start, w.end)
+        names = figures.member_names(ctx.query.members(p))
+        hint = html.Div(
+            f"The newest {events_list.MAX_JOBS} jobs that started in this range are listed "
+            "at most. CPU efficiency = CPU time / (wall time x cores).",
+            className="hint",
+        )
+        return [hint, render_table(jobs_table(jobs, names), "mem-jobs-table")]
+
     @app.callback(
         Output("mem-heading", "children"),
         Output("mem-intro", "children"),
