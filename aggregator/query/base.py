@@ -42,6 +42,16 @@ class Principal:
 LOCAL_ADMIN = Principal("facility_admin", name="local admin (demo mode)")
 
 
+def visible(p: Principal, facility: str, vo: str, member: str) -> bool:
+    """Whether `p` may see a row of (facility, vo, member): `scope_sql` in Python, for rows
+    resolved to members after they are read (raw samples)."""
+    if p.facility is not None and facility != p.facility:
+        return False
+    if p.role == "member":
+        return member == p.member_id
+    return p.role != "vo_manager" or vo == p.vo
+
+
 def scope_sql(
     p: Principal, member: str = "member_id", vo: str = "vo", facility: str = "facility"
 ) -> tuple[str, dict[str, Any]]:

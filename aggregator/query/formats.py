@@ -16,21 +16,19 @@ from sqlalchemy import Engine, text
 
 from afmon.aggregator.identity.accounts import IdentityMap
 from afmon.aggregator.ledger.base import counter_increases
-from afmon.aggregator.query.base import GROUP_COLUMNS, Principal, QueryBase, QueryError
+from afmon.aggregator.query.base import (
+    GROUP_COLUMNS,
+    Principal,
+    QueryBase,
+    QueryError,
+    visible,
+)
 from afmon.aggregator.query.failures import engine_of
 from afmon.aggregator.store.db import read_connection
 
 METRICS = {"user_data_read_bytes": "read_bytes", "user_files_opened": "files"}
 COLUMNS = ["format", "read_bytes", "files"]
 _KEY = {"facility": 0, "vo": 1, "group": 2, "member": 3}
-
-
-def _visible(p: Principal, facility: str, vo: str, member: str) -> bool:
-    if p.facility is not None and facility != p.facility:
-        return False
-    if p.role == "member":
-        return member == p.member_id
-    return p.role != "vo_manager" or vo == p.vo
 
 
 def read_by_format(
@@ -75,7 +73,7 @@ def read_by_format(
         times, values = [t for t, _ in inside], [v for _, v in inside]
         for t, rise in counter_increases(times, values, start - 1, prev, None):
             ref = identity.resolve(facility, user, t)
-            if not _visible(p, facility, ref.vo, ref.id):
+            if not visible(p, facility, ref.vo, ref.id):
                 continue
             key = (facility, ref.vo, ref.grp, ref.id)[_KEY[by]]
             sums[(key, fmt)][METRICS[metric]] += rise

@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from afmon.aggregator.core import latency
 from afmon.aggregator.identity.accounts import IdentityMap
-from afmon.aggregator.query.base import Principal, scope_sql
+from afmon.aggregator.query.base import Principal, scope_sql, visible
 from afmon.aggregator.query.reads import Query
 from afmon.aggregator.store.db import read_connection
 
@@ -32,14 +32,6 @@ COLUMNS = [
     "facility", "gpus", "gpu_hours", "members_served", "member_gpu_days", "members_per_gpu_day",
     "members_several_gpus", "gpu_session_waits", "gpu_session_wait_p95_seconds",
 ]  # fmt: skip
-
-
-def _visible(p: Principal, facility: str, vo: str, member: str) -> bool:
-    if p.facility is not None and facility != p.facility:
-        return False
-    if p.role == "member":
-        return member == p.member_id
-    return p.role != "vo_manager" or vo == p.vo
 
 
 def _several(query: Query, p: Principal, start: float, end: float) -> dict[str, set[str]]:
@@ -61,7 +53,7 @@ def _several(query: Query, p: Principal, start: float, end: float) -> dict[str, 
     out: dict[str, set[str]] = defaultdict(set)
     for facility, user, _minute, _n, t in rows:
         ref = identity.resolve(facility, user, float(t))
-        if _visible(p, facility, ref.vo, ref.id):
+        if visible(p, facility, ref.vo, ref.id):
             out[facility].add(ref.id)
     return out
 
