@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 
 from afmon.dashboard.figures import HOUR, Column, TableData, fmt_plain, fmt_utc
 
 
-def _cell(value: float | None, text: str) -> str:
-    return "n/a" if value is None or pd.isna(value) else text
+def _cell(value: float | None, show: Callable[[float], str]) -> str:
+    """`show(value)`, or "n/a" for an unknown value (None or NaN)."""
+    return "n/a" if value is None or pd.isna(value) else show(float(value))
 
 
 def jobs_table(df: pd.DataFrame, names: Mapping[str, str] | None = None) -> TableData:
@@ -38,12 +39,12 @@ def jobs_table(df: pd.DataFrame, names: Mapping[str, str] | None = None) -> Tabl
                 str(r.id),
                 str((names or {}).get(r.member_id) or r.display_name),
                 str(r.state),
-                _cell(r.exit_code, f"{r.exit_code:.0f}"),
+                _cell(r.exit_code, lambda v: f"{v:.0f}"),
                 fmt_utc(r.start),
                 "still running" if running else fmt_utc(r.end),
-                _cell(r.wall_seconds, fmt_plain((r.wall_seconds or 0) / HOUR)),
-                _cell(r.cores, f"{r.cores:.0f}"),
-                _cell(r.cpu_efficiency, f"{(r.cpu_efficiency or 0):.0%}"),
+                _cell(r.wall_seconds, lambda v: fmt_plain(v / HOUR)),
+                _cell(r.cores, lambda v: f"{v:.0f}"),
+                _cell(r.cpu_efficiency, lambda v: f"{v:.0%}"),
                 str(r.gpus),
             ]
         )
