@@ -1,14 +1,17 @@
-"""Service availability (docs/availability.md) against a real Dask scheduler that is stopped
-and started: the agent's service probe checks it over TCP (and afmon's own /healthz over
-HTTP) into a real `afmon serve`; the down time afmon reports equals the outage the test saw
-within a poll interval, and a planned downtime declared with `afmon downtime add` turns it
-into planned down time."""
+"""Service availability (docs/availability.md) against a real Dask scheduler and a real
+xrootd that are stopped and started: the agent's service probe checks them over TCP (and
+afmon's own /healthz over HTTP) into a real `afmon serve`; the down time afmon reports equals
+the outage the test saw within a poll interval, and a planned downtime declared with
+`afmon downtime add` turns it into planned down time."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +37,24 @@ def _scheduler(port: int, log: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
+def _xrootd(port: int, base: Path) -> subprocess.Popen[bytes]:
+    """A real xrootd (Debian's xrootd-server) on 127.0.0.1:`port`, as user xrootd when root."""
+    (base / "data").mkdir(exist_ok=True)
+    for d in (base, base / "data"):
+        d.chmod(0o777)
+    cfg = base / "xrootd.cfg"
+    cfg.write_text(
+        f"all.export /\noss.localroot {base / 'data'}\nxrd.port {port}\n"
+        f"all.adminpath {base}\nall.pidpath {base}\n"
+    )
+    user = ["-R", "xrootd"] if os.geteuid() == 0 else []
+    with (base / "out.log").open("ab") as out:
+        return subprocess.Popen(
+            ["xrootd", "-c", str(cfg), "-l", str(base / "xrootd.log"), *user, "-n", "avail"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -50,14 +71,19 @@ def _until(what: str, check: Callable[[], bool], timeout: float = 60.0) -> float
     return time.time()
 
 
-def test_a_stopped_scheduler_is_down_as_long_as_it_was(
+def test_stopped_services_are_down_as_long_as_they_were(
     server_factory: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
+    """A Dask scheduler, then an xrootd, each stopped and started again."""
     server = server_factory(dashboard="false")
-    port = free_port()
+    port, xport = free_port(), free_port()
     sched = _scheduler(port, tmp_path / "scheduler.log")
+    # xrootd runs as user xrootd (as root): its files not under pytest's private tmp dirs
+    xbase = Path(tempfile.mkdtemp(prefix="afmon-availability-xrootd-"))
+    xrd = _xrootd(xport, xbase)
     probe = ServiceProbe("sched-node", [
         ServiceCheck(service="dask-scheduler", tcp=f"127.0.0.1:{port}"),
+        ServiceCheck(service="xrootd", tcp=f"127.0.0.1:{xport}"),
         ServiceCheck(service="afmon", url=f"{server.url}/healthz"),
     ], timeout=1.0)  # fmt: skip
     poster = Poster(server.url, server.token)
@@ -79,6 +105,7 @@ def test_a_stopped_scheduler_is_down_as_long_as_it_was(
 
     try:
         _until("the scheduler", lambda: _answers(port))
+        _until("xrootd", lambda: _answers(xport))
         collect_for(3)
         stopped = time.time()
         sched.terminate()
@@ -86,10 +113,19 @@ def test_a_stopped_scheduler_is_down_as_long_as_it_was(
         collect_for(4)
         sched = _scheduler(port, tmp_path / "scheduler.log")
         back = _until("the scheduler again", lambda: _answers(port))
+        collect_for(2)
+        x_stopped = time.time()
+        xrd.terminate()
+        xrd.wait(30)
         collect_for(3)
+        xrd = _xrootd(xport, xbase)
+        x_back = _until("xrootd again", lambda: _answers(xport))
+        collect_for(2)
     finally:
-        sched.terminate()
-        sched.wait(30)
+        for proc in (sched, xrd):
+            proc.terminate()
+            proc.wait(30)
+        shutil.rmtree(xbase, ignore_errors=True)
     outage = back - stopped
     slack = max(b - a for a, b in zip(times, times[1:], strict=False))  # the longest poll gap
     params = {"start": times[0] - 60, "end": times[-1] + 60}
@@ -101,6 +137,10 @@ def test_a_stopped_scheduler_is_down_as_long_as_it_was(
     total = dask["up_seconds"] + dask["down_seconds"]
     assert dask["availability"] == pytest.approx(dask["up_seconds"] / total)
     assert rows["afmon"]["down_seconds"] == 0 and rows["afmon"]["availability"] == 1.0
+    xrootd = rows["xrootd"]
+    assert xrootd["down_seconds"] == pytest.approx(x_back - x_stopped, abs=slack)
+    [x_down] = [d for d in answer["downtimes"] if d["service"] == "xrootd"]
+    assert x_down["start"] == pytest.approx(x_stopped, abs=slack)
     [down] = [d for d in answer["downtimes"] if d["service"] == "dask-scheduler"]
     assert down["start"] == pytest.approx(stopped, abs=slack)
     assert down["end"] == pytest.approx(back, abs=slack)
