@@ -95,6 +95,16 @@ class ServerProcess:
 
 
 @pytest.fixture
+def as_root() -> None:
+    """Tests that run processes as other uids, drop capabilities or remount need root: they
+    fail (never skip) without it, like a missing component. `make test` installs Debian
+    packages and runs as root; CI does."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (processes of other uids, capabilities, mounts): "
+                    "run `make test` as root, as CI does")  # fmt: skip
+
+
+@pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start `afmon serve` as a real process on a free port; stopped at teardown."""
     started: list[ServerProcess] = []

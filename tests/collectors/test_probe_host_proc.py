@@ -105,7 +105,7 @@ def account_name(uid: int) -> str:
 SLEEP = shutil.which("sleep") or "/bin/sleep"  # runnable by any uid (this venv's python may not be)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="starting processes as other uids needs root")
+@pytest.mark.usefixtures("as_root")  # processes of other uids
 def test_system_accounts_are_left_out_and_counted(tmp_path: Path) -> None:
     """Real processes of uid 0, 999 (a service account) and 4243 (a member's, no such account
     here: named "4243"): only the last is reported by default; the others are counted."""

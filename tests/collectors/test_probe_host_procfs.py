@@ -89,7 +89,7 @@ def test_a_zombie_reads_as_psutil_gives_it() -> None:
     assert fs.stat(child.pid) is None and fs.status(child.pid) is None  # reaped: gone
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="a member's processes of their own need root")
+@pytest.mark.usefixtures("as_root")  # a member's processes of their own
 def test_the_probe_reports_psutils_sums_and_keys(tmp_path: Path, sleepers: list[int]) -> None:
     """A member's processes: the totals and source keys the probe had through psutil."""
     probe = HostProbe(node="n1", cgroup_root=tmp_path)

@@ -19,9 +19,7 @@ import pytest
 MEMBER_UID = 4243  # no such account here: the agent names it "4243"
 AGENT_CAPS = "-all,+dac_read_search,+sys_ptrace"  # the manifests': drop ALL, add these two
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="starting processes as other uids and dropping caps needs root"
-)
+pytestmark = pytest.mark.usefixtures("as_root")  # processes of other uids, caps, mounts
 
 
 def capped(bounding: str) -> list[str]:

@@ -15,9 +15,7 @@ import pytest
 
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="private mount namespaces and read-only remounts need root"
-)
+pytestmark = pytest.mark.usefixtures("as_root")  # processes of other uids, caps, mounts
 
 # In a private mount namespace (nothing changes outside it): a fresh tmpfs as the server's
 # TMPDIR (the manifest's emptyDir on /tmp; mounted on a directory of the test's own, so that a
